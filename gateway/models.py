@@ -1,0 +1,430 @@
+"""The findings database: SQLAlchemy 2 ORM models.
+
+Every stage of the pipeline records what it did here, and the next stage reads only that:
+
+    Instance/Series/Study (dicom_node) -> Job (+ JobEvent) -> ModelRun + Finding (workers/model)
+    -> Document (sr_writer) -> Delivery + DeliveryAttempt (sender)
+
+Administrative tables (CallingAE, Destination, Route) are seeded from the config file and then
+owned by the database. ApiToken and AuditEvent serve the HTTP API. The schema is created and
+migrated by Alembic (``migrations/``), never by ``create_all`` in production code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "Base",
+    "utcnow",
+    "StudyState",
+    "JobState",
+    "DeliveryState",
+    "Study",
+    "Series",
+    "Instance",
+    "QuarantinedInstance",
+    "Job",
+    "JobEvent",
+    "ModelRun",
+    "Finding",
+    "Document",
+    "Delivery",
+    "DeliveryAttempt",
+    "CallingAE",
+    "Destination",
+    "Route",
+    "ApiToken",
+    "AuditEvent",
+]
+
+UID = String(64)  # PS3.5 6.2: UI values are at most 64 characters
+AE = String(16)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _ts(nullable: bool = False, default: bool = True) -> Mapped[dt.datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=nullable, default=utcnow if default else None)
+
+
+class StudyState(str, enum.Enum):
+    RECEIVING = "receiving"  # instances arriving; not yet stable
+    COMPLETE = "complete"  # stable; a job was created for the current version
+    STORED = "stored"  # routed to "store only" or "ignore": no job
+
+
+class JobState(str, enum.Enum):
+    PENDING = "pending"  # created, not yet published to the broker (outbox)
+    QUEUED = "queued"  # published
+    RUNNING = "running"
+    INFERRED = "inferred"  # model runs + findings recorded
+    SR_WRITTEN = "sr_written"  # documents written to the spool
+    DELIVERED = "delivered"  # every delivery succeeded
+    FAILED = "failed"  # transient failure, will be retried
+    DEAD = "dead"  # permanent failure; an administrator may retry
+    CANCELLED = "cancelled"
+
+
+class DeliveryState(str, enum.Enum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # retry limit reached; an administrator may retry
+
+
+def _enum(e: type[enum.Enum]) -> Enum:
+    return Enum(e, values_callable=lambda x: [m.value for m in x], native_enum=False, length=16)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    study_description: Mapped[str | None] = mapped_column(String(64))
+    calling_ae_title: Mapped[str | None] = mapped_column(AE)
+    state: Mapped[StudyState] = mapped_column(_enum(StudyState), default=StudyState.RECEIVING)
+    #: Number of result versions produced so far; instances after a version make a new one.
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    first_received_at: Mapped[dt.datetime] = _ts()
+    last_received_at: Mapped[dt.datetime] = _ts()
+    completed_at: Mapped[dt.datetime | None] = _ts(nullable=True, default=False)
+
+    series: Mapped[list["Series"]] = relationship(back_populates="study")
+    instances: Mapped[list["Instance"]] = relationship(back_populates="study")
+    jobs: Mapped[list["Job"]] = relationship(back_populates="study")
+
+    __table_args__ = (Index("ix_studies_state_last", "state", "last_received_at"),)
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16), index=True)
+    body_part_examined: Mapped[str | None] = mapped_column(String(64))
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list["Instance"]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    """One received SOP Instance, stored as received in the spool (``path`` under data_dir)."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    #: Image Position (Patient) and Image Orientation (Patient) as JSON lists, for slice order.
+    image_position_patient: Mapped[list[float] | None] = mapped_column(JSON)
+    image_orientation_patient: Mapped[list[float] | None] = mapped_column(JSON)
+    pixel_spacing: Mapped[list[float] | None] = mapped_column(JSON)
+    path: Mapped[str] = mapped_column(String(512))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    calling_ae_title: Mapped[str | None] = mapped_column(AE)
+    received_at: Mapped[dt.datetime] = _ts()
+    #: Times an identical copy was received again (re-sent instance, not processed twice).
+    duplicate_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    study: Mapped[Study] = relationship(back_populates="instances")
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class QuarantinedInstance(Base):
+    """A received object that could not be parsed or stored; kept with the reason."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(String(512))
+    reason: Mapped[str] = mapped_column(Text)
+    calling_ae_title: Mapped[str | None] = mapped_column(AE)
+    peer_address: Mapped[str | None] = mapped_column(String(64))
+    affected_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    received_at: Mapped[dt.datetime] = _ts()
+
+
+class Job(Base):
+    """Processing of one version of a study's results; unique per (study, version)."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.PENDING, index=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Instances that belong to this version (received before the job was created).
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _ts()
+    updated_at: Mapped[dt.datetime] = _ts()
+    published_at: Mapped[dt.datetime | None] = _ts(nullable=True, default=False)
+    worker: Mapped[str | None] = mapped_column(String(128))
+
+    study: Mapped[Study] = relationship(back_populates="jobs")
+    events: Mapped[list["JobEvent"]] = relationship(back_populates="job", order_by="JobEvent.id")
+
+    __table_args__ = (UniqueConstraint("study_id", "study_version", name="uq_jobs_study_version"),)
+
+
+class JobEvent(Base):
+    """Every state change of a job, timestamped (the study timeline)."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[dt.datetime] = _ts()
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    job: Mapped[Job] = relationship(back_populates="events")
+
+
+class ModelRun(Base):
+    """One prompt sent to the model for one image (and frame), with the raw answer."""
+
+    __tablename__ = "model_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    frame_number: Mapped[int | None] = mapped_column(Integer)
+    language: Mapped[str] = mapped_column(String(8))
+    task: Mapped[str] = mapped_column(String(32))
+    backend: Mapped[str] = mapped_column(String(16))
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    weights_id: Mapped[str] = mapped_column(String(128), index=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    raw_answer: Mapped[str] = mapped_column(Text)
+    duration_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = _ts()
+
+
+class Finding(Base):
+    """One region (one box) the model named, or a report text (no box), in one language."""
+
+    __tablename__ = "findings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    model_run_id: Mapped[int] = mapped_column(ForeignKey("model_runs.id"), index=True)
+    language: Mapped[str] = mapped_column(String(8), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="region")  # region | report
+    label: Mapped[str | None] = mapped_column(String(256), index=True)
+    code_value: Mapped[str | None] = mapped_column(String(64))
+    code_scheme: Mapped[str | None] = mapped_column(String(32))
+    code_meaning: Mapped[str | None] = mapped_column(String(256))
+    text: Mapped[str | None] = mapped_column(Text)
+    #: Box as the model gave it: integers 0-999 relative to the whole image.
+    box_x1: Mapped[int | None] = mapped_column(Integer)
+    box_y1: Mapped[int | None] = mapped_column(Integer)
+    box_x2: Mapped[int | None] = mapped_column(Integer)
+    box_y2: Mapped[int | None] = mapped_column(Integer)
+    #: The same box in pixels of the referenced image (value / 999 x Columns or Rows), clipped.
+    px_x1: Mapped[float | None] = mapped_column(Float)
+    px_y1: Mapped[float | None] = mapped_column(Float)
+    px_x2: Mapped[float | None] = mapped_column(Float)
+    px_y2: Mapped[float | None] = mapped_column(Float)
+    referenced_sop_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    referenced_sop_class_uid: Mapped[str | None] = mapped_column(UID)
+    frame_number: Mapped[int | None] = mapped_column(Integer)
+    tracking_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    tracking_identifier: Mapped[str | None] = mapped_column(String(64))
+    #: True when the answer could not be parsed into regions and is kept as text.
+    unparsed: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = _ts()
+
+
+class Document(Base):
+    """A DICOM object we produced (SR or GSPS), stored in the spool before it is sent."""
+
+    __tablename__ = "documents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # sr | gsps
+    language: Mapped[str | None] = mapped_column(String(8))
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    predecessor_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[dt.datetime] = _ts()
+
+    deliveries: Mapped[list["Delivery"]] = relationship(back_populates="document")
+
+
+class Delivery(Base):
+    """Sending one document to one destination; unique so a retry never sends a second copy."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"), index=True)
+    destination_name: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[DeliveryState] = mapped_column(
+        _enum(DeliveryState), default=DeliveryState.PENDING, index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: SOP Class actually sent (differs from the document's when the destination fell back).
+    sent_sop_class_uid: Mapped[str | None] = mapped_column(UID)
+    next_attempt_at: Mapped[dt.datetime | None] = _ts(nullable=True, default=False)
+    delivered_at: Mapped[dt.datetime | None] = _ts(nullable=True, default=False)
+    created_at: Mapped[dt.datetime] = _ts()
+
+    document: Mapped[Document] = relationship(back_populates="deliveries")
+    attempts_log: Mapped[list["DeliveryAttempt"]] = relationship(
+        back_populates="delivery", order_by="DeliveryAttempt.id"
+    )
+
+    __table_args__ = (
+        UniqueConstraint("document_id", "destination_name", name="uq_deliveries_document_dest"),
+    )
+
+
+class DeliveryAttempt(Base):
+    """One C-STORE attempt and its DIMSE status (PS3.7 C.4.2.1.5), or the network error."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"), index=True)
+    at: Mapped[dt.datetime] = _ts()
+    status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    sop_class_uid: Mapped[str | None] = mapped_column(UID)
+
+    delivery: Mapped[Delivery] = relationship(back_populates="attempts_log")
+
+
+class CallingAE(Base):
+    """An allowed caller (PS3.8 association requestor), optionally pinned to a host."""
+
+    __tablename__ = "calling_aes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ae_title: Mapped[str] = mapped_column(AE, unique=True)
+    host: Mapped[str | None] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(String(255))
+    destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = _ts()
+
+
+class Destination(Base):
+    """A Storage SCP that receives our SRs (PACS)."""
+
+    __tablename__ = "destinations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    ae_title: Mapped[str] = mapped_column(AE)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    send: Mapped[str] = mapped_column(String(16), default="sr")
+    tls: Mapped[bool] = mapped_column(Boolean, default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = _ts()
+
+
+class Route(Base):
+    """A routing rule: which studies go to the model and where results go."""
+
+    __tablename__ = "routes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    order: Mapped[int] = mapped_column(Integer, default=100)
+    calling_ae_title: Mapped[str | None] = mapped_column(AE)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    sop_class_uid: Mapped[str | None] = mapped_column(UID)
+    body_part_examined: Mapped[str | None] = mapped_column(String(64))
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16), default="process")
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = _ts()
+
+
+class ApiToken(Base):
+    """An API token; only its SHA-256 hash is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin | auditor
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = _ts()
+    revoked_at: Mapped[dt.datetime | None] = _ts(nullable=True, default=False)
+    last_used_at: Mapped[dt.datetime | None] = _ts(nullable=True, default=False)
+
+
+class AuditEvent(Base):
+    """Append-only audit log (who read or changed what). Cf. PS3.15 A.5."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = _ts()
+    actor: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    query: Mapped[str | None] = mapped_column(Text)
+    rows: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16), default="success")
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)

@@ -1,0 +1,1 @@
+"""MedRegA inference: DICOM pixels -> model input, prompts, backends, answer parsing."""

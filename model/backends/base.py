@@ -1,0 +1,59 @@
+"""The one interface every model backend implements (medrega, tiny, replay)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+__all__ = ["ModelIdentity", "GenerationRequest", "ModelBackend", "ModelLoadError"]
+
+
+class ModelLoadError(RuntimeError):
+    """A backend could not be loaded (missing checkpoint files, bad replay file, ...)."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What produced an answer. Written into every model run, finding and SR.
+
+    ``name`` never says "MedRegA" for a test model: the tiny backend is
+    ``"tiny-random-internvl (test model, not MedRegA)"`` and replay is
+    ``"replay (recorded answers, not a live model)"``.
+    """
+
+    backend: str  # "medrega" | "tiny" | "replay"
+    name: str
+    version: str
+    #: Identity of the weights: a digest over the checkpoint's files (or the replay file).
+    weights_id: str
+    manufacturer: str = "medrega-gateway"
+
+    @property
+    def is_test_model(self) -> bool:
+        return self.backend != "medrega"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One question about one image, worded as MedRegA was trained (``<image>`` placeholder)."""
+
+    image: "Image.Image"  # RGB; the backend resizes to its input size
+    question: str
+    language: str  # "en" | "zh"
+    sop_instance_uid: str = ""
+    frame_number: int | None = None
+
+
+class ModelBackend(abc.ABC):
+    """Answers :class:`GenerationRequest` batches with the model's raw text."""
+
+    identity: ModelIdentity
+
+    @abc.abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+        """Return one raw answer per request, special tokens (``<ref>``, ``<box>``) kept."""

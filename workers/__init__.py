@@ -1,0 +1,1 @@
+"""Celery app and tasks: process a complete study, write SRs, deliver them."""
