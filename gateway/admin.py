@@ -1,0 +1,188 @@
+"""Administration of AE titles, destinations and routes (shared by the CLI and the HTTP API).
+
+The database is authoritative; the config file only seeds rows that are not there yet
+(:func:`seed_from_settings`). Every function takes an open :class:`~sqlalchemy.orm.Session` and
+leaves committing to the caller, so the CLI and the API decide the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .models import CallingAE, Destination, Route
+from .settings import Settings, validate_ae_title
+
+__all__ = [
+    "AdminError",
+    "NotFoundError",
+    "AlreadyExistsError",
+    "list_calling_aes",
+    "add_calling_ae",
+    "remove_calling_ae",
+    "list_destinations",
+    "get_destination",
+    "add_destination",
+    "remove_destination",
+    "list_routes",
+    "add_route",
+    "remove_route",
+    "seed_from_settings",
+]
+
+ROUTE_ACTIONS = ("process", "store", "ignore")
+SEND_MODES = ("sr", "sr+gsps")
+
+
+class AdminError(ValueError):
+    """An administrative change was refused; the message says why."""
+
+
+class NotFoundError(AdminError):
+    pass
+
+
+class AlreadyExistsError(AdminError):
+    pass
+
+
+def list_calling_aes(session: Session) -> Sequence[CallingAE]:
+    return session.scalars(select(CallingAE).order_by(CallingAE.ae_title)).all()
+
+
+def add_calling_ae(
+    session: Session,
+    ae_title: str,
+    host: str | None = None,
+    description: str | None = None,
+    destinations: Sequence[str] = (),
+) -> CallingAE:
+    """Allow ``ae_title`` to associate (optionally only from ``host``)."""
+    try:
+        ae_title = validate_ae_title(ae_title)
+    except ValueError as exc:
+        raise AdminError(str(exc)) from None
+    if session.scalar(select(CallingAE).where(CallingAE.ae_title == ae_title)):
+        raise AlreadyExistsError(f"calling AE title {ae_title!r} already exists")
+    _check_destinations(session, destinations)
+    row = CallingAE(ae_title=ae_title, host=host or None, description=description,
+                    destinations=list(destinations))
+    session.add(row)
+    session.flush()
+    return row
+
+
+def remove_calling_ae(session: Session, ae_title: str) -> None:
+    row = session.scalar(select(CallingAE).where(CallingAE.ae_title == ae_title.strip()))
+    if row is None:
+        raise NotFoundError(f"no calling AE title {ae_title!r}")
+    session.delete(row)
+    session.flush()
+
+
+def list_destinations(session: Session) -> Sequence[Destination]:
+    return session.scalars(select(Destination).order_by(Destination.name)).all()
+
+
+def get_destination(session: Session, name: str) -> Destination:
+    row = session.scalar(select(Destination).where(Destination.name == name))
+    if row is None:
+        raise NotFoundError(f"no destination named {name!r}")
+    return row
+
+
+def add_destination(
+    session: Session,
+    name: str,
+    ae_title: str,
+    host: str,
+    port: int,
+    send: str = "sr",
+    tls: bool = False,
+) -> Destination:
+    if not name or len(name) > 64:
+        raise AdminError("destination name must be 1-64 characters")
+    try:
+        ae_title = validate_ae_title(ae_title)
+    except ValueError as exc:
+        raise AdminError(str(exc)) from None
+    if not 1 <= int(port) <= 65535:
+        raise AdminError(f"port {port} is out of range 1-65535")
+    if send not in SEND_MODES:
+        raise AdminError(f"send must be one of {', '.join(SEND_MODES)}")
+    if session.scalar(select(Destination).where(Destination.name == name)):
+        raise AlreadyExistsError(f"destination {name!r} already exists")
+    row = Destination(name=name, ae_title=ae_title, host=host, port=int(port), send=send, tls=tls)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def remove_destination(session: Session, name: str) -> None:
+    session.delete(get_destination(session, name))
+    session.flush()
+
+
+def list_routes(session: Session) -> Sequence[Route]:
+    return session.scalars(select(Route).order_by(Route.order, Route.name)).all()
+
+
+def add_route(session: Session, name: str, **fields: Any) -> Route:
+    """Add a routing rule. ``fields``: order, calling_ae_title, modality, sop_class_uid,
+    body_part_examined, series_description, action, urgent, destinations."""
+    if session.scalar(select(Route).where(Route.name == name)):
+        raise AlreadyExistsError(f"route {name!r} already exists")
+    action = fields.get("action", "process")
+    if action not in ROUTE_ACTIONS:
+        raise AdminError(f"action must be one of {', '.join(ROUTE_ACTIONS)}")
+    _check_destinations(session, fields.get("destinations") or ())
+    clean = {k: (v if v != "" else None) for k, v in fields.items()}
+    clean["destinations"] = list(fields.get("destinations") or ())
+    row = Route(name=name, **clean)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def remove_route(session: Session, name: str) -> None:
+    row = session.scalar(select(Route).where(Route.name == name))
+    if row is None:
+        raise NotFoundError(f"no route named {name!r}")
+    session.delete(row)
+    session.flush()
+
+
+def _check_destinations(session: Session, names: Sequence[str]) -> None:
+    known = set(session.scalars(select(Destination.name)).all())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise NotFoundError(f"unknown destination(s): {', '.join(unknown)}")
+
+
+def seed_from_settings(session: Session, settings: Settings) -> list[str]:
+    """Insert destinations, callers and routes from the config that the database lacks.
+
+    Existing rows (by name / AE title) are left as the administrator changed them.
+    Returns a description of each row added.
+    """
+    added: list[str] = []
+    have_dest = set(session.scalars(select(Destination.name)).all())
+    for d in settings.destinations:
+        if d.name not in have_dest:
+            add_destination(session, d.name, d.ae_title, d.host, d.port,
+                            send=d.send or settings.sender.send, tls=d.tls)
+            added.append(f"destination {d.name}")
+    have_ae = set(session.scalars(select(CallingAE.ae_title)).all())
+    for c in settings.callers:
+        if c.ae_title not in have_ae:
+            add_calling_ae(session, c.ae_title, c.host, c.description, c.destinations)
+            added.append(f"calling AE {c.ae_title}")
+    have_route = set(session.scalars(select(Route.name)).all())
+    for r in settings.routes:
+        if r.name not in have_route:
+            add_route(session, r.name, **r.model_dump(exclude={"name"}))
+            added.append(f"route {r.name}")
+    return added
