@@ -2,14 +2,163 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
-from .cli import app, get_settings
+from . import db
+from .cli import app, fail, get_settings
+from .settings import Settings
 
 __all__: list[str] = []
+
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+study_app = typer.Typer(help="Studies received by the node.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(study_app, name="study")
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _ready(settings: Settings) -> None:
+    """Start-up checks shared by long-running commands: schema current, config seeded."""
+    from .admin import seed_from_settings
+
+    try:
+        db.check_schema_current(settings.database_url)
+    except db.SchemaNotCurrentError as exc:
+        fail(str(exc), code=3)
+    with db.session_scope(settings.database_url) as session:
+        for line in seed_from_settings(session, settings):
+            logging.getLogger("gateway").info("seeded %s from the config file", line)
 
 
 @app.command("config")
 def show_config(ctx: typer.Context) -> None:
     """Validate the configuration and print it as the gateway sees it."""
     typer.echo(get_settings(ctx).model_dump_json(indent=2))
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context, revision: str = "head") -> None:
+    """Migrate the database to ``revision`` (default: the newest)."""
+    settings = get_settings(ctx)
+    db.upgrade(settings.database_url, revision)
+    typer.echo(f"database at {db.current_revision(settings.database_url)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(ctx: typer.Context, revision: str = "-1") -> None:
+    """Migrate the database down to ``revision`` (default: one step)."""
+    settings = get_settings(ctx)
+    db.downgrade(settings.database_url, revision)
+    typer.echo(f"database at {db.current_revision(settings.database_url) or 'base (empty)'}")
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context) -> None:
+    """Print the database's revision and the one this gateway needs."""
+    settings = get_settings(ctx)
+    typer.echo(f"current: {db.current_revision(settings.database_url)}  head: {db.head_revision()}")
+
+
+@study_app.command("process")
+def study_process(ctx: typer.Context, study_instance_uid: str) -> None:
+    """Treat a study as complete now and queue a new version of its results."""
+    from dicom_node.assembler import StudyNotFoundError, process_now
+
+    settings = get_settings(ctx)
+    _ready(settings)
+    with db.session_scope(settings.database_url) as session:
+        try:
+            job = process_now(session, study_instance_uid)
+        except StudyNotFoundError as exc:
+            fail(str(exc))
+        if job is None:
+            typer.echo("routing rules say this study is only stored: no job created")
+        else:
+            typer.echo(f"job {job.id} created for version {job.study_version}; `serve` publishes it")
+
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="do not run a worker in this process")] = False,
+    log_level: str = "INFO",
+) -> None:
+    """Run the DICOM node and the dispatcher; with the embedded broker also a worker."""
+    from dicom_node.scp import StorageSCP
+    from workers.app import configure
+    from workers.dispatcher import Dispatcher
+    from workers.outbox import requeue_orphaned_jobs
+
+    _logging(log_level)
+    settings = get_settings(ctx)
+    _ready(settings)
+    configure(settings)
+    if settings.embedded_broker:
+        with db.session_factory(settings.database_url)() as session:
+            requeue_orphaned_jobs(session)
+    scp = StorageSCP(settings)
+    scp.start()
+    dispatcher = Dispatcher(settings)
+    dispatcher.start()
+    log = logging.getLogger("gateway")
+    log.info("DICOM node %s listening on %s:%s", settings.node.ae_title, settings.node.host, scp.port)
+    try:
+        if no_worker or not settings.embedded_broker:
+            import threading
+
+            if not settings.embedded_broker:
+                log.info("workers: separate `medrega-gateway worker` processes (broker %s)",
+                         settings.broker_url.split("@")[-1])
+            stop = threading.Event()
+            import signal
+
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                stop.wait()
+            except KeyboardInterrupt:
+                pass
+        else:
+            from workers.embedded import make_worker
+
+            make_worker(settings, loglevel=log_level).start()
+    finally:
+        dispatcher.stop()
+        scp.stop()
+
+
+@app.command("worker")
+def worker(
+    ctx: typer.Context,
+    queues: Annotated[Optional[str], typer.Option(help="comma-separated queues (default: this model's GPU queue and cpu)")] = None,
+    concurrency: int = 1,
+    log_level: str = "INFO",
+) -> None:
+    """Run a Celery worker (a GPU host in production): loads the model once per process."""
+    from workers.embedded import make_worker
+
+    _logging(log_level)
+    settings = get_settings(ctx)
+    try:
+        db.check_schema_current(settings.database_url)
+    except db.SchemaNotCurrentError as exc:
+        fail(str(exc), code=3)
+    qs = [q.strip() for q in queues.split(",")] if queues else None
+    make_worker(settings, queues=qs, concurrency=concurrency, loglevel=log_level).start()
+
+
+@app.command("demo")
+def demo(
+    keep: Annotated[Optional[Path], typer.Option(help="keep the demo's folder here instead of a temporary one")] = None,
+    timeout_s: float = 300.0,
+) -> None:
+    """Run the whole path on embedded defaults: a PACS of its own sends a study and gets SRs back."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep, timeout_s=timeout_s))

@@ -1,0 +1,98 @@
+"""Study completeness: when a study has been quiet for ``node.stable_after_s``, create its job.
+
+There is no DICOM message that says "the study is complete" for C-STORE (PS3.4 Annex B), so a
+study is taken as complete when none of its instances has arrived for the configured time, or
+when an administrator says so (``medrega-gateway study process UID``).
+
+The job row is created in the same transaction that marks the study complete (the *outbox*):
+publishing it to the broker happens afterwards (:mod:`workers.outbox`), so a broker outage delays
+work but never loses it. Instances that arrive after a study was processed put it back to
+``receiving``; when it is stable again a new *version* is made, whose SRs reference the previous
+ones (Predecessor Documents Sequence).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from gateway.models import Instance, Job, JobEvent, JobState, Study, StudyState, utcnow
+
+__all__ = ["StudyNotFoundError", "stable_studies", "complete_study", "complete_stable_studies"]
+
+
+class StudyNotFoundError(LookupError):
+    """No study with that Study Instance UID was received."""
+
+
+def stable_studies(session: Session, stable_after_s: float, now: dt.datetime | None = None) -> Sequence[Study]:
+    """Studies still ``receiving`` whose last instance arrived at least ``stable_after_s`` ago."""
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(seconds=stable_after_s)
+    return session.scalars(
+        select(Study)
+        .where(Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff)
+        .order_by(Study.last_received_at)
+        .with_for_update(skip_locked=True)
+    ).all()
+
+
+def complete_study(session: Session, study: Study, force: bool = False) -> Job | None:
+    """Mark ``study`` complete and create the job for its next version (same transaction).
+
+    Returns the new job, or ``None`` when routing says the study is only stored or ignored, or
+    when nothing new arrived since the last version (unless ``force``).
+    """
+    from .routing import decide
+
+    now = utcnow()
+    decision = decide(session, study)
+    study.completed_at = now
+    if decision.action != "process":
+        study.state = StudyState.STORED
+        return None
+    instance_count = session.scalar(select(func.count(Instance.id)).where(Instance.study_id == study.id)) or 0
+    last_job = session.scalar(select(Job).where(Job.study_id == study.id).order_by(Job.study_version.desc()))
+    if last_job is not None and last_job.instance_count == instance_count and not force:
+        study.state = StudyState.COMPLETE
+        return None
+    study.version += 1
+    study.state = StudyState.COMPLETE
+    study.urgent = decision.urgent
+    job = Job(
+        study_id=study.id,
+        study_version=study.version,
+        state=JobState.PENDING,
+        priority=0 if decision.urgent else 5,
+        instance_count=instance_count,
+        destinations=list(decision.destinations),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    detail = f"route {decision.route_name}" if decision.route_name else "default route"
+    session.add(JobEvent(job_id=job.id, state=JobState.PENDING.value, at=now,
+                         detail=f"study complete ({instance_count} instances, {detail})"))
+    return job
+
+
+def complete_stable_studies(session: Session, stable_after_s: float) -> list[Job]:
+    """One pass of the assembler: complete every stable study. The caller commits."""
+    jobs = []
+    for study in stable_studies(session, stable_after_s):
+        job = complete_study(session, study)
+        if job is not None:
+            jobs.append(job)
+    return jobs
+
+
+def process_now(session: Session, study_instance_uid: str) -> Job | None:
+    """``medrega-gateway study process UID``: complete the study now, even if not yet stable."""
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+    if study is None:
+        raise StudyNotFoundError(f"no study {study_instance_uid} has been received")
+    return complete_study(session, study, force=True)

@@ -1,0 +1,5 @@
+"""``python -m gateway`` is ``medrega-gateway``."""
+
+from .cli import main
+
+main()

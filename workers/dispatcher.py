@@ -1,0 +1,84 @@
+"""The dispatcher loop that ``serve`` runs beside the DICOM node.
+
+Each pass: complete the studies that became stable (creating their jobs in the same transaction),
+publish pending jobs to the GPU queue (urgent first), and publish deliveries whose next attempt is
+due to the CPU queue. Every step works from database rows, so the loop can stop at any point and
+the next pass (in this or a restarted process) carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from dicom_node.assembler import complete_stable_studies
+from gateway.db import session_factory
+from gateway.models import Delivery, Job
+from gateway.settings import Settings
+
+from .app import CPU_QUEUE, gpu_queue
+from .outbox import publish_due_deliveries, publish_pending_jobs
+
+__all__ = ["Dispatcher", "DispatchPass"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DispatchPass:
+    jobs_created: int = 0
+    jobs_published: int = 0
+    deliveries_published: int = 0
+    broker_error: str | None = None
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, interval_s: float = 1.0) -> None:
+        self.settings = settings
+        self.interval_s = interval_s
+        self._sessions = session_factory(settings.database_url)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _publish_job(self, job: Job) -> None:
+        from .tasks import process_study
+
+        process_study.apply_async((job.id,), queue=gpu_queue(self.settings), priority=job.priority)
+
+    def _publish_delivery(self, delivery: Delivery) -> None:
+        from .tasks import deliver_document
+
+        deliver_document.apply_async((delivery.id,), queue=CPU_QUEUE)
+
+    def run_once(self) -> DispatchPass:
+        result = DispatchPass()
+        with self._sessions() as session:
+            jobs = complete_stable_studies(session, self.settings.node.stable_after_s)
+            session.commit()
+            result.jobs_created = len(jobs)
+            try:
+                result.jobs_published = publish_pending_jobs(session, self._publish_job)
+                result.deliveries_published = publish_due_deliveries(session, self._publish_delivery)
+            except Exception as exc:  # noqa: BLE001 - broker down: rows stay, next pass retries
+                session.rollback()
+                result.broker_error = f"{type(exc).__name__}: {exc}"
+                log.warning("broker unavailable, will retry: %s", result.broker_error)
+        return result
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - keep the loop alive (e.g. database briefly locked)
+                log.exception("dispatcher pass failed")
+            self._stop.wait(self.interval_s)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

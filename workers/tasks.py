@@ -1,0 +1,285 @@
+"""Celery tasks: ``process_study`` (model + SR writing) and ``deliver_document`` (C-STORE).
+
+Both are idempotent, because a task may run twice (a re-published outbox row, a redelivery after
+a worker was lost):
+
+- a job is *claimed* by one conditional UPDATE (``pending``/``queued``/``failed`` -> ``running``,
+  or a ``running`` job whose heartbeat is older than the task time limit); a second copy of the
+  task finds nothing to claim and returns;
+- findings are written in one transaction that first removes any partial earlier attempt;
+- SR SOP Instance UIDs are derived from (study, version, language), and documents and deliveries
+  are unique, so a retry rewrites the same SR and never creates a second delivery;
+- the sender never sends a delivery that is already ``sent``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from celery import Task
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import OperationalError
+
+from gateway.db import session_scope
+from gateway.models import (
+    Delivery,
+    DeliveryState,
+    Document,
+    Finding,
+    Instance,
+    Job,
+    JobEvent,
+    JobState,
+    ModelRun,
+    Study,
+    utcnow,
+)
+
+from .app import CPU_QUEUE, celery_app, settings
+
+__all__ = ["process_study", "deliver_document", "run_job", "record_event", "PermanentJobError"]
+
+log = logging.getLogger(__name__)
+
+WORKER_NAME = f"{socket.gethostname()}"
+
+_CLAIMABLE = (JobState.PENDING, JobState.QUEUED, JobState.FAILED)
+
+
+class PermanentJobError(RuntimeError):
+    """Retrying cannot help (missing model, unreadable study): the job goes to ``dead``."""
+
+
+def record_event(session, job: Job, state: JobState, detail: str | None = None) -> None:
+    now = utcnow()
+    job.state, job.updated_at = state, now
+    session.add(JobEvent(job_id=job.id, state=state.value, at=now, detail=detail))
+
+
+def _claim(job_id: int, lease_s: float) -> bool:
+    """Atomically move the job to ``running`` for this worker; False if someone else has it."""
+    url = settings().database_url
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=lease_s)
+    with session_scope(url) as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .where((Job.state.in_(_CLAIMABLE)) | ((Job.state == JobState.RUNNING) & (Job.updated_at < stale)))
+            .values(state=JobState.RUNNING, updated_at=now, worker=WORKER_NAME, attempts=Job.attempts + 1)
+        )
+        if result.rowcount != 1:
+            return False
+        session.add(JobEvent(job_id=job_id, state=JobState.RUNNING.value, at=now, detail=f"worker {WORKER_NAME}"))
+    return True
+
+
+def _heartbeat(job_id: int) -> Callable[[str], None]:
+    """Progress callback: keeps the claim fresh (``updated_at``) while the model works."""
+    url = settings().database_url
+    last = [0.0]
+
+    def beat(message: str) -> None:
+        log.info("job %s: %s", job_id, message)
+        if time.monotonic() - last[0] < 10:
+            return
+        last[0] = time.monotonic()
+        with session_scope(url) as session:
+            session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING)
+                            .values(updated_at=utcnow()))
+
+    return beat
+
+
+def _infer(job_id: int) -> None:
+    """Run the model over the job's images and record model runs and findings (one transaction)."""
+    from model.analysis import SourceImage, analyse_study
+    from model.backends import load_backend
+    from sr_writer.uids import derive_uid
+
+    cfg = settings()
+    with session_scope(cfg.database_url) as session:
+        job = session.get(Job, job_id)
+        study = session.get(Study, job.study_id)
+        rows = session.scalars(
+            select(Instance).where(Instance.study_id == study.id).order_by(Instance.id).limit(job.instance_count)
+        ).all()
+        images = [
+            SourceImage(
+                path=cfg.data_dir / row.path,
+                sop_instance_uid=row.sop_instance_uid,
+                sop_class_uid=row.sop_class_uid,
+                series_instance_uid=row.series.series_instance_uid,
+                modality=row.series.modality,
+                body_part_examined=row.series.body_part_examined,
+                rows=row.rows,
+                columns=row.columns,
+                number_of_frames=row.number_of_frames,
+                instance_number=row.instance_number,
+                image_position_patient=row.image_position_patient,
+                image_orientation_patient=row.image_orientation_patient,
+            )
+            for row in rows
+        ]
+        instance_ids = {row.sop_instance_uid: row.id for row in rows}
+        study_uid, version = study.study_instance_uid, job.study_version
+
+    backend = load_backend(cfg.model)
+    results = analyse_study(images, backend, cfg.model, progress=_heartbeat(job_id))
+    identity = backend.identity
+
+    with session_scope(cfg.database_url) as session:
+        # Remove what an interrupted earlier attempt may have written, then record afresh.
+        session.execute(delete(Finding).where(Finding.job_id == job_id))
+        session.execute(delete(ModelRun).where(ModelRun.job_id == job_id))
+        tracking_numbers: dict[str, int] = {}
+        n_regions = 0
+        for result in results:
+            run = ModelRun(
+                job_id=job_id,
+                instance_id=instance_ids[result.image.sop_instance_uid],
+                frame_number=result.frame_number,
+                language=result.language,
+                task=result.task,
+                backend=identity.backend,
+                model_name=identity.name,
+                model_version=identity.version,
+                weights_id=identity.weights_id,
+                prompt=result.prompt,
+                raw_answer=result.raw_answer,
+                duration_s=result.duration_s,
+            )
+            session.add(run)
+            session.flush()
+            if result.text or result.unparsed:
+                session.add(Finding(job_id=job_id, model_run_id=run.id, language=result.language, kind="report",
+                                    text=result.text if not result.unparsed else result.raw_answer,
+                                    unparsed=result.unparsed,
+                                    referenced_sop_instance_uid=result.image.sop_instance_uid,
+                                    referenced_sop_class_uid=result.image.sop_class_uid,
+                                    frame_number=result.frame_number))
+            for region in result.regions:
+                number = tracking_numbers.setdefault(region.match_key, len(tracking_numbers) + 1)
+                x1, y1, x2, y2 = region.box
+                px1, py1, px2, py2 = region.pixels
+                session.add(Finding(
+                    job_id=job_id, model_run_id=run.id, language=result.language, kind="region",
+                    label=region.label, text=region.description,
+                    box_x1=x1, box_y1=y1, box_x2=x2, box_y2=y2,
+                    px_x1=px1, px_y1=py1, px_x2=px2, px_y2=py2,
+                    referenced_sop_instance_uid=result.image.sop_instance_uid,
+                    referenced_sop_class_uid=result.image.sop_class_uid,
+                    frame_number=result.frame_number,
+                    tracking_uid=derive_uid("tracking", study_uid, str(version), region.match_key),
+                    tracking_identifier=f"region {number}",
+                ))
+                n_regions += 1
+        job = session.get(Job, job_id)
+        record_event(session, job, JobState.INFERRED,
+                     f"{len(results)} model runs, {n_regions} region boxes, model {identity.name}")
+
+
+def _write_results(job_id: int) -> list[int]:
+    """Write the SRs (and presentation states) and create one delivery per destination."""
+    from .results import write_job_documents
+
+    cfg = settings()
+    with session_scope(cfg.database_url) as session:
+        job = session.get(Job, job_id)
+        documents = write_job_documents(session, cfg, job)
+        delivery_ids = [d.id for doc in documents for d in doc.deliveries if d.state == DeliveryState.PENDING]
+        record_event(session, job, JobState.SR_WRITTEN,
+                     f"{len(documents)} documents, {len(delivery_ids)} deliveries")
+    return delivery_ids
+
+
+def run_job(job_id: int) -> str:
+    """Do the job's work if this worker can claim it. Returns what happened (for logs and tests)."""
+    cfg = settings()
+    with session_scope(cfg.database_url) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return "missing"
+        state = job.state
+    if state in (JobState.SR_WRITTEN, JobState.DELIVERED, JobState.CANCELLED, JobState.DEAD):
+        return f"skipped ({state.value})"
+    if state != JobState.INFERRED:
+        if not _claim(job_id, lease_s=cfg.queue.task_time_limit_s):
+            return "skipped (claimed by another worker)"
+        _infer(job_id)
+    delivery_ids = _write_results(job_id)
+    for delivery_id in delivery_ids:
+        publish_delivery(delivery_id)
+    return "done"
+
+
+def publish_delivery(delivery_id: int) -> None:
+    """Queue a delivery now; if the broker is down the dispatcher publishes it later."""
+    from .outbox import DELIVERY_LEASE_S
+
+    cfg = settings()
+    try:
+        deliver_document.apply_async((delivery_id,), queue=CPU_QUEUE)
+    except Exception as exc:  # noqa: BLE001 - any broker error: the outbox retries
+        log.warning("delivery %s not published now (%s); the dispatcher will", delivery_id, exc)
+        return
+    with session_scope(cfg.database_url) as session:
+        session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.state == DeliveryState.PENDING)
+                        .values(next_attempt_at=utcnow() + dt.timedelta(seconds=DELIVERY_LEASE_S)))
+
+
+def _fail(job_id: int, exc: BaseException, permanent: bool) -> None:
+    cfg = settings()
+    with session_scope(cfg.database_url) as session:
+        job = session.get(Job, job_id)
+        job.error = f"{type(exc).__name__}: {exc}"
+        record_event(session, job, JobState.DEAD if permanent else JobState.FAILED, job.error)
+
+
+@celery_app.task(bind=True, name="medrega.process_study", max_retries=5, acks_late=True)
+def process_study(self: Task, job_id: int) -> str:
+    """Inference and SR writing for one job (one version of one study)."""
+    from model.backends import ModelLoadError
+
+    try:
+        return run_job(job_id)
+    except (ModelLoadError, PermanentJobError) as exc:
+        log.error("job %s is dead: %s", job_id, exc)
+        _fail(job_id, exc, permanent=True)
+        return "dead"
+    except OperationalError as exc:  # database briefly unavailable: retry with backoff
+        _fail(job_id, exc, permanent=self.request.retries >= self.max_retries)
+        raise self.retry(exc=exc, countdown=min(600, 10 * 2 ** self.request.retries))
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        permanent = self.request.retries >= self.max_retries
+        _fail(job_id, exc, permanent=permanent)
+        if permanent:
+            return "dead"
+        raise self.retry(exc=exc, countdown=min(600, 10 * 2 ** self.request.retries))
+
+
+@celery_app.task(name="medrega.deliver_document", acks_late=True)
+def deliver_document(delivery_id: int) -> str:
+    """C-STORE one document to one destination (see :func:`dicom_node.sender.deliver`)."""
+    from dicom_node.sender import deliver
+
+    cfg = settings()
+    result = deliver(cfg, delivery_id)
+    with session_scope(cfg.database_url) as session:
+        delivery = session.get(Delivery, delivery_id)
+        job = session.get(Job, delivery.document.job_id)
+        states = session.scalars(
+            select(Delivery.state).join(Document, Delivery.document_id == Document.id).where(Document.job_id == job.id)
+        ).all()
+        if result.state == DeliveryState.SENT and all(s == DeliveryState.SENT for s in states):
+            if job.state != JobState.DELIVERED:
+                record_event(session, job, JobState.DELIVERED, f"{len(states)} deliveries sent")
+        elif result.state == DeliveryState.FAILED:
+            session.add(JobEvent(job_id=job.id, state="delivery_failed", at=utcnow(),
+                                 detail=f"{delivery.destination_name}: {result.error or hex(result.status or 0)}"))
+    return result.state.value
