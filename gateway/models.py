@@ -289,6 +289,9 @@ class Finding(Base):
     unparsed: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = _ts()
 
+    #: Auditors' search pages newest first by (created_at, id) (keyset pagination).
+    __table_args__ = (Index("ix_findings_created_at_id", "created_at", "id"),)
+
 
 class Document(Base):
     """A DICOM object we produced (SR or GSPS), stored in the spool before it is sent."""
@@ -428,3 +431,6 @@ class AuditEvent(Base):
     rows: Mapped[int | None] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(16), default="success")
     study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
+
+    #: The audit log is read and exported in time order (keyset pagination).
+    __table_args__ = (Index("ix_audit_events_at_id", "at", "id"),)
