@@ -162,3 +162,67 @@ def demo(
     from .demo import run_demo
 
     raise typer.Exit(run_demo(keep=keep, timeout_s=timeout_s))
+
+
+jobs_app = typer.Typer(help="Jobs (one per study version): list, retry, cancel.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+@jobs_app.command("list")
+def jobs_list(
+    ctx: typer.Context,
+    state: Annotated[Optional[str], typer.Option(help="only jobs in this state (e.g. dead, failed)")] = None,
+    limit: int = 50,
+) -> None:
+    """List the newest jobs with their state and last error."""
+    from sqlalchemy import select
+
+    from .models import Job, JobState, Study
+
+    settings = get_settings(ctx)
+    with db.session_scope(settings.database_url) as session:
+        query = select(Job, Study.study_instance_uid).join(Study).order_by(Job.id.desc()).limit(limit)
+        if state:
+            try:
+                query = query.where(Job.state == JobState(state))
+            except ValueError:
+                fail(f"unknown state {state!r}; one of {', '.join(s.value for s in JobState)}")
+        rows = session.execute(query).all()
+        typer.echo(f"{'id':>6}  {'state':<11} {'ver':>3} {'tries':>5}  {'updated (UTC)':<19}  study / error")
+        for job, uid in rows:
+            updated = job.updated_at.strftime("%Y-%m-%d %H:%M:%S")
+            typer.echo(f"{job.id:>6}  {job.state.value:<11} {job.study_version:>3} {job.attempts:>5}  {updated}  {uid}")
+            if job.error:
+                typer.echo(f"{'':>38}{job.error[:200]}")
+
+
+def _set_job_state(ctx: typer.Context, job_id: int, allowed: tuple, new_state, detail: str) -> None:
+    from .models import Job, JobEvent, utcnow
+
+    settings = get_settings(ctx)
+    with db.session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            fail(f"no job {job_id}")
+        if job.state not in allowed:
+            fail(f"job {job_id} is {job.state.value}; only {', '.join(s.value for s in allowed)} jobs can be {detail}")
+        job.state, job.updated_at, job.error = new_state, utcnow(), None
+        session.add(JobEvent(job_id=job.id, state=new_state.value, at=utcnow(), detail=f"{detail} by administrator"))
+    typer.echo(f"job {job_id} {detail}")
+
+
+@jobs_app.command("retry")
+def jobs_retry(ctx: typer.Context, job_id: int) -> None:
+    """Put a dead, failed or cancelled job back in the queue (the dispatcher publishes it)."""
+    from .models import JobState
+
+    _set_job_state(ctx, job_id, (JobState.DEAD, JobState.FAILED, JobState.CANCELLED), JobState.PENDING, "retried")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(ctx: typer.Context, job_id: int) -> None:
+    """Cancel a job that has not started writing results."""
+    from .models import JobState
+
+    _set_job_state(ctx, job_id, (JobState.PENDING, JobState.QUEUED, JobState.FAILED, JobState.DEAD),
+                   JobState.CANCELLED, "cancelled")

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dcmtk dicom3tools orthanc fonts-wqy-zenhei chromium)
+APT_PACKAGES=(dcmtk dicom3tools orthanc fonts-wqy-zenhei chromium docker-compose)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
