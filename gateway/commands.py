@@ -105,6 +105,10 @@ def serve(
             requeue_orphaned_jobs(session)
     scp = StorageSCP(settings)
     scp.start()
+    if settings.node.metrics_port:
+        from .metrics import start_metrics_server
+
+        start_metrics_server(settings.database_url, settings.node.metrics_port)
     dispatcher = Dispatcher(settings)
     dispatcher.start()
     log = logging.getLogger("gateway")
@@ -226,3 +230,17 @@ def jobs_cancel(ctx: typer.Context, job_id: int) -> None:
 
     _set_job_state(ctx, job_id, (JobState.PENDING, JobState.QUEUED, JobState.FAILED, JobState.DEAD),
                    JobState.CANCELLED, "cancelled")
+
+
+@app.command("status")
+def status(
+    ctx: typer.Context,
+    node_only: Annotated[bool, typer.Option("--node-only", help="only C-ECHO the node (container healthcheck)")] = False,
+) -> None:
+    """Print the health of node, broker, database, workers and destinations; exit 1 if any is down."""
+    from .status import run_checks
+
+    checks = run_checks(get_settings(ctx), node_only=node_only)
+    for check in checks:
+        typer.echo(f"{'ok  ' if check.ok else 'DOWN'}  {check.component:<22} {check.detail}")
+    raise typer.Exit(0 if all(c.ok for c in checks) else 1)

@@ -186,6 +186,7 @@ ae_title = "MEDREGA"
 host = "127.0.0.1"
 port = {node_port}
 stable_after_s = 2
+metrics_port = 0
 
 [storage]
 data_dir = "var"

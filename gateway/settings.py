@@ -85,6 +85,8 @@ class NodeSettings(_Section):
     tls_private_key: str = ""
     tls_ca_certificates: str = ""
     tls_require_client_certificate: bool = False
+    #: Prometheus metrics on this port (HTTP ``/metrics``) while ``serve`` runs; 0 disables.
+    metrics_port: int = Field(9100, ge=0, le=65535)
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: validate_ae_title(v)))
 

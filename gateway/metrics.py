@@ -1,0 +1,104 @@
+"""Prometheus metrics, read from the database at scrape time.
+
+The node, the dispatcher and any number of workers (on several hosts) all record into the
+database, so a collector that reads the database gives one consistent picture without
+multi-process counter files. Exposed by ``serve`` on ``node.metrics_port`` (``/metrics``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+from sqlalchemy import func, select
+
+from .db import session_factory
+from .models import (
+    DeliveryAttempt,
+    Instance,
+    Job,
+    JobEvent,
+    ModelRun,
+    QuarantinedInstance,
+    utcnow,
+)
+
+__all__ = ["GatewayCollector", "make_registry", "start_metrics_server", "STAGE_BUCKETS"]
+
+STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+_STAGES = ("queued", "running", "inferred", "sr_written", "delivered")
+
+
+class GatewayCollector(Collector):
+    def __init__(self, database_url: str) -> None:
+        self._sessions = session_factory(database_url)
+
+    def collect(self) -> Iterator:
+        with self._sessions() as s:
+            n, size = s.execute(select(func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))).one()
+            yield CounterMetricFamily("medrega_instances_received", "Instances stored in the spool", value=n)
+            yield CounterMetricFamily("medrega_received_bytes", "Bytes of instances stored", value=size)
+            dup = s.scalar(select(func.coalesce(func.sum(Instance.duplicate_count), 0)))
+            yield CounterMetricFamily("medrega_instances_duplicate", "Identical instances received again", value=dup)
+            rejected = CounterMetricFamily("medrega_instances_rejected", "Instances quarantined, by reason",
+                                           labels=["reason"])
+            for reason, count in s.execute(select(func.substr(QuarantinedInstance.reason, 1, 40),
+                                                  func.count()).group_by(func.substr(QuarantinedInstance.reason, 1, 40))):
+                rejected.add_metric([reason], count)
+            yield rejected
+            depth = GaugeMetricFamily("medrega_jobs", "Jobs by state (pending+queued = queue depth)", labels=["state"])
+            for state, count in s.execute(select(Job.state, func.count()).group_by(Job.state)):
+                depth.add_metric([state.value], count)
+            yield depth
+            failures = CounterMetricFamily("medrega_delivery_failures", "C-STORE attempts that did not succeed")
+            failures.add_metric([], s.scalar(select(func.count()).where(
+                (DeliveryAttempt.status.is_(None)) | (DeliveryAttempt.status.notin_([0, 0xB000, 0xB007, 0xB006])))) or 0)
+            yield failures
+            yield self._inference(s)
+            yield self._stages(s)
+
+    def _inference(self, s) -> HistogramMetricFamily:
+        durations = s.scalars(select(ModelRun.duration_s).order_by(ModelRun.id.desc()).limit(10000)).all()
+        return _histogram("medrega_inference_seconds", "Model time per prompt (last 10000)", durations)
+
+    def _stages(self, s) -> HistogramMetricFamily:
+        since = utcnow() - dt.timedelta(days=1)
+        events = s.execute(select(JobEvent.job_id, JobEvent.state, JobEvent.at).where(JobEvent.at >= since)
+                           .order_by(JobEvent.job_id, JobEvent.id)).all()
+        per_stage: dict[str, list[float]] = {stage: [] for stage in _STAGES}
+        previous: dict[int, dt.datetime] = {}
+        for job_id, state, at in events:
+            if job_id in previous and state in per_stage:
+                per_stage[state].append((at - previous[job_id]).total_seconds())
+            previous[job_id] = at
+        family = HistogramMetricFamily("medrega_job_stage_seconds", "Time to reach each job state (last day)",
+                                       labels=["stage"])
+        for stage, values in per_stage.items():
+            buckets, total = _buckets(values)
+            family.add_metric([stage], buckets, total)
+        return family
+
+
+def _buckets(values: list[float]) -> tuple[list[tuple[str, float]], float]:
+    buckets = [(str(b) if b != float("inf") else "+Inf", float(sum(1 for v in values if v <= b))) for b in STAGE_BUCKETS]
+    return buckets, float(sum(values))
+
+
+def _histogram(name: str, doc: str, values: list[float]) -> HistogramMetricFamily:
+    buckets, total = _buckets(list(values))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+
+
+def make_registry(database_url: str) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(GatewayCollector(database_url))
+    return registry
+
+
+def start_metrics_server(database_url: str, port: int, host: str = "0.0.0.0"):
+    """Serve ``/metrics`` in a background thread; returns (server, thread)."""
+    from prometheus_client import start_http_server
+
+    return start_http_server(port, addr=host, registry=make_registry(database_url))
