@@ -1,0 +1,105 @@
+"""Configuration contract: TOML + MEDREGA_<SECTION>__<KEY>, validated once, errors name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import ConfigError, Settings, load_settings
+from tests.conftest import REPO
+
+EXAMPLE = """
+[node]
+ae_title = "MEDREGA"
+host = "0.0.0.0"
+port = 11112
+stable_after_s = 30
+
+[storage]
+data_dir = "./var"
+
+[database]
+url = "sqlite:///./var/gateway.db"
+
+[queue]
+broker_url = ""
+
+[model]
+backend = "medrega"
+path = ""
+
+[[destinations]]
+name = "pacs"
+ae_title = "PACS"
+host = "127.0.0.1"
+port = 4242
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_issue_example_loads(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, EXAMPLE), environ={})
+    assert settings.node.port == 11112 and settings.node.ae_title == "MEDREGA"
+    assert settings.destinations[0].ae_title == "PACS"
+    assert settings.embedded_broker and settings.broker_url.startswith("sqla+sqlite:///")
+    # A relative data_dir is relative to the config file.
+    assert settings.data_dir == (tmp_path / "var").resolve()
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    env = {"MEDREGA_NODE__PORT": "11113", "MEDREGA_MODEL__BACKEND": "tiny",
+           "MEDREGA_DESTINATIONS": '[{"name": "a", "ae_title": "A", "host": "h", "port": 1}]'}
+    settings = load_settings(_write(tmp_path, EXAMPLE), environ=env)
+    assert settings.node.port == 11113
+    assert settings.model.backend == "tiny"
+    assert [d.name for d in settings.destinations] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        (EXAMPLE.replace("port = 11112", "port = 70000"), {}, "node.port:"),
+        (EXAMPLE.replace('backend = "medrega"', 'backend = "gpt"'), {}, "model.backend:"),
+        (EXAMPLE + "\n[node2]\nx = 1\n", {}, "node2: unknown setting"),
+        (EXAMPLE.replace('ae_title = "PACS"', 'ae_title = "WAY_TOO_LONG_AE_TITLE"'), {}, "destinations.0.ae_title:"),
+        (EXAMPLE.replace('name = "pacs"\n', ""), {}, "destinations.0.name: required setting is missing"),
+        (EXAMPLE, {"MEDREGA_NODE__STABLE_AFTER_S": "soon"}, "node.stable_after_s:"),
+        ("[node\n", {}, "not valid TOML"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, env: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, text), environ=env)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_stops_with_one_line(tmp_path: Path) -> None:
+    config = _write(tmp_path, EXAMPLE.replace("port = 4242", 'port = "x"'))
+    result = subprocess.run([sys.executable, "-m", "gateway", "--config", str(config), "config"],
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "medrega-gateway: configuration error: destinations.0.port: Input should be a valid integer, "
+        "unable to parse string as an integer"]
+
+
+def test_docs_list_every_setting() -> None:
+    doc = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            import typing
+
+            fields = typing.get_args(model)[0].model_fields
+        for key in fields:
+            assert f"`{key}`" in doc, f"docs/configuration.md does not document {section}.{key}"
