@@ -1,0 +1,273 @@
+"""Record a received instance: durable file first, then Study/Series/Instance rows.
+
+The order is what makes a C-STORE success answer safe (PS3.4 B.2.2): the bytes are durable in the
+spool before the row that points at them exists, and the row is committed before the SCP answers.
+A crash in between leaves at worst a spool file without a row (the sender re-sends it: the SCU got
+no success), never a row without its file.
+
+Writers are serialised per database: SQLite takes the write lock at ``BEGIN IMMEDIATE`` (a deferred
+transaction that reads first could not upgrade under WAL and would fail with SQLITE_BUSY);
+PostgreSQL inserts studies and series with ``ON CONFLICT DO NOTHING`` and retries on a conflicting
+instance insert.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from gateway.models import Instance, Series, Study, StudyState, utcnow
+
+from .header import InstanceHeader
+from .spool import StoredFile, durable_move, instance_relpath
+
+__all__ = [
+    "IngestError",
+    "SeriesStudyConflictError",
+    "IngestOutcome",
+    "IngestResult",
+    "write_transaction",
+    "record_instance",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+_STUDIES = Study.__table__
+_SERIES = Series.__table__
+_INSTANCES = Instance.__table__
+_ATTEMPTS = 4
+
+
+class IngestError(RuntimeError):
+    """The instance could not be recorded in the database."""
+
+
+class SeriesStudyConflictError(IngestError):
+    """The Series Instance UID is already filed under another Study Instance UID (PS3.3 C.7.3.1)."""
+
+
+class IngestOutcome(str, enum.Enum):
+    STORED = "stored"  # new instance
+    DUPLICATE = "duplicate"  # identical re-send: counted, not filed again
+    REPLACED = "replaced"  # same SOP Instance UID, different bytes: the new bytes replace the old
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: IngestOutcome
+    instance_id: int
+    study_id: int
+    relpath: str
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A read-write transaction that holds the write lock from its first statement on SQLite."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as raw:
+            conn = raw.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
+    else:
+        with engine.begin() as conn:
+            yield conn
+
+
+def _insert_ignore(conn: Connection, table, values: dict, key: str) -> None:  # type: ignore[no-untyped-def]
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        stmt = table.insert().values(**values)
+    conn.execute(stmt)
+
+
+def _study_id(conn: Connection, h: InstanceHeader, calling_ae_title: str | None, now) -> int:  # type: ignore[no-untyped-def]
+    row = conn.execute(
+        select(_STUDIES.c.id, _STUDIES.c.state, _STUDIES.c.patient_id, _STUDIES.c.calling_ae_title)
+        .where(_STUDIES.c.study_instance_uid == h.study_instance_uid)
+    ).first()
+    if row is None:
+        _insert_ignore(
+            conn,
+            _STUDIES,
+            dict(
+                study_instance_uid=h.study_instance_uid,
+                patient_id=h.patient_id,
+                patient_name=h.patient_name,
+                accession_number=h.accession_number,
+                study_date=h.study_date,
+                study_description=h.study_description,
+                calling_ae_title=calling_ae_title,
+                state=StudyState.RECEIVING.value,
+                version=0,
+                urgent=False,
+                first_received_at=now,
+                last_received_at=now,
+            ),
+            "study_instance_uid",
+        )
+        row = conn.execute(
+            select(_STUDIES.c.id, _STUDIES.c.state, _STUDIES.c.patient_id, _STUDIES.c.calling_ae_title)
+            .where(_STUDIES.c.study_instance_uid == h.study_instance_uid)
+        ).one()
+    return int(row.id)
+
+
+def _touch_study(conn: Connection, study_id: int, now) -> None:  # type: ignore[no-untyped-def]
+    """A new or changed instance: the study is receiving again (a COMPLETE study gets a new version)."""
+    conn.execute(
+        update(_STUDIES)
+        .where(_STUDIES.c.id == study_id)
+        .values(last_received_at=now, state=StudyState.RECEIVING.value)
+    )
+
+
+def _series_id(conn: Connection, h: InstanceHeader, study_id: int) -> int:
+    query = select(_SERIES.c.id, _SERIES.c.study_id).where(
+        _SERIES.c.series_instance_uid == h.series_instance_uid
+    )
+    row = conn.execute(query).first()
+    if row is None:
+        _insert_ignore(
+            conn,
+            _SERIES,
+            dict(
+                study_id=study_id,
+                series_instance_uid=h.series_instance_uid,
+                modality=h.modality,
+                body_part_examined=h.body_part_examined,
+                series_description=h.series_description,
+                series_number=h.series_number,
+            ),
+            "series_instance_uid",
+        )
+        row = conn.execute(query).one()
+    if row.study_id != study_id:
+        raise SeriesStudyConflictError("Series Instance UID is already filed under another study")
+    return int(row.id)
+
+
+def _instance_values(h: InstanceHeader, stored: StoredFile, calling_ae_title: str | None, now) -> dict:  # type: ignore[no-untyped-def]
+    return dict(
+        sop_class_uid=h.sop_class_uid,
+        transfer_syntax_uid=h.transfer_syntax_uid,
+        instance_number=h.instance_number,
+        rows=h.rows,
+        columns=h.columns,
+        number_of_frames=h.number_of_frames,
+        image_position_patient=h.image_position_patient,
+        image_orientation_patient=h.image_orientation_patient,
+        pixel_spacing=h.pixel_spacing,
+        path=stored.relpath,
+        size_bytes=stored.size_bytes,
+        sha256=stored.sha256,
+        calling_ae_title=calling_ae_title,
+        received_at=now,
+    )
+
+
+def _existing(conn: Connection, sop_instance_uid: str):  # type: ignore[no-untyped-def]
+    return conn.execute(
+        select(_INSTANCES.c.id, _INSTANCES.c.sha256, _INSTANCES.c.study_id, _INSTANCES.c.path)
+        .where(_INSTANCES.c.sop_instance_uid == sop_instance_uid)
+    ).first()
+
+
+def _count_duplicate(conn: Connection, instance_id: int) -> None:
+    conn.execute(
+        update(_INSTANCES)
+        .where(_INSTANCES.c.id == instance_id)
+        .values(duplicate_count=_INSTANCES.c.duplicate_count + 1)
+    )
+
+
+def record_instance(
+    engine: Engine,
+    data_dir: Path,
+    header: InstanceHeader,
+    received: Path,
+    *,
+    sha256: str,
+    size_bytes: int,
+    calling_ae_title: str | None,
+) -> IngestResult:
+    """File ``received`` (a temp file in ``incoming/``) under the spool and record it.
+
+    An identical re-send (same SOP Instance UID and SHA-256) only increments
+    ``Instance.duplicate_count``: the study's state is untouched and ``received`` is removed.
+    Raises :class:`SeriesStudyConflictError`, :class:`IngestError` or
+    :class:`~dicom_node.spool.SpoolError`.
+    """
+    relpath = instance_relpath(
+        header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+    )
+    # Fast path for re-sends, without touching the file system.
+    with engine.connect() as conn:
+        existing = _existing(conn, header.sop_instance_uid)
+    if existing is not None and existing.sha256 == sha256:
+        with write_transaction(engine) as conn:
+            _count_duplicate(conn, existing.id)
+        received.unlink(missing_ok=True)
+        return IngestResult(IngestOutcome.DUPLICATE, existing.id, existing.study_id, existing.path)
+
+    stored = durable_move(received, data_dir, relpath, sha256=sha256, size_bytes=size_bytes)
+
+    last_exc: Exception | None = None
+    for _ in range(_ATTEMPTS):
+        now = utcnow()
+        try:
+            with write_transaction(engine) as conn:
+                existing = _existing(conn, header.sop_instance_uid)
+                if existing is not None and existing.sha256 == sha256:
+                    _count_duplicate(conn, existing.id)
+                    return IngestResult(
+                        IngestOutcome.DUPLICATE, existing.id, existing.study_id, existing.path
+                    )
+                study_id = _study_id(conn, header, calling_ae_title, now)
+                series_id = _series_id(conn, header, study_id)
+                values = _instance_values(header, stored, calling_ae_title, now)
+                if existing is None:
+                    result = conn.execute(
+                        _INSTANCES.insert().values(
+                            study_id=study_id,
+                            series_id=series_id,
+                            sop_instance_uid=header.sop_instance_uid,
+                            duplicate_count=0,
+                            **values,
+                        )
+                    )
+                    instance_id = int(result.inserted_primary_key[0])
+                    outcome = IngestOutcome.STORED
+                else:
+                    conn.execute(
+                        update(_INSTANCES)
+                        .where(_INSTANCES.c.id == existing.id)
+                        .values(study_id=study_id, series_id=series_id, **values)
+                    )
+                    instance_id = int(existing.id)
+                    outcome = IngestOutcome.REPLACED
+                _touch_study(conn, study_id, now)
+            return IngestResult(outcome, instance_id, study_id, relpath)
+        except IntegrityError as exc:  # a concurrent association filed the same UID first
+            last_exc = exc
+            continue
+        except OperationalError as exc:
+            raise IngestError(f"database unavailable: {exc.orig.__class__.__name__}") from exc
+    raise IngestError("could not record the instance (conflicting concurrent writes)") from last_exc
+

@@ -1,0 +1,422 @@
+"""The node's Storage SCP: Verification (PS3.4 A) and Storage (PS3.4 B) service classes.
+
+Every C-STORE is received straight to a file in ``data_dir/incoming`` (pynetdicom
+``STORE_RECV_CHUNKED_DATASET``: a 1 GB multi-frame never sits in memory), its header is parsed
+(not its pixel data), the bytes are made durable under the spool exactly as received, the database
+rows are committed, and only then is the C-STORE-RSP sent. Status codes (PS3.4 B.2.3):
+
+========  =================================================================================
+0x0000    Success: stored (or an identical copy was already stored: not processed twice)
+0xA700    Refused, out of resources: free disk below ``node.minimum_free_disk_mb``
+0xA701    Refused, out of resources: the database could not record the instance
+0xA702    Refused, out of resources: the spool could not be written (I/O error)
+0xA900    Error: SOP Class UID in the data set differs from the Affected SOP Class UID
+0xC000    Error, cannot understand: the data set cannot be decoded (quarantined)
+0xC001    Error, cannot understand: Study/Series/SOP Instance/SOP Class UID missing or invalid
+0xC002    Error, cannot understand: SOP Instance UID differs from the Affected SOP Instance UID
+0xC003    Error, cannot understand: the series is filed under another study
+========  =================================================================================
+
+Failed objects that arrived whole are kept in quarantine with the reason
+(:mod:`dicom_node.quarantine`).
+
+Association control is :mod:`dicom_node.policy` (evaluated on each A-ASSOCIATE-RQ), TLS is
+:mod:`dicom_node.tls`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2K,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import Engine
+
+from gateway.db import make_engine
+from gateway.settings import Settings
+
+from .header import HeaderError, read_header
+from .ingest import IngestError, IngestOutcome, SeriesStudyConflictError, record_instance
+from .policy import AssociationPolicy
+from .quarantine import quarantine_file
+from .spool import (
+    InsufficientDiskSpaceError,
+    SpoolError,
+    check_free_disk,
+    incoming_dir,
+    sha256_file,
+)
+from .tls import server_context
+
+__all__ = [
+    "TRANSFER_SYNTAXES",
+    "STATUS_SUCCESS",
+    "STATUS_OUT_OF_RESOURCES",
+    "STATUS_DATABASE_UNAVAILABLE",
+    "STATUS_SPOOL_ERROR",
+    "STATUS_SERIES_CONFLICT",
+    "NodeError",
+    "NodeNotRunningError",
+    "supported_contexts",
+    "StorageSCP",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+#: Transfer syntaxes accepted for every storage SOP class (PS3.5 Annex A, 8.2), in our order of
+#: preference; the SCU's order decides (pynetdicom accepts the first one it proposed that we list).
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+    RLELossless,
+)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATABASE_UNAVAILABLE = 0xA701
+STATUS_SPOOL_ERROR = 0xA702
+STATUS_SERIES_CONFLICT = 0xC003
+
+
+class NodeError(RuntimeError):
+    """The DICOM node cannot start or is misused."""
+
+
+class NodeNotRunningError(NodeError):
+    """``port`` or ``stop`` before ``start``."""
+
+
+def supported_contexts() -> list[PresentationContext]:
+    """Verification plus every storage SOP class pynetdicom knows, each with :data:`TRANSFER_SYNTAXES`."""
+    contexts: list[PresentationContext] = []
+    for abstract in [Verification] + [cx.abstract_syntax for cx in AllStoragePresentationContexts]:
+        cx = PresentationContext()
+        cx.abstract_syntax = abstract
+        cx.transfer_syntax = list(
+            TRANSFER_SYNTAXES if abstract != Verification else (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+        )
+        contexts.append(cx)
+    return contexts
+
+
+# -- receiving into data_dir/incoming ---------------------------------------------------------
+#
+# pynetdicom creates the file for a chunked C-STORE data set with ``NamedTemporaryFile()`` in the
+# system temporary folder, from the association's DUL thread. We route it to the node's
+# ``incoming`` folder (same file system as the spool: the final rename is atomic and copies
+# nothing). When the lookup fails the file lands in the system folder and the spool copies it.
+
+_INCOMING_BY_AE: "weakref.WeakKeyDictionary[AE, str]" = weakref.WeakKeyDictionary()
+_HOOK_LOCK = threading.Lock()
+_original_named_temporary_file = tempfile.NamedTemporaryFile
+
+
+def _incoming_named_temporary_file(*args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+    if kwargs.get("dir") is None:
+        assoc = getattr(threading.current_thread(), "assoc", None)  # DULServiceProvider.assoc
+        ae = getattr(assoc, "ae", None)
+        directory = _INCOMING_BY_AE.get(ae) if ae is not None else None
+        if directory is not None:
+            kwargs["dir"] = directory
+            kwargs.setdefault("prefix", "rx-")
+    return _original_named_temporary_file(*args, **kwargs)
+
+
+def _install_receive_hooks() -> None:
+    import pynetdicom.dimse_messages as dimse_messages
+
+    with _HOOK_LOCK:
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        # The standard handlers log every PDU/DIMSE message at debug level and cost CPU per
+        # message; the node logs one line per association instead.
+        _config.LOG_HANDLER_LEVEL = "none"
+        if dimse_messages.NamedTemporaryFile is not _incoming_named_temporary_file:
+            dimse_messages.NamedTemporaryFile = _incoming_named_temporary_file
+
+
+class _NodeServer(ThreadedAssociationServer):
+    """pynetdicom's server with TCP_NODELAY on each connection and optional SO_REUSEPORT.
+
+    SO_REUSEPORT lets several node processes share one listening port (the kernel spreads
+    connections between them); it must be set before ``bind``.
+    """
+
+    reuse_port = False
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever`` and close the socket (the server is not in ``AE._servers``)."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
+    def get_request(self):  # type: ignore[no-untyped-def]
+        client, address = self.socket.accept()
+        try:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True)
+        return client, address
+
+
+class _ReusePortServer(_NodeServer):
+    reuse_port = True
+
+
+class StorageSCP:
+    """The DICOM node: C-ECHO and C-STORE SCP for every storage SOP class.
+
+    >>> scp = StorageSCP(settings)
+    >>> scp.start()          # returns at once; binds node.host:node.port (0: an ephemeral port)
+    >>> scp.port
+    >>> scp.stop()
+    """
+
+    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
+        self.settings = settings
+        self._reuse_port = reuse_port
+        self._engine: Engine | None = None
+        self._ae: AE | None = None
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+        self._policy: AssociationPolicy | None = None
+        self._lock = threading.Lock()
+        self._stats: dict[int, dict[str, int]] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind and serve in a background thread (non-blocking)."""
+        if self._server is not None:
+            raise NodeError("the node is already running")
+        node = self.settings.node
+        data_dir = self.settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        incoming = incoming_dir(data_dir)
+        self._clean_incoming(incoming)
+        ssl_context = server_context(node)
+        self._engine = make_engine(self.settings.database_url)
+        self._policy = AssociationPolicy(
+            self._engine, ae_title=node.ae_title, require_known_callers=node.require_known_callers
+        )
+
+        _install_receive_hooks()
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_associations = node.maximum_associations
+        ae.maximum_pdu_size = node.maximum_pdu_size
+        ae.acse_timeout = node.acse_timeout_s
+        ae.dimse_timeout = node.dimse_timeout_s
+        ae.network_timeout = node.network_timeout_s
+        ae.require_called_aet = True
+        ae.supported_contexts = supported_contexts()
+        _INCOMING_BY_AE[ae] = str(incoming)
+
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_STORE, self._on_c_store),
+            (evt.EVT_C_ECHO, self._on_c_echo),
+            (evt.EVT_RELEASED, self._on_closed, ["released"]),
+            (evt.EVT_ABORTED, self._on_closed, ["aborted"]),
+        ]
+        server_class = _ReusePortServer if self._reuse_port else _NodeServer
+        try:
+            server = ae.make_server(
+                (node.host, node.port),
+                ssl_context=ssl_context,
+                evt_handlers=handlers,
+                server_class=server_class,
+            )
+        except OSError as exc:
+            raise NodeError(f"cannot listen on {node.host}:{node.port}: {exc.strerror}") from None
+        self._ae, self._server = ae, server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2},
+            name=f"dicom-node:{self.port}", daemon=True,
+        )
+        self._thread.start()
+        LOGGER.info(
+            "DICOM node %s listening on %s:%d%s", node.ae_title, node.host, self.port,
+            " (TLS)" if ssl_context else "",
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (the ephemeral one when ``node.port`` is 0)."""
+        if self._server is None:
+            raise NodeNotRunningError("the node is not running")
+        return int(self._server.server_address[1])
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def stop(self) -> None:
+        """Stop listening, abort associations in progress and wait for the server thread."""
+        server, ae = self._server, self._ae
+        if server is None or ae is None:
+            return
+        self._server = None
+        server.shutdown()
+        for assoc in list(server.active_associations):
+            assoc.abort()
+        ae.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        LOGGER.info("DICOM node %s stopped", self.settings.node.ae_title)
+
+    def __enter__(self) -> "StorageSCP":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @staticmethod
+    def _clean_incoming(incoming: Path) -> None:
+        """Remove receptions a previous run did not finish (never answered with success)."""
+        for leftover in incoming.glob("rx-*"):
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
+
+    # -- association control ----------------------------------------------------------------
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        called = str(rq.called_ae_title or "")
+        calling = str(rq.calling_ae_title or "")
+        peer = str(assoc.requestor.address)
+        assert self._policy is not None
+        decision = self._policy.evaluate(called, calling, peer)
+        if decision.accepted:
+            return
+        LOGGER.warning("association from %s (%s) rejected: %s", calling, peer, decision.reason)
+        assoc.acse.send_reject(decision.result, decision.source, decision.diagnostic)
+        assoc.kill()
+
+    def _on_closed(self, event: evt.Event, how: str) -> None:
+        stats = self._stats.pop(id(event.assoc), None)
+        if stats:
+            LOGGER.info(
+                "association from %s %s: %d stored, %d duplicates, %d refused",
+                event.assoc.requestor.ae_title, how,
+                stats.get("stored", 0), stats.get("duplicate", 0), stats.get("refused", 0),
+            )
+
+    def _count(self, event: evt.Event, what: str) -> None:
+        stats = self._stats.setdefault(id(event.assoc), {})
+        stats[what] = stats.get(what, 0) + 1
+
+    # -- services ---------------------------------------------------------------------------
+    @staticmethod
+    def _on_c_echo(event: evt.Event) -> int:
+        return STATUS_SUCCESS
+
+    def _on_c_store(self, event: evt.Event) -> int:
+        status = self._store(event)
+        self._count(event, "stored" if status == STATUS_SUCCESS else "refused")
+        return status
+
+    def _store(self, event: evt.Event) -> int:
+        assert self._engine is not None
+        data_dir = self.settings.data_dir
+        received = Path(event.dataset_path)
+        request = event.request
+        calling = str(event.assoc.requestor.ae_title).strip() or None
+        peer = str(event.assoc.requestor.address)
+        affected_uid = str(request.AffectedSOPInstanceUID or "") or None
+        try:
+            check_free_disk(data_dir, self.settings.node.minimum_free_disk_mb)
+        except InsufficientDiskSpaceError as exc:
+            received.unlink(missing_ok=True)
+            LOGGER.error("C-STORE refused (0xA700): %s", exc)
+            return STATUS_OUT_OF_RESOURCES
+        try:
+            try:
+                header = read_header(
+                    received,
+                    affected_sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                    affected_sop_instance_uid=affected_uid,
+                )
+            except HeaderError as exc:
+                self._quarantine(received, str(exc), calling, peer, affected_uid)
+                return exc.status
+            digest, size = sha256_file(received)
+            try:
+                result = record_instance(
+                    self._engine, data_dir, header, received,
+                    sha256=digest, size_bytes=size, calling_ae_title=calling,
+                )
+            except SeriesStudyConflictError as exc:
+                self._quarantine(received, str(exc), calling, peer, affected_uid)
+                return STATUS_SERIES_CONFLICT
+            if result.outcome is IngestOutcome.DUPLICATE:
+                self._count(event, "duplicate")
+            return STATUS_SUCCESS
+        except IngestError as exc:
+            LOGGER.error("C-STORE refused (0xA701): %s", exc)
+            return STATUS_DATABASE_UNAVAILABLE
+        except (SpoolError, OSError) as exc:
+            LOGGER.error("C-STORE refused (0xA702): spool write failed: %s", exc)
+            return STATUS_SPOOL_ERROR
+        finally:
+            received.unlink(missing_ok=True)
+
+    def _quarantine(
+        self, received: Path, reason: str, calling: str | None, peer: str, affected_uid: str | None
+    ) -> None:
+        assert self._engine is not None
+        try:
+            quarantine_file(
+                self._engine, self.settings.data_dir, received, reason=reason,
+                calling_ae_title=calling, peer_address=peer,
+                affected_sop_instance_uid=affected_uid,
+            )
+        except Exception as exc:  # the refusal status is sent regardless
+            LOGGER.error("could not quarantine a refused object: %s", exc)

@@ -1,0 +1,214 @@
+"""Durable storage of received objects, exactly as received.
+
+Layout under ``settings.data_dir``::
+
+    spool/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm   received instances
+    incoming/                                                            partial receptions (temp)
+    quarantine/<date>/<uuid>.dcm                                         objects we could not accept
+
+An instance is durable when its bytes and its name are on disk: the data are written to a temporary
+name in the same file system, ``fsync``-ed, renamed into place (atomic, POSIX ``rename(2)``) and the
+directory is ``fsync``-ed. Only then is the database row written and the C-STORE answered
+(PS3.4 B.2.2: success means the SCP has taken responsibility for the instance).
+
+UIDs are used as file names: they are validated (PS3.5 9.1: digits and dots, at most 64 characters)
+before they reach the file system, so a malformed UID can never escape the spool folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "SpoolError",
+    "InvalidUIDError",
+    "InsufficientDiskSpaceError",
+    "SPOOL_DIR",
+    "INCOMING_DIR",
+    "QUARANTINE_DIR",
+    "StoredFile",
+    "valid_uid",
+    "instance_relpath",
+    "incoming_dir",
+    "free_disk_mb",
+    "check_free_disk",
+    "sha256_file",
+    "fsync_dir",
+    "durable_move",
+    "durable_write_bytes",
+]
+
+SPOOL_DIR = "spool"
+INCOMING_DIR = "incoming"
+QUARANTINE_DIR = "quarantine"
+
+#: PS3.5 9.1: a UID is digits and dots, components without leading zeros, 64 characters at most.
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_HASH_CHUNK = 1 << 20
+
+
+class SpoolError(OSError):
+    """The spool could not store an object."""
+
+
+class InvalidUIDError(ValueError):
+    """A UID that is not a valid PS3.5 9.1 UID (and so cannot be used as a file name)."""
+
+
+class InsufficientDiskSpaceError(SpoolError):
+    """Free space in the data folder is below ``node.minimum_free_disk_mb``."""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file made durable in the spool."""
+
+    path: Path  # absolute
+    relpath: str  # relative to data_dir, POSIX separators
+    size_bytes: int
+    sha256: str
+
+
+def valid_uid(uid: str | None) -> bool:
+    """True when ``uid`` is a syntactically valid UID (PS3.5 9.1)."""
+    return bool(uid) and len(uid) <= 64 and _UID_RE.match(uid) is not None  # type: ignore[arg-type]
+
+
+def instance_relpath(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+    """``spool/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` (relative to data_dir)."""
+    for name, uid in (
+        ("StudyInstanceUID", study_uid),
+        ("SeriesInstanceUID", series_uid),
+        ("SOPInstanceUID", sop_instance_uid),
+    ):
+        if not valid_uid(uid):
+            raise InvalidUIDError(f"{name} is not a valid UID (PS3.5 9.1)")
+    return f"{SPOOL_DIR}/{study_uid}/{series_uid}/{sop_instance_uid}.dcm"
+
+
+def incoming_dir(data_dir: Path) -> Path:
+    """Folder for receptions in progress: on the spool's file system so rename is atomic."""
+    path = data_dir / INCOMING_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def free_disk_mb(path: Path) -> float:
+    """Space available to this (unprivileged) process in the file system holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / (1024 * 1024)
+
+
+def check_free_disk(data_dir: Path, minimum_mb: float) -> None:
+    """Raise :class:`InsufficientDiskSpaceError` when less than ``minimum_mb`` is free."""
+    if minimum_mb <= 0:
+        return
+    free = free_disk_mb(data_dir)
+    if free < minimum_mb:
+        raise InsufficientDiskSpaceError(
+            f"only {free:.0f} MB free in {data_dir}, node.minimum_free_disk_mb is {minimum_mb:.0f}"
+        )
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """SHA-256 (hex) and size of a file, read in 1 MiB chunks (bounded memory)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(_HASH_CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+            size += n
+    return digest.hexdigest(), size
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the directory entry changes in ``path`` durable (rename, create)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(directory: Path, root: Path) -> None:
+    """Create ``directory`` (under ``root``) and fsync every parent whose entries changed."""
+    if directory.is_dir():
+        return
+    missing: list[Path] = []
+    p = directory
+    while not p.is_dir():
+        missing.append(p)
+        if p == root or p.parent == p:
+            break
+        p = p.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        fsync_dir(created.parent)
+
+
+def durable_move(src: Path, data_dir: Path, relpath: str, *, sha256: str, size_bytes: int) -> StoredFile:
+    """Make ``src`` durable and move it to ``data_dir/relpath`` (replacing a previous version).
+
+    ``src`` should be on the same file system (see :func:`incoming_dir`); when it is not, it is
+    copied to a temporary name beside the target first, so the target is never half-written.
+    """
+    target = data_dir / relpath
+    _makedirs_durable(target.parent, data_dir)
+    try:
+        _fsync_file(src)
+        os.replace(src, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise SpoolError(exc.errno, f"cannot store received object: {exc.strerror}") from exc
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, _HASH_CHUNK)
+                fout.flush()
+                os.fsync(fout.fileno())
+            os.replace(tmp, target)
+        except OSError as exc2:
+            tmp.unlink(missing_ok=True)
+            raise SpoolError(exc2.errno, f"cannot store received object: {exc2.strerror}") from exc2
+        src.unlink(missing_ok=True)
+    fsync_dir(target.parent)
+    return StoredFile(path=target, relpath=relpath, size_bytes=size_bytes, sha256=sha256)
+
+
+def durable_write_bytes(data: bytes, data_dir: Path, relpath: str) -> StoredFile:
+    """Write ``data`` durably to ``data_dir/relpath`` (temp name, fsync, rename, fsync dir)."""
+    target = data_dir / relpath
+    _makedirs_durable(target.parent, data_dir)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SpoolError(exc.errno, f"cannot write {relpath}: {exc.strerror}") from exc
+    fsync_dir(target.parent)
+    return StoredFile(
+        path=target,
+        relpath=relpath,
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
