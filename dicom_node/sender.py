@@ -1,0 +1,375 @@
+"""Sending our documents (SR, GSPS) to destinations: C-STORE SCU (PS3.4 B, PS3.7 9.1.1).
+
+:func:`deliver` makes one attempt for one :class:`~gateway.models.Delivery` and records it:
+
+* A delivery already SENT returns at once: a document is never sent twice by us. Before the
+  attempt the delivery is *claimed* with a conditional update of ``next_attempt_at`` (a lease as
+  long as the association timeouts), so two workers given the same delivery cannot both send it.
+* The association proposes the document's SOP class and, for SR, the simpler SR classes it can be
+  rewritten as (Comprehensive 3D SR -> Comprehensive SR -> Enhanced SR -> Basic Text SR). When the
+  destination accepts only a simpler one, :func:`sr_writer.fallback.fallback_document` rewrites the
+  document and ``Delivery.sent_sop_class_uid`` records what was sent.
+* Every attempt leaves a :class:`~gateway.models.DeliveryAttempt` with the DIMSE status
+  (PS3.7 C.4.2.1.5) or the network error. Success (0x0000) and warning (0xB000, 0xB006, 0xB007)
+  mean SENT. Anything else is retried after an exponential backoff
+  (``sender.backoff_initial_s`` x 2^(attempts-1), at most ``sender.backoff_max_s``) and marked
+  FAILED after ``sender.retries`` retries; an administrator re-arms it with
+  :func:`retry_delivery`.
+
+The calling AE title is ``sender.calling_ae_title`` or, when empty, ``node.ae_title``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from gateway.db import session_scope
+from gateway.models import Delivery, DeliveryAttempt, DeliveryState, Destination, Document, utcnow
+from gateway.settings import Settings
+
+from .tls import client_context
+
+__all__ = [
+    "SenderError",
+    "DeliveryNotFoundError",
+    "DestinationNotFoundError",
+    "AssociationFailedError",
+    "DeliveryAlreadySentError",
+    "DeliveryResult",
+    "SR_FALLBACK_ORDER",
+    "backoff_s",
+    "deliver",
+    "echo",
+    "retry_delivery",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+#: Richest first; a document may be sent as any class after its own in this list.
+SR_FALLBACK_ORDER: tuple[str, ...] = (COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR, ENHANCED_SR, BASIC_TEXT_SR)
+#: PS3.4 B.2.3 warning statuses: the SCP stored the instance.
+_WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
+
+
+class SenderError(RuntimeError):
+    """Sending could not be attempted or did not succeed."""
+
+
+class DeliveryNotFoundError(SenderError, LookupError):
+    pass
+
+
+class DestinationNotFoundError(SenderError, LookupError):
+    pass
+
+
+class DeliveryAlreadySentError(SenderError):
+    """:func:`retry_delivery` on a delivery that was sent: re-arming it would send a second copy."""
+
+
+class AssociationFailedError(SenderError):
+    """No association with the destination: connection refused/timed out, rejected or aborted."""
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    state: DeliveryState
+    status: int | None
+    error: str | None
+    retry_in_s: float | None
+    sop_class_uid: str | None
+
+
+@dataclass(frozen=True)
+class _Target:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    tls: bool
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: int | None
+    error: str | None
+    sop_class_uid: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and (self.status == 0x0000 or self.status in _WARNING_STATUSES)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite returns naive datetimes: they are UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+def backoff_s(settings: Settings, attempts: int) -> float:
+    """Delay after the ``attempts``-th failed attempt (1-based): exponential, capped."""
+    s = settings.sender
+    if attempts <= 0:
+        return 0.0
+    return float(min(s.backoff_max_s, s.backoff_initial_s * (2 ** (attempts - 1))))
+
+
+def _lease_s(settings: Settings) -> float:
+    n = settings.node
+    return n.acse_timeout_s + n.dimse_timeout_s + n.network_timeout_s + 30.0
+
+
+def _calling_ae_title(settings: Settings) -> str:
+    return settings.sender.calling_ae_title or settings.node.ae_title
+
+
+def _make_ae(settings: Settings) -> AE:
+    ae = AE(ae_title=_calling_ae_title(settings))
+    ae.acse_timeout = settings.node.acse_timeout_s
+    ae.dimse_timeout = settings.node.dimse_timeout_s
+    ae.network_timeout = settings.node.network_timeout_s
+    ae.connection_timeout = min(settings.node.network_timeout_s, 30.0)
+    ae.maximum_pdu_size = settings.node.maximum_pdu_size
+    return ae
+
+
+def _describe_failure(assoc: Association) -> str:
+    if assoc.is_rejected:
+        rsp = assoc.acceptor.primitive
+        if rsp is not None:
+            return (
+                f"association rejected ({rsp.result_str}, source {rsp.source_str}, "
+                f"reason {rsp.reason_str})"
+            )
+        return "association rejected"
+    if assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
+        refused = ", ".join(sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts}))
+        return f"destination accepts none of the SOP classes proposed ({refused})"
+    if assoc.is_aborted:
+        return "no association: connection refused or reset, TLS handshake failed, or aborted by the destination"
+    return "association request failed (connection refused or timed out)"
+
+
+def _associate(settings: Settings, target: _Target, ae: AE) -> Association:
+    tls_args = (client_context(settings.node), None) if target.tls else None
+    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args)
+    if not assoc.is_established:
+        raise AssociationFailedError(
+            f"{target.name} ({target.ae_title}@{target.host}:{target.port}): {_describe_failure(assoc)}"
+        )
+    return assoc
+
+
+def echo(settings: Settings, destination_name: str) -> int:
+    """C-ECHO a destination (PS3.4 A); returns the DIMSE status (0x0000 is success).
+
+    Raises :class:`DestinationNotFoundError` or :class:`AssociationFailedError`.
+    """
+    with session_scope(settings.database_url) as session:
+        target = _target(session, destination_name)
+    if target is None:
+        raise DestinationNotFoundError(f"no destination named {destination_name!r}")
+    ae = _make_ae(settings)
+    ae.add_requested_context(Verification)
+    assoc = _associate(settings, target, ae)
+    try:
+        rsp = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    status = rsp.get("Status") if rsp is not None else None
+    if status is None:
+        raise AssociationFailedError(f"{destination_name}: no C-ECHO response (DIMSE timeout or abort)")
+    return int(status)
+
+
+def _target(session: Session, name: str) -> _Target | None:
+    row = session.scalar(select(Destination).where(Destination.name == name))
+    if row is None:
+        return None
+    return _Target(row.name, row.ae_title, row.host, int(row.port), bool(row.tls))
+
+
+def _proposed_classes(sop_class_uid: str) -> list[str]:
+    if sop_class_uid in SR_FALLBACK_ORDER:
+        return list(SR_FALLBACK_ORDER[SR_FALLBACK_ORDER.index(sop_class_uid):])
+    return [sop_class_uid]
+
+
+def _choose_dataset(ds: Dataset, accepted: Sequence[str]) -> tuple[Dataset | None, str | None]:
+    """The data set to send given the SOP classes the destination accepted, or (None, why)."""
+    own = str(ds.SOPClassUID)
+    if own in accepted:
+        return ds, None
+    candidates = [uid for uid in _proposed_classes(own)[1:] if uid in accepted]
+    if not candidates:
+        return None, f"destination accepts none of the SOP classes proposed for {own}"
+    try:
+        from sr_writer.fallback import fallback_document
+    except ImportError:
+        return None, "destination refused the document's SOP class and sr_writer.fallback is unavailable"
+    try:
+        rewritten = fallback_document(ds, list(candidates))
+    except Exception as exc:  # the writer's own validation errors: report, do not crash the worker
+        return None, f"fallback to {candidates[0]} failed: {type(exc).__name__}: {exc}"
+    if rewritten is None:
+        return None, f"document cannot be rewritten as any of {', '.join(candidates)}"
+    return rewritten, None
+
+
+def _send(settings: Settings, target: _Target, path: Path) -> _Outcome:
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:
+        return _Outcome(None, f"cannot read document {path.name}: {exc}", None)
+    own = str(ds.SOPClassUID)
+    file_ts = str(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
+    syntaxes = list(dict.fromkeys([file_ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    ae = _make_ae(settings)
+    for uid in _proposed_classes(own):
+        ae.add_requested_context(uid, syntaxes)
+    try:
+        assoc = _associate(settings, target, ae)
+    except AssociationFailedError as exc:
+        return _Outcome(None, str(exc), None)
+    except OSError as exc:  # TLS or socket errors raised before pynetdicom handles them
+        return _Outcome(None, f"{target.name}: {type(exc).__name__}: {exc}", None)
+    try:
+        accepted = [str(cx.abstract_syntax) for cx in assoc.accepted_contexts]
+        to_send, why = _choose_dataset(ds, accepted)
+        if to_send is None:
+            return _Outcome(None, why, None)
+        sent_class = str(to_send.SOPClassUID)
+        rsp = assoc.send_c_store(to_send)
+        status = rsp.get("Status") if rsp is not None else None
+        if status is None:
+            return _Outcome(None, "no C-STORE response (DIMSE timeout or association aborted)", sent_class)
+        comment = rsp.get("ErrorComment")
+        error = None if status in (0x0000,) else (f"status 0x{int(status):04X}" + (f": {comment}" if comment else ""))
+        return _Outcome(int(status), error, sent_class)
+    except Exception as exc:
+        return _Outcome(None, f"C-STORE failed: {type(exc).__name__}: {exc}", None)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def deliver(settings: Settings, delivery_id: int) -> DeliveryResult:
+    """Make one attempt to send a delivery's document to its destination, and record it."""
+    url = settings.database_url
+    now = utcnow()
+    with session_scope(url) as session:
+        delivery = session.get(Delivery, delivery_id)
+        if delivery is None:
+            raise DeliveryNotFoundError(f"no delivery {delivery_id}")
+        if delivery.state is DeliveryState.SENT:
+            return DeliveryResult(DeliveryState.SENT, None, None, None, delivery.sent_sop_class_uid)
+        if delivery.state is DeliveryState.FAILED:
+            return DeliveryResult(
+                DeliveryState.FAILED, None, "retry limit reached (an administrator may retry it)", None, None
+            )
+        due = _aware(delivery.next_attempt_at)
+        if due is not None and due > now:
+            return DeliveryResult(
+                DeliveryState.PENDING, None, "not due yet (or being sent by another worker)",
+                (due - now).total_seconds(), None,
+            )
+        claimed = session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id == delivery_id,
+                Delivery.state == DeliveryState.PENDING,
+                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+            )
+            .values(next_attempt_at=now + dt.timedelta(seconds=_lease_s(settings)))
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if claimed != 1:
+            return DeliveryResult(
+                DeliveryState.PENDING, None, "being sent by another worker", _lease_s(settings), None
+            )
+        document = session.get(Document, delivery.document_id)
+        target = _target(session, delivery.destination_name)
+        destination_enabled = session.scalar(
+            select(Destination.enabled).where(Destination.name == delivery.destination_name)
+        )
+        doc_path = settings.data_dir / document.path if document is not None else None
+
+    if document is None or doc_path is None:
+        outcome = _Outcome(None, f"document {delivery.document_id} does not exist", None)
+    elif target is None:
+        outcome = _Outcome(None, f"destination {delivery.destination_name!r} is not configured", None)
+    elif not destination_enabled:
+        outcome = _Outcome(None, f"destination {delivery.destination_name!r} is disabled", None)
+    else:
+        outcome = _send(settings, target, doc_path)
+    return _record(settings, delivery_id, outcome)
+
+
+def _record(settings: Settings, delivery_id: int, outcome: _Outcome) -> DeliveryResult:
+    now = utcnow()
+    with session_scope(settings.database_url) as session:
+        delivery = session.get(Delivery, delivery_id, with_for_update=True)
+        assert delivery is not None
+        session.add(
+            DeliveryAttempt(
+                delivery_id=delivery_id, at=now, status=outcome.status, error=outcome.error,
+                sop_class_uid=outcome.sop_class_uid,
+            )
+        )
+        delivery.attempts = (delivery.attempts or 0) + 1
+        if outcome.ok:
+            delivery.state = DeliveryState.SENT
+            delivery.delivered_at = now
+            delivery.next_attempt_at = None
+            delivery.sent_sop_class_uid = outcome.sop_class_uid
+            LOGGER.info("delivery %d sent to %s (status 0x%04X)", delivery_id,
+                        delivery.destination_name, outcome.status)
+            return DeliveryResult(DeliveryState.SENT, outcome.status, outcome.error, None, outcome.sop_class_uid)
+        if delivery.attempts > settings.sender.retries:
+            delivery.state = DeliveryState.FAILED
+            delivery.next_attempt_at = None
+            LOGGER.error("delivery %d to %s FAILED after %d attempts: %s", delivery_id,
+                         delivery.destination_name, delivery.attempts, outcome.error)
+            return DeliveryResult(DeliveryState.FAILED, outcome.status, outcome.error, None, outcome.sop_class_uid)
+        delay = backoff_s(settings, delivery.attempts)
+        delivery.next_attempt_at = now + dt.timedelta(seconds=delay)
+        LOGGER.warning("delivery %d to %s attempt %d failed, next in %.0f s: %s", delivery_id,
+                       delivery.destination_name, delivery.attempts, delay, outcome.error)
+        return DeliveryResult(DeliveryState.PENDING, outcome.status, outcome.error, delay, outcome.sop_class_uid)
+
+
+def retry_delivery(session: Session, delivery_id: int) -> Delivery:
+    """Re-arm a delivery (administrator action): PENDING, due now, attempt counter reset.
+
+    Raises :class:`DeliveryAlreadySentError` for a delivery that was sent (never two copies).
+    The caller commits; the worker that picks up pending deliveries then sends it.
+    """
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None:
+        raise DeliveryNotFoundError(f"no delivery {delivery_id}")
+    if delivery.state is DeliveryState.SENT:
+        raise DeliveryAlreadySentError(f"delivery {delivery_id} was already sent")
+    delivery.state = DeliveryState.PENDING
+    delivery.attempts = 0
+    delivery.next_attempt_at = None
+    session.flush()
+    return delivery

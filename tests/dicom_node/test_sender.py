@@ -1,0 +1,205 @@
+"""deliver()/echo()/retry_delivery() against DCMTK storescp as the destination."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from dicom_node import sender
+from dicom_node.sender import (
+    AssociationFailedError,
+    DeliveryAlreadySentError,
+    DestinationNotFoundError,
+    deliver,
+    echo,
+    retry_delivery,
+)
+from gateway import admin
+from gateway.db import session_scope
+from gateway.models import Delivery, DeliveryAttempt, DeliveryState, Document, Job, Study
+from tests.conftest import free_port
+from tests.dicom_node.corpus import sample
+from tests.peers.dcmtk import storescp, write_association_profile
+
+pytestmark = pytest.mark.peers
+
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
+
+
+def make_delivery(settings, destination: str, *, sop_class_uid: str | None = None, name: str = "sr.dcm") -> int:
+    """A Document (copy of pydicom's test-SR.dcm, optionally relabelled) and its Delivery."""
+    docs = settings.data_dir / "documents"
+    docs.mkdir(parents=True, exist_ok=True)
+    ds = pydicom.dcmread(sample("test-SR.dcm"))
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if sop_class_uid:
+        ds.SOPClassUID = sop_class_uid
+        ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+    ds.save_as(docs / name)
+    with session_scope(settings.database_url) as s:
+        study = s.scalar(select(Study).where(Study.study_instance_uid == ds.StudyInstanceUID))
+        if study is None:
+            study = Study(study_instance_uid=ds.StudyInstanceUID)
+            s.add(study)
+            s.flush()
+        job = Job(study_id=study.id, study_version=len(study.jobs) + 1)
+        s.add(job)
+        s.flush()
+        doc = Document(job_id=job.id, kind="sr", sop_class_uid=ds.SOPClassUID,
+                       sop_instance_uid=ds.SOPInstanceUID, series_instance_uid=ds.SeriesInstanceUID,
+                       path=f"documents/{name}")
+        s.add(doc)
+        s.flush()
+        delivery = Delivery(document_id=doc.id, destination_name=destination)
+        s.add(delivery)
+        s.flush()
+        return delivery.id
+
+
+def add_destination(settings, name: str, port: int, ae_title: str = "PACS", **kw) -> None:
+    with session_scope(settings.database_url) as s:
+        admin.add_destination(s, name, ae_title, "127.0.0.1", port, **kw)
+
+
+def attempts(settings, delivery_id: int) -> list[DeliveryAttempt]:
+    with session_scope(settings.database_url) as s:
+        return s.scalars(select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == delivery_id)
+                         .order_by(DeliveryAttempt.id)).all()
+
+
+def get_delivery(settings, delivery_id: int) -> Delivery:
+    with session_scope(settings.database_url) as s:
+        return s.get(Delivery, delivery_id)
+
+
+def test_echo_a_destination(settings, tmp_path):
+    with storescp(tmp_path / "pacs", ae_title="PACS") as pacs:
+        add_destination(settings, "pacs", pacs.port)
+        assert echo(settings, "pacs") == 0x0000
+
+
+def test_echo_unknown_destination_and_down_destination(settings):
+    with pytest.raises(DestinationNotFoundError):
+        echo(settings, "nowhere")
+    add_destination(settings, "down", free_port())
+    with pytest.raises(AssociationFailedError, match="down"):
+        echo(settings, "down")
+
+
+def test_deliver_sends_once_and_records_the_attempt(settings, tmp_path):
+    with storescp(tmp_path / "pacs", ae_title="PACS") as pacs:
+        add_destination(settings, "pacs", pacs.port)
+        delivery_id = make_delivery(settings, "pacs")
+        result = deliver(settings, delivery_id)
+        assert result.state is DeliveryState.SENT
+        assert result.status == 0x0000
+        assert result.sop_class_uid == COMPREHENSIVE_SR
+        (received,) = pacs.wait_for_files(1)
+        assert pydicom.dcmread(received).SOPClassUID == COMPREHENSIVE_SR
+
+        again = deliver(settings, delivery_id)  # already SENT: nothing is sent
+        assert again.state is DeliveryState.SENT
+        assert len(pacs.files()) == 1
+    row = get_delivery(settings, delivery_id)
+    assert row.state is DeliveryState.SENT
+    assert row.delivered_at is not None
+    assert row.sent_sop_class_uid == COMPREHENSIVE_SR
+    assert row.attempts == 1
+    assert [(a.status, a.error) for a in attempts(settings, delivery_id)] == [(0, None)]
+
+
+def test_calling_ae_title_is_the_sender_setting_or_the_node_title(settings_factory, tmp_path):
+    """storescp records the calling AE title as (0002,0016) Source Application Entity Title."""
+    default = settings_factory()
+    explicit = default.model_copy(update={"sender": default.sender.model_copy(
+        update={"calling_ae_title": "MEDREGA_OUT"})})
+    with storescp(tmp_path / "pacs", ae_title="PACS") as pacs:
+        add_destination(default, "pacs", pacs.port)
+        assert deliver(default, make_delivery(default, "pacs", name="a.dcm")).state is DeliveryState.SENT
+        (first,) = pacs.wait_for_files(1)
+        assert deliver(explicit, make_delivery(explicit, "pacs", name="b.dcm")).state is DeliveryState.SENT
+        (second,) = set(pacs.wait_for_files(2)) - {first}
+    assert pydicom.dcmread(first).file_meta.SourceApplicationEntityTitle == "MEDREGA"
+    assert pydicom.dcmread(second).file_meta.SourceApplicationEntityTitle == "MEDREGA_OUT"
+
+
+def test_destination_down_then_back_retries_with_backoff(settings, tmp_path):
+    port = free_port()
+    add_destination(settings, "pacs", port)
+    delivery_id = make_delivery(settings, "pacs")
+
+    first = deliver(settings, delivery_id)
+    assert first.state is DeliveryState.PENDING
+    assert first.status is None and "pacs" in first.error
+    assert first.retry_in_s == settings.sender.backoff_initial_s
+    row = get_delivery(settings, delivery_id)
+    assert row.attempts == 1 and row.next_attempt_at is not None
+
+    early = deliver(settings, delivery_id)  # before the backoff has elapsed: no attempt
+    assert early.state is DeliveryState.PENDING and early.retry_in_s > 0
+    assert len(attempts(settings, delivery_id)) == 1
+
+    with storescp(tmp_path / "pacs", ae_title="PACS", port=port) as pacs:
+        with session_scope(settings.database_url) as s:  # time passes
+            s.get(Delivery, delivery_id).next_attempt_at = dt.datetime.now(dt.timezone.utc)
+        result = deliver(settings, delivery_id)
+        assert result.state is DeliveryState.SENT
+        pacs.wait_for_files(1)
+    assert [a.status for a in attempts(settings, delivery_id)] == [None, 0]
+
+
+def test_exponential_backoff_is_capped():
+    from gateway.settings import load_settings
+
+    s = load_settings(environ={}, sender={"backoff_initial_s": 5, "backoff_max_s": 60})
+    assert [sender.backoff_s(s, n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+
+
+def test_failed_after_retries_then_an_administrator_retries(settings, tmp_path):
+    settings = settings.model_copy(update={"sender": settings.sender.model_copy(
+        update={"retries": 1, "backoff_initial_s": 0})})
+    port = free_port()
+    add_destination(settings, "pacs", port)
+    delivery_id = make_delivery(settings, "pacs")
+    assert deliver(settings, delivery_id).state is DeliveryState.PENDING
+    final = deliver(settings, delivery_id)
+    assert final.state is DeliveryState.FAILED
+    assert deliver(settings, delivery_id).state is DeliveryState.FAILED  # no attempt made
+    assert len(attempts(settings, delivery_id)) == 2
+
+    with session_scope(settings.database_url) as s:
+        retry_delivery(s, delivery_id)
+    with storescp(tmp_path / "pacs", ae_title="PACS", port=port) as pacs:
+        assert deliver(settings, delivery_id).state is DeliveryState.SENT
+        pacs.wait_for_files(1)
+    with session_scope(settings.database_url) as s, pytest.raises(DeliveryAlreadySentError):
+        retry_delivery(s, delivery_id)
+
+
+def test_refused_sop_class_without_fallback_is_a_recorded_failure(settings, tmp_path):
+    """A destination that accepts only CT Image Storage refuses every SR class we propose."""
+    profile = write_association_profile(tmp_path / "ct.cfg", [("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])])
+    with storescp(tmp_path / "pacs", ae_title="PACS", profile=profile) as pacs:
+        add_destination(settings, "pacs", pacs.port)
+        delivery_id = make_delivery(settings, "pacs")
+        result = deliver(settings, delivery_id)
+        assert result.state is DeliveryState.PENDING
+        assert "accepts none of the SOP classes" in result.error
+        assert pacs.files() == []
+
+
+def test_disabled_destination_is_not_sent_to(settings, tmp_path):
+    with storescp(tmp_path / "pacs", ae_title="PACS") as pacs:
+        add_destination(settings, "pacs", pacs.port)
+        with session_scope(settings.database_url) as s:
+            admin.get_destination(s, "pacs").enabled = False
+        result = deliver(settings, make_delivery(settings, "pacs"))
+        assert result.state is DeliveryState.PENDING and "disabled" in result.error
+        assert pacs.files() == []
