@@ -1,0 +1,223 @@
+"""The input contract of :mod:`sr_writer`: what the worker hands over for one SR.
+
+The worker builds these from database rows (``gateway.models.Finding``) and calls
+:func:`sr_writer.report.build_sr` once per language and study version.
+:func:`validate_content` checks the parts the DICOM encoding depends on, so that a broken
+input fails loudly here instead of producing an SR that points at the wrong pixels.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pydicom
+
+try:  # highdicom's table of attributes per IOD (pinned version; private module)
+    from highdicom._standard_utils import is_attribute_in_iod as _in_iod
+except ImportError:  # pragma: no cover - a highdicom without it: decide from the header alone
+    _in_iod = None
+
+from .errors import InvalidContentError
+
+__all__ = [
+    "AlgorithmInfo",
+    "RegionFinding",
+    "ReportContent",
+    "LANGUAGES",
+    "validate_content",
+    "is_multiframe",
+    "frame_count",
+    "referenced_frame",
+    "evidence_by_sop_uid",
+]
+
+#: Languages an SR can be written in (RFC 5646 primary subtags).
+LANGUAGES: tuple[str, ...] = ("en", "zh")
+
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """What produced the results (from ``model.backends.base.ModelIdentity``)."""
+
+    backend: str
+    name: str
+    version: str
+    #: Digest over the checkpoint files; the Device UID is derived from it.
+    weights_id: str
+    manufacturer: str
+    #: tiny/replay backends: titles and descriptions say "test" and never claim MedRegA.
+    is_test_model: bool
+
+
+@dataclass(frozen=True)
+class RegionFinding:
+    """One box the model named, in pixel coordinates of one image (and frame)."""
+
+    tracking_uid: str
+    tracking_identifier: str
+    label: str
+    description: str | None
+    #: (value, scheme designator, meaning) if the worker already coded it, else looked up.
+    code: tuple[str, str, str] | None
+    referenced_sop_class_uid: str
+    referenced_sop_instance_uid: str
+    #: 1-based frame for multi-frame images; ``None`` for single-frame images.
+    frame_number: int | None
+    #: x1, y1, x2, y2 in image pixel coordinates (column, row), PS3.3 C.10.5.1.2.
+    pixels: tuple[float, float, float, float]
+    #: (row spacing, column spacing) in mm, as Pixel Spacing (0028,0030); ``None`` if unknown.
+    pixel_spacing: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """Everything one SR (one language, one study version) says."""
+
+    language: str
+    #: Headers of ALL analysed instances of the study version; patient/study from [0].
+    evidence: Sequence[pydicom.Dataset]
+    #: Report text(s) exactly as the model wrote them.
+    report_texts: Sequence[str]
+    regions: Sequence[RegionFinding]
+    algorithm: AlgorithmInfo
+    study_version: int
+    #: Content Date/Time of the SR; also the source of every other date we write.
+    content_datetime: datetime.datetime
+    #: (study uid, series uid, sop class uid, sop instance uid) of previous SRs.
+    predecessor: Sequence[tuple[str, str, str, str]] = ()
+    institution_name: str | None = None
+    #: False when some instance of the study version could not be analysed: the SR's
+    #: Completion Flag is then PARTIAL (PS3.3 C.17.2.1).
+    complete: bool = True
+
+
+def is_multiframe(dataset: pydicom.Dataset) -> bool:
+    """Whether frames of this image are referenced by number (PS3.3 C.7.6.6).
+
+    True for SOP Classes whose IOD has the Multi-frame Module, and for any image that
+    declares more than one frame. A single-frame class carrying Number of Frames = 1 (seen
+    in Secondary Capture files) is not multi-frame: its frames cannot be referenced.
+    """
+    frames = dataset.get("NumberOfFrames")
+    if frames is not None and int(frames) > 1:
+        return True
+    if _in_iod is None or not dataset.get("SOPClassUID"):
+        return frames is not None
+    return bool(_in_iod("NumberOfFrames", str(dataset.SOPClassUID)))
+
+
+def frame_count(dataset: pydicom.Dataset) -> int:
+    """Number of frames of an image (1 when Number of Frames is absent)."""
+    frames = dataset.get("NumberOfFrames")
+    return int(frames) if frames not in (None, "") else 1
+
+
+def referenced_frame(image: pydicom.Dataset, frame_number: int | None) -> int | None:
+    """The frame number to reference for ``image``: ``None`` for single-frame images.
+
+    For a multi-frame image with exactly one frame, a missing number means frame 1.
+    """
+    if not is_multiframe(image):
+        return None
+    if frame_number is None and frame_count(image) == 1:
+        return 1
+    return frame_number
+
+
+def evidence_by_sop_uid(content: ReportContent) -> dict[str, pydicom.Dataset]:
+    """Evidence headers keyed by SOP Instance UID."""
+    return {str(ds.SOPInstanceUID): ds for ds in content.evidence}
+
+
+def _check_uid(value: str, what: str) -> None:
+    if not isinstance(value, str) or len(value) > 64 or not _UID_RE.match(value):
+        raise InvalidContentError(f"{what} is not a valid DICOM UID: {value!r}")
+
+
+def validate_content(content: ReportContent) -> None:
+    """Raise :class:`InvalidContentError` if ``content`` cannot be encoded faithfully.
+
+    Checks: known language; non-empty evidence from one study with the attributes the
+    Patient/Study modules need; version >= 1; every region references an evidence instance
+    (same SOP Class), a frame that exists (required for multi-frame images, absent
+    otherwise), an ordered box inside the image, and a Tracking UID unique in the document.
+    """
+    if content.language not in LANGUAGES:
+        raise InvalidContentError(f"language must be one of {LANGUAGES}, not {content.language!r}")
+    if not content.evidence:
+        raise InvalidContentError("evidence is empty: an SR must reference the analysed instances")
+    if isinstance(content.report_texts, str):
+        raise InvalidContentError("report_texts must be a sequence of strings, not one string")
+    if not isinstance(content.study_version, int) or content.study_version < 1:
+        raise InvalidContentError(f"study_version must be an integer >= 1, not {content.study_version!r}")
+    if not isinstance(content.content_datetime, datetime.datetime):
+        raise InvalidContentError("content_datetime must be a datetime.datetime")
+    study_uid = content.evidence[0].get("StudyInstanceUID")
+    if not study_uid:
+        raise InvalidContentError("evidence[0] has no Study Instance UID")
+    for ds in content.evidence:
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+            if not ds.get(keyword):
+                raise InvalidContentError(f"an evidence header lacks {keyword}")
+        if ds.StudyInstanceUID != study_uid:
+            raise InvalidContentError(
+                f"evidence mixes studies: {ds.SOPInstanceUID} is in study {ds.StudyInstanceUID}, "
+                f"not {study_uid}"
+            )
+    for entry in content.predecessor:
+        if len(entry) != 4:
+            raise InvalidContentError("predecessor entries are (study, series, class, instance) UIDs")
+        for uid in entry:
+            _check_uid(uid, "predecessor UID")
+
+    evidence = evidence_by_sop_uid(content)
+    seen_tracking: set[str] = set()
+    for region in content.regions:
+        where = f"region {region.tracking_identifier!r}"
+        _check_uid(region.tracking_uid, f"{where}: Tracking UID")
+        if region.tracking_uid in seen_tracking:
+            raise InvalidContentError(
+                f"{where}: Tracking UID {region.tracking_uid} is used by two regions; "
+                "each box is one ROI (PS3.16 TID 1410) and needs its own Tracking UID"
+            )
+        seen_tracking.add(region.tracking_uid)
+        if not region.tracking_identifier:
+            raise InvalidContentError(f"{where}: empty Tracking Identifier")
+        if not region.label or not region.label.strip():
+            raise InvalidContentError(f"{where}: empty label")
+        if region.code is not None and (len(region.code) != 3 or not all(region.code)):
+            raise InvalidContentError(f"{where}: code must be (value, scheme, meaning)")
+        image = evidence.get(region.referenced_sop_instance_uid)
+        if image is None:
+            raise InvalidContentError(
+                f"{where}: references {region.referenced_sop_instance_uid}, which is not in evidence"
+            )
+        if str(image.SOPClassUID) != region.referenced_sop_class_uid:
+            raise InvalidContentError(
+                f"{where}: SOP Class {region.referenced_sop_class_uid} differs from the "
+                f"evidence's {image.SOPClassUID}"
+            )
+        frames = frame_count(image) if is_multiframe(image) else None
+        if frames is not None:
+            if referenced_frame(image, region.frame_number) is None:
+                raise InvalidContentError(f"{where}: the image has {frames} frames; frame_number is required")
+            if not 1 <= region.frame_number <= frames:
+                raise InvalidContentError(f"{where}: frame {region.frame_number} not in 1..{frames}")
+        elif region.frame_number not in (None, 1):
+            raise InvalidContentError(f"{where}: frame {region.frame_number} of a single-frame image")
+        if len(region.pixels) != 4:
+            raise InvalidContentError(f"{where}: pixels must be (x1, y1, x2, y2)")
+        x1, y1, x2, y2 = (float(v) for v in region.pixels)
+        if not (0 <= x1 <= x2 and 0 <= y1 <= y2):
+            raise InvalidContentError(f"{where}: box {region.pixels} is not ordered and non-negative")
+        columns, rows = image.get("Columns"), image.get("Rows")
+        if columns is not None and rows is not None and (x2 > columns or y2 > rows):
+            raise InvalidContentError(f"{where}: box {region.pixels} exceeds the {columns}x{rows} image")
+        if region.pixel_spacing is not None:
+            if len(region.pixel_spacing) != 2 or min(region.pixel_spacing) <= 0:
+                raise InvalidContentError(f"{where}: pixel_spacing must be two positive numbers")

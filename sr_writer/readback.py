@@ -1,0 +1,167 @@
+"""Reading our SRs back into plain values (for verification, rendering and fallbacks).
+
+Uses highdicom's TID 1500 parser (:meth:`highdicom.sr.Comprehensive3DSR.from_dataset`) for
+the measurement groups, and walks the content tree for the parts highdicom does not expose
+(TEXT items, Algorithm Identification, language).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from highdicom.sr import Comprehensive3DSR, MeasurementReport
+from highdicom.sr.coding import CodedConcept
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from . import coding
+from .errors import NotConvertibleError
+
+__all__ = ["ReadRegion", "ReadReport", "read_report"]
+
+_LANGUAGE = ("121049", "DCM")
+_ALGORITHM_NAME = ("111001", "DCM")
+_ALGORITHM_VERSION = ("111003", "DCM")
+_DEVICE_OBSERVER_UID = ("121012", "DCM")
+
+
+@dataclass(frozen=True)
+class ReadRegion:
+    """One TID 1410 group as read back."""
+
+    tracking_uid: str
+    tracking_identifier: str
+    finding: tuple[str, str, str]  # value, scheme, meaning
+    graphic_type: str
+    points: tuple[tuple[float, float], ...]  # (column, row)
+    referenced_sop_class_uid: str
+    referenced_sop_instance_uid: str
+    frame_numbers: tuple[int, ...]
+    measurements: dict[str, tuple[float, str]] = field(default_factory=dict)  # name -> (value, unit)
+    description: str | None = None
+    algorithm_name: str | None = None
+    algorithm_version: str | None = None
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """(x1, y1, x2, y2) spanned by the points."""
+        xs = [p[0] for p in self.points]
+        ys = [p[1] for p in self.points]
+        return min(xs), min(ys), max(xs), max(ys)
+
+
+@dataclass(frozen=True)
+class ReadReport:
+    """The parts of one of our SRs that the tests, the renderer and the fallbacks need."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    title: tuple[str, str, str]
+    language: tuple[str, str, str] | None
+    device_observer_uid: str | None
+    procedures: tuple[tuple[str, str, str], ...]
+    regions: tuple[ReadRegion, ...]
+    texts: tuple[str, ...]
+
+
+def _triple(concept: Dataset) -> tuple[str, str, str]:
+    return (str(concept.CodeValue), str(concept.CodingSchemeDesignator), str(concept.CodeMeaning))
+
+
+def _name(item: Dataset) -> tuple[str, str]:
+    concept = item.ConceptNameCodeSequence[0]
+    return str(concept.CodeValue), str(concept.CodingSchemeDesignator)
+
+
+def _children(item: Dataset) -> Iterable[Dataset]:
+    return item.get("ContentSequence", []) or []
+
+
+def _text_child(item: Dataset, name: tuple[str, str]) -> str | None:
+    for child in _children(item):
+        if child.ValueType == "TEXT" and _name(child) == name:
+            return str(child.TextValue)
+    return None
+
+
+def _region(group: Dataset, parsed) -> ReadRegion:
+    roi = parsed.roi
+    if roi is None:
+        raise NotConvertibleError("a measurement group without an image region")
+    source = roi.ContentSequence[0].ReferencedSOPSequence[0]
+    frames = source.get("ReferencedFrameNumber")
+    if frames is None:
+        frame_numbers: tuple[int, ...] = ()
+    elif isinstance(frames, (MultiValue, list, tuple)):
+        frame_numbers = tuple(int(f) for f in frames)
+    else:
+        frame_numbers = (int(frames),)
+    measurements = {}
+    for measurement in parsed.get_measurements():
+        measurements[str(measurement.name.meaning)] = (float(measurement.value), str(measurement.unit.value))
+    finding: CodedConcept = parsed.finding_type
+    data = [float(v) for v in roi.GraphicData]
+    return ReadRegion(
+        tracking_uid=str(parsed.tracking_uid),
+        tracking_identifier=str(parsed.tracking_identifier),
+        finding=(finding.value, finding.scheme_designator, finding.meaning),
+        graphic_type=str(roi.GraphicType),
+        points=tuple(zip(data[0::2], data[1::2])),
+        referenced_sop_class_uid=str(source.ReferencedSOPClassUID),
+        referenced_sop_instance_uid=str(source.ReferencedSOPInstanceUID),
+        frame_numbers=frame_numbers,
+        measurements=measurements,
+        description=_text_child(group, (coding.COMMENT.value, coding.COMMENT.scheme_designator)),
+        algorithm_name=_text_child(group, _ALGORITHM_NAME),
+        algorithm_version=_text_child(group, _ALGORITHM_VERSION),
+    )
+
+
+def read_report(dataset: Dataset) -> ReadReport:
+    """Parse one of our TID 1500 SRs (any SR class carrying TID 1500 with SCOORD regions).
+
+    Raises :class:`NotConvertibleError` if the document is not a TID 1500 Measurement Report.
+    """
+    template = dataset.get("ContentTemplateSequence")
+    if not template or str(template[0].TemplateIdentifier) != "1500":
+        raise NotConvertibleError("not a TID 1500 Measurement Report")
+    sr = Comprehensive3DSR.from_dataset(dataset, copy=True)
+    report = sr.content
+    assert isinstance(report, MeasurementReport)
+    root = sr
+    language = None
+    device_uid = None
+    procedures = []
+    texts: list[str] = []
+    for item in _children(root):
+        name = _name(item)
+        if name == _LANGUAGE and item.ValueType == "CODE":
+            language = _triple(item.ConceptCodeSequence[0])
+        elif name == _DEVICE_OBSERVER_UID:
+            device_uid = str(item.UID)
+        elif name == ("121058", "DCM"):
+            procedures.append(_triple(item.ConceptCodeSequence[0]))
+        elif name == (coding.QUALITATIVE_EVALUATIONS.value, coding.QUALITATIVE_EVALUATIONS.scheme_designator):
+            texts.extend(str(c.TextValue) for c in _children(item) if c.ValueType == "TEXT")
+    groups = [
+        group
+        for container in _children(root)
+        if _name(container) == ("126010", "DCM")
+        for group in _children(container)
+        if _name(group) == ("125007", "DCM")
+    ]
+    parsed_groups = report.get_planar_roi_measurement_groups()
+    if len(parsed_groups) != len(groups):  # pragma: no cover - would be a highdicom change
+        raise NotConvertibleError("measurement groups could not be matched to their content items")
+    regions = tuple(_region(group, parsed) for group, parsed in zip(groups, parsed_groups))
+    return ReadReport(
+        sop_class_uid=str(dataset.SOPClassUID),
+        sop_instance_uid=str(dataset.SOPInstanceUID),
+        title=_triple(dataset.ConceptNameCodeSequence[0]),
+        language=language,
+        device_observer_uid=device_uid,
+        procedures=tuple(procedures),
+        regions=regions,
+        texts=tuple(texts),
+    )

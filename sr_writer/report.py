@@ -1,0 +1,303 @@
+"""The AI result SR: Comprehensive 3D SR with a TID 1500 Measurement Report (IHE AIR).
+
+Document tree (PS3.16 TID 1500), one document per language and study version::
+
+    CONTAINER (126000, DCM, "Imaging Measurement Report"), meaning localized and saying
+    |         "AI-generated, unverified" (or "test model output")
+    +- HAS CONCEPT MOD  CODE  Language of Content Item and Descendants (TID 1204)
+    +- HAS OBS CONTEXT  Observer Type = Device, Device Observer UID/Name/... (TID 1001/1004)
+    +- HAS CONCEPT MOD  CODE  Procedure Reported (1-n)
+    +- CONTAINS CONTAINER Imaging Measurements            (only when there are regions)
+    |  +- CONTAINS CONTAINER Measurement Group (TID 1410), one per box
+    |     +- HAS OBS CONTEXT TEXT Tracking Identifier, UIDREF Tracking Unique Identifier
+    |     +- CONTAINS CODE Finding (SCT from finding_codes.csv, or 99MEDREGA local code)
+    |     +- HAS CONCEPT MOD TEXT Algorithm Name/Version/Manufacturer/Parameters (TID 4019)
+    |     +- CONTAINS SCOORD Image Region: closed POLYLINE, 5 points, pixel coordinates
+    |     |  +- SELECTED FROM IMAGE (SOP Class/Instance, frame of multi-frame images)
+    |     +- CONTAINS NUM Width / Height (mm), Area (mm2)   (when Pixel Spacing is known)
+    |     +- CONTAINS TEXT Comment: the model's description
+    +- CONTAINS CONTAINER Qualitative Evaluations         (report texts, or "no findings")
+       +- CONTAINS TEXT Finding: each report text exactly as the model wrote it
+
+The header (PS3.3 A.35.13): Verification Flag UNVERIFIED, Preliminary Flag PRELIMINARY,
+Completion Flag from ``content.complete``, evidence of every analysed instance, the previous
+version's SR in the Predecessor Documents Sequence, UIDs derived from study/version/language.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodeContentItem,
+    CodedConcept,
+    Comprehensive3DSR,
+    ContainerContentItem,
+    ContentSequence,
+    DeviceObserverIdentifyingAttributes,
+    GraphicTypeValues,
+    ImageRegion,
+    LanguageOfContentItemAndDescendants,
+    Measurement,
+    MeasurementReport,
+    ObservationContext,
+    ObserverContext,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
+    RelationshipTypeValues,
+    SourceImageForRegion,
+    TextContentItem,
+    TrackingIdentifier,
+)
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from . import coding, wording
+from .content import RegionFinding, ReportContent, evidence_by_sop_uid, referenced_frame, validate_content
+from .header import (
+    CHARACTER_SET,
+    MANUFACTURER,
+    algorithm_device_uid,
+    contributing_equipment,
+    finalize_header,
+    gateway_version,
+)
+from .uids import derive_uid
+
+__all__ = [
+    "build_sr",
+    "sr_uids",
+    "series_number",
+    "box_polyline",
+    "box_measurements_mm",
+    "algorithm_identification",
+]
+
+_LANGUAGE_SLOT = {"en": 1, "zh": 2}
+
+
+def sr_uids(study_instance_uid: str, study_version: int, language: str) -> tuple[str, str]:
+    """(Series Instance UID, SOP Instance UID) of the SR of one study version and language."""
+    version = str(study_version)
+    return (
+        derive_uid(study_instance_uid, version, language, "sr-series"),
+        derive_uid(study_instance_uid, version, language, "sr"),
+    )
+
+
+def series_number(study_version: int, slot: int) -> int:
+    """Series Number: 9000 + 10 x version + slot (1 = en SR, 2 = zh SR, 5 = presentation states).
+
+    High numbers keep our series after the acquired ones in PACS series lists.
+    """
+    return 9000 + 10 * study_version + slot
+
+
+def box_polyline(pixels: tuple[float, float, float, float]) -> np.ndarray:
+    """The box as a closed POLYLINE: 5 (column, row) points, first = last (PS3.3 C.18.6.1.2)."""
+    x1, y1, x2, y2 = (float(v) for v in pixels)
+    return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]], dtype=np.float32)
+
+
+def box_measurements_mm(region: RegionFinding) -> tuple[float, float, float] | None:
+    """(width mm, height mm, area mm2) of a box, or ``None`` without Pixel Spacing.
+
+    Pixel Spacing is (row spacing, column spacing): rows are stacked vertically, so the
+    row spacing scales the height and the column spacing the width (PS3.3 10.7.1.3).
+    """
+    if region.pixel_spacing is None:
+        return None
+    row_spacing, column_spacing = (float(v) for v in region.pixel_spacing)
+    x1, y1, x2, y2 = (float(v) for v in region.pixels)
+    width = round((x2 - x1) * column_spacing, 3)
+    height = round((y2 - y1) * row_spacing, 3)
+    return width, height, round(width * height, 3)
+
+
+def algorithm_identification(content: ReportContent) -> AlgorithmIdentification:
+    """TID 4019 Algorithm Identification of the model that produced the findings."""
+    algorithm = content.algorithm
+    return AlgorithmIdentification(
+        name=algorithm.name,
+        version=algorithm.version,
+        manufacturer=algorithm.manufacturer,
+        parameters=[f"backend: {algorithm.backend}", f"weights: {algorithm.weights_id}"],
+    )
+
+
+def _observation_context(content: ReportContent) -> ObservationContext:
+    """TID 1001 with a device observer (TID 1004): the algorithm, never a person."""
+    algorithm = content.algorithm
+    device = DeviceObserverIdentifyingAttributes(
+        uid=algorithm_device_uid(algorithm),
+        name=algorithm.name,
+        manufacturer_name=algorithm.manufacturer,
+        model_name=algorithm.name,
+    )
+    return ObservationContext(
+        observer_device_context=ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def _region_group(region: RegionFinding, content: ReportContent, image: Dataset) -> tuple[
+    PlanarROIMeasurementsAndQualitativeEvaluations, CodedConcept
+]:
+    """One TID 1410 Planar ROI Measurements group for one box."""
+    finding = coding.finding_code(region.label, region.code, content.language)
+    frame = referenced_frame(image, region.frame_number)
+    frames = [frame] if frame is not None else None
+    image_region = ImageRegion(
+        graphic_type=GraphicTypeValues.POLYLINE,
+        graphic_data=box_polyline(region.pixels),
+        source_image=SourceImageForRegion(
+            referenced_sop_class_uid=region.referenced_sop_class_uid,
+            referenced_sop_instance_uid=region.referenced_sop_instance_uid,
+            referenced_frame_numbers=frames,
+        ),
+    )
+    measurements = []
+    sizes = box_measurements_mm(region)
+    if sizes is not None:
+        width, height, area = sizes
+        measurements = [
+            Measurement(name=coding.WIDTH, value=width, unit=coding.MILLIMETER),
+            Measurement(name=coding.HEIGHT, value=height, unit=coding.MILLIMETER),
+            Measurement(name=coding.AREA, value=area, unit=coding.SQUARE_MILLIMETER),
+        ]
+    group = PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=region.tracking_uid, identifier=region.tracking_identifier
+        ),
+        referenced_region=image_region,
+        finding_type=finding,
+        algorithm_id=algorithm_identification(content),
+        measurements=measurements or None,
+    )
+    if region.description:
+        group[0].ContentSequence.append(
+            TextContentItem(
+                name=coding.COMMENT,
+                value=region.description,
+                relationship_type=RelationshipTypeValues.CONTAINS,
+            )
+        )
+    return group, finding
+
+
+def _texts_container(texts: Sequence[str]) -> ContainerContentItem:
+    container = ContainerContentItem(
+        name=coding.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = ContentSequence(
+        [
+            TextContentItem(name=coding.FINDING, value=text, relationship_type=RelationshipTypeValues.CONTAINS)
+            for text in texts
+        ]
+    )
+    return container
+
+
+def build_measurement_report(content: ReportContent) -> tuple[MeasurementReport, list[CodedConcept]]:
+    """The TID 1500 content tree of ``content`` and every Finding code used in it."""
+    title = CodedConcept(
+        coding.IMAGING_MEASUREMENT_REPORT.value,
+        coding.IMAGING_MEASUREMENT_REPORT.scheme_designator,
+        wording.document_title_meaning(content.language, content.algorithm),
+    )
+    root = ContainerContentItem(name=title, template_id="1500")
+    root.ContentSequence = ContentSequence()
+    root.ContentSequence.extend(LanguageOfContentItemAndDescendants(coding.language_code(content.language)))
+    root.ContentSequence.extend(_observation_context(content))
+    for procedure in coding.procedure_codes(content.evidence[0]):
+        root.ContentSequence.append(
+            CodeContentItem(
+                name=codes.DCM.ProcedureReported,
+                value=procedure,
+                relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
+            )
+        )
+    findings: list[CodedConcept] = []
+    if content.regions:
+        evidence = evidence_by_sop_uid(content)
+        measurements = ContainerContentItem(
+            name=codes.DCM.ImagingMeasurements, relationship_type=RelationshipTypeValues.CONTAINS
+        )
+        measurements.ContentSequence = ContentSequence()
+        for region in content.regions:
+            group, finding = _region_group(region, content, evidence[region.referenced_sop_instance_uid])
+            measurements.ContentSequence.extend(group)
+            findings.append(finding)
+        root.ContentSequence.append(measurements)
+    texts = [text for text in content.report_texts if text and text.strip()]
+    if texts:
+        root.ContentSequence.append(_texts_container(texts))
+    elif not content.regions:
+        # TID 1500 needs Imaging Measurements or Qualitative Evaluations: say "nothing found".
+        root.ContentSequence.append(_texts_container([wording.no_findings_text(content.language)]))
+    return MeasurementReport.from_sequence([root], copy=False), findings
+
+
+def _predecessors(content: ReportContent) -> list[Dataset] | None:
+    if not content.predecessor:
+        return None
+    items = []
+    for study_uid, series_uid, class_uid, instance_uid in content.predecessor:
+        item = Dataset()
+        item.StudyInstanceUID = study_uid
+        item.SeriesInstanceUID = series_uid
+        item.SOPClassUID = class_uid
+        item.SOPInstanceUID = instance_uid
+        items.append(item)
+    return items
+
+
+def build_sr(content: ReportContent) -> Comprehensive3DSR:
+    """Build the Comprehensive 3D SR (PS3.3 A.35.13) of one language and study version.
+
+    Deterministic: the same ``content`` gives the same dataset, UIDs and dates included.
+    Raises :class:`~sr_writer.errors.InvalidContentError` for input that breaks the contract.
+    """
+    validate_content(content)
+    source = content.evidence[0]
+    report, findings = build_measurement_report(content)
+    series_uid, sop_uid = sr_uids(str(source.StudyInstanceUID), content.study_version, content.language)
+    schemes = [
+        CodingSchemeIdentificationItem(
+            designator=item.CodingSchemeDesignator,
+            name=item.CodingSchemeName,
+            responsible_organization=item.CodingSchemeResponsibleOrganization,
+        )
+        for item in coding.coding_scheme_identification(findings)
+    ]
+    when = content.content_datetime
+    sr = Comprehensive3DSR(
+        evidence=list(content.evidence),
+        content=report,
+        series_instance_uid=series_uid,
+        series_number=series_number(content.study_version, _LANGUAGE_SLOT[content.language]),
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MANUFACTURER,
+        software_versions=gateway_version(),
+        is_complete=content.complete,
+        is_final=False,
+        is_verified=False,
+        institution_name=content.institution_name,
+        previous_versions=_predecessors(content),
+        record_evidence=True,
+        series_description=wording.series_description(
+            content.language, content.algorithm, content.study_version
+        ),
+        coding_schemes=schemes or None,
+        content_date=when.date(),
+        content_time=when.time().replace(tzinfo=None),
+        specific_character_set=CHARACTER_SET,
+    )
+    sr.ContributingEquipmentSequence = contributing_equipment(content.algorithm, when, source)
+    finalize_header(sr, when)
+    return sr
