@@ -1,0 +1,97 @@
+"""Command-line entry points of the API: ``token`` (create, revoke, list) and ``api`` (serve).
+
+:mod:`gateway.commands` registers them on the main command::
+
+    app.add_typer(token_app, name="token")
+    app.command("api")(api_command)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import db
+from ..cli import fail, get_settings
+from ..tokens import ROLES, TokenError, create_token, list_tokens, revoke_token
+
+__all__ = ["token_app", "api_command"]
+
+token_app = typer.Typer(help="API tokens for auditors and administrators.", no_args_is_help=True)
+
+
+def _ready_url(ctx: typer.Context) -> str:
+    settings = get_settings(ctx)
+    try:
+        db.check_schema_current(settings.database_url)
+    except db.SchemaNotCurrentError as exc:
+        fail(str(exc), code=3)
+    return settings.database_url
+
+
+@token_app.command("create")
+def token_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--name", help="who or what uses the token (unique)")],
+    role: Annotated[str, typer.Option("--role", help=f"one of: {', '.join(ROLES)}")],
+) -> None:
+    """Create a token and print it once (only its SHA-256 hash is stored)."""
+    url = _ready_url(ctx)
+    try:
+        with db.session_scope(url) as session:
+            token = create_token(session, name, role)
+    except TokenError as exc:
+        fail(str(exc), code=2)
+    typer.echo(f"token {name!r} ({role}) created; it is shown only now:", err=True)
+    typer.echo(token)
+
+
+@token_app.command("revoke")
+def token_revoke(ctx: typer.Context, name: str) -> None:
+    """Revoke the token called NAME (at once, for the API and the web pages)."""
+    url = _ready_url(ctx)
+    try:
+        with db.session_scope(url) as session:
+            row = revoke_token(session, name)
+            when = row.revoked_at
+    except TokenError as exc:
+        fail(str(exc))
+    typer.echo(f"token {name!r} revoked at {when:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@token_app.command("list")
+def token_list(ctx: typer.Context) -> None:
+    """Tokens: name, role, created, last used, revoked (never the token itself)."""
+    url = _ready_url(ctx)
+    with db.session_scope(url) as session:
+        rows = list_tokens(session)
+        lines = [
+            "\t".join([
+                r.name, r.role, f"{r.created_at:%Y-%m-%d %H:%M}",
+                f"{r.last_used_at:%Y-%m-%d %H:%M}" if r.last_used_at else "never",
+                f"revoked {r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "active",
+            ])
+            for r in rows
+        ]
+    typer.echo("name\trole\tcreated\tlast used\tstate")
+    for line in lines:
+        typer.echo(line)
+
+
+def api_command(
+    ctx: typer.Context,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve the HTTP API and the web pages on api.host:api.port (uvicorn)."""
+    import uvicorn
+
+    from .app import create_app
+
+    settings = get_settings(ctx)
+    try:
+        application = create_app(settings)
+    except db.SchemaNotCurrentError as exc:
+        fail(str(exc), code=3)
+    uvicorn.run(application, host=settings.api.host, port=settings.api.port,
+                log_level=log_level.lower(), proxy_headers=False, server_header=False)

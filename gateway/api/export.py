@@ -1,0 +1,152 @@
+"""Streamed exports (CSV or JSON) of findings and of the audit log.
+
+Rows come from a server-side cursor in batches and leave as they are encoded, so an export of a
+million findings needs neither a million-row list in memory nor a long wait for the first byte.
+The read and its audit event share one transaction, opened by the stream itself: the event is
+added when the stream ends (``success``) or is cut short (``incomplete``: the client went away, or
+``error``), with the number of rows sent, and committed with it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import anyio
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from sqlalchemy.orm import Session, sessionmaker
+
+from .. import audit
+from ..models import utcnow
+from .auth import Principal
+
+__all__ = ["ExportFormat", "MEDIA_TYPES", "stream_export", "csv_cell"]
+
+log = logging.getLogger(__name__)
+
+ExportFormat = Literal["csv", "json"]
+MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> str:
+    """One CSV cell. Text that a spreadsheet would run as a formula gets a leading apostrophe
+    (OWASP "CSV injection"); lists are written as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _encode_csv(models: Sequence[BaseModel], columns: Sequence[str]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")
+    for m in models:
+        data = m.model_dump()
+        writer.writerow([csv_cell(data.get(c)) for c in columns])
+    return buf.getvalue().encode("utf-8")
+
+
+def _chunks(
+    factory: sessionmaker[Session],
+    batches: Callable[[Session], Iterator[list[Any]]],
+    fmt: ExportFormat,
+    columns: Sequence[str],
+    principal: Principal,
+    action: str,
+    query: str,
+) -> Iterator[bytes]:
+    session = factory()
+    n = 0
+    outcome = "incomplete"
+    source = batches(session)
+    try:
+        if fmt == "csv":
+            yield _encode_csv_header(columns)
+        else:
+            yield b"["
+        for batch in source:
+            if fmt == "csv":
+                yield _encode_csv(batch, columns)
+            else:
+                parts = [m.model_dump_json().encode("utf-8") for m in batch]
+                yield (b"," if n else b"") + b",".join(parts)
+            n += len(batch)
+        if fmt == "json":
+            yield b"]"
+        outcome = "success"
+    except GeneratorExit:
+        raise
+    except Exception:
+        outcome = "error"
+        log.exception("export %s failed after %d rows", action, n)
+        raise
+    finally:
+        source.close()  # closes the server-side cursor before the audit insert
+        try:
+            audit.record(session, actor=principal.name, role=principal.role, action=action,
+                         query=query, rows=n, outcome=outcome)
+            session.commit()
+        except Exception:
+            log.exception("could not record the audit event of export %s", action)
+            session.rollback()
+        finally:
+            session.close()
+
+
+def _encode_csv_header(columns: Sequence[str]) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerow(columns)
+    return buf.getvalue().encode("utf-8")
+
+
+async def _in_worker_threads(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Drive the blocking generator from worker threads; always close it (in a thread)."""
+    done = object()
+    try:
+        while True:
+            chunk = await anyio.to_thread.run_sync(next, chunks, done)
+            if chunk is done:
+                break
+            yield chunk  # type: ignore[misc]
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(chunks.close)
+
+
+def stream_export(
+    factory: sessionmaker[Session],
+    batches: Callable[[Session], Iterator[list[Any]]],
+    *,
+    fmt: ExportFormat,
+    columns: Sequence[str],
+    principal: Principal,
+    action: str,
+    query: str,
+    filename_stem: str,
+) -> StreamingResponse:
+    """A response streaming ``batches(session)`` as CSV or JSON, audited as ``action``."""
+    chunks = _chunks(factory, batches, fmt, columns, principal, action, query)
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    return StreamingResponse(
+        _in_worker_threads(chunks),
+        media_type=MEDIA_TYPES[fmt],
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename_stem}-{stamp}.{fmt}"',
+            "Cache-Control": "no-store",
+        },
+    )

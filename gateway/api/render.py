@@ -1,0 +1,127 @@
+"""Draw the model's boxes on the referenced image: a PNG rendered on the server with Pillow.
+
+The image is the spool copy of the received instance (``data_dir / Instance.path``), decoded with
+pydicom. The grey levels are windowed to the frame's minimum and maximum (a quick look, not a
+diagnostic display); MONOCHROME1 is inverted. Small images are enlarged so labels stay readable.
+Labels are drawn in both languages with a CJK font (Debian's fonts-wqy-zenhei).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image, ImageDraw, ImageFont
+
+from .regions import Region
+
+__all__ = ["ImageNotAvailableError", "CJK_FONT", "resolve_spool_path", "render_annotated_png"]
+
+log = logging.getLogger(__name__)
+
+CJK_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
+#: Images are enlarged until their longer side has at least this many pixels.
+MIN_LONG_SIDE = 512
+#: And shrunk to at most this many (a browser view, not the original resolution).
+MAX_LONG_SIDE = 1600
+_COLOURS = ["#ff5252", "#40c4ff", "#69f0ae", "#ffd740", "#e040fb", "#ffab40", "#b2ff59", "#18ffff"]
+
+
+class ImageNotAvailableError(Exception):
+    """The instance's spool file is missing, outside the spool, or has no decodable pixels."""
+
+
+def resolve_spool_path(data_dir: Path, relative: str) -> Path:
+    """``data_dir / relative``, refusing anything that resolves outside ``data_dir``."""
+    root = data_dir.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ImageNotAvailableError("the instance's path lies outside the data folder")
+    if not path.is_file():
+        raise ImageNotAvailableError("the instance's spool file is missing")
+    return path
+
+
+@lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    if CJK_FONT.is_file():
+        return ImageFont.truetype(str(CJK_FONT), size)
+    log.warning("CJK font %s is missing (install fonts-wqy-zenhei): Chinese labels will not render",
+                CJK_FONT)
+    return ImageFont.load_default(size)
+
+
+def _to_8bit(ds: pydicom.Dataset, frame_number: int | None) -> Image.Image:
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # pydicom raises several types for missing/undecodable data
+        raise ImageNotAvailableError(f"pixel data cannot be decoded: {exc}") from None
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        index = min(max((frame_number or 1) - 1, 0), frames - 1)
+        pixels = pixels[index]
+    pixels = np.asarray(pixels)
+    if samples == 3:
+        if "YBR" in str(getattr(ds, "PhotometricInterpretation", "")):
+            from pydicom.pixels import convert_color_space
+
+            pixels = convert_color_space(pixels, ds.PhotometricInterpretation, "RGB")
+        lo, hi = float(pixels.min()), float(pixels.max())
+        scaled = (pixels.astype(np.float64) - lo) / (hi - lo or 1.0) * 255.0
+        return Image.fromarray(scaled.clip(0, 255).astype(np.uint8), "RGB")
+    grey = pixels.astype(np.float64)
+    lo, hi = float(grey.min()), float(grey.max())
+    scaled = (grey - lo) / (hi - lo or 1.0) * 255.0
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        scaled = 255.0 - scaled
+    return Image.fromarray(scaled.clip(0, 255).astype(np.uint8), "L").convert("RGB")
+
+
+def render_annotated_png(
+    path: Path,
+    regions: Sequence[Region],
+    *,
+    frame_number: int | None = None,
+    languages: Sequence[str] = ("en", "zh"),
+) -> bytes:
+    """The image at ``path`` with each region's box, number and labels drawn on it."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:
+        raise ImageNotAvailableError(f"the spool file is not readable DICOM: {exc}") from None
+    image = _to_8bit(ds, frame_number)
+    width, height = image.size
+    long_side = max(width, height)
+    scale = 1.0
+    if long_side < MIN_LONG_SIDE:
+        scale = MIN_LONG_SIDE / long_side
+    elif long_side > MAX_LONG_SIDE:
+        scale = MAX_LONG_SIDE / long_side
+    if scale != 1.0:
+        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                             Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(image)
+    font = _font(max(12, image.size[0] // 40))
+    line_width = max(2, image.size[0] // 300)
+    for region in regions:
+        if not region.box_px:
+            continue
+        colour = _COLOURS[(region.number - 1) % len(_COLOURS)]
+        x1, y1, x2, y2 = (v * scale for v in region.box_px)
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=line_width)
+        names = [region.label(lang) for lang in languages if region.label(lang)]
+        caption = f"{region.number} " + " / ".join(names)
+        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+        tx = min(max(0.0, x1), max(0.0, image.size[0] - (right - left) - 4))
+        ty = y1 - (bottom - top) - 6 if y1 - (bottom - top) - 6 >= 0 else y2 + 2
+        draw.rectangle([tx, ty, tx + (right - left) + 4, ty + (bottom - top) + 6], fill="#000000")
+        draw.text((tx + 2, ty + 1 - top), caption, fill=colour, font=font)
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=False)
+    return out.getvalue()

@@ -1,0 +1,258 @@
+"""Administrators' endpoints: AE titles, destinations, routes; retry/cancel jobs; retry deliveries.
+
+Configuration changes go through :mod:`gateway.admin` (shared with the CLI). Every change is
+recorded in the audit log in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from sqlalchemy.orm import Session
+
+from .. import admin
+from ..models import DeliveryState, JobState
+from .auditing import audit_request, query_text
+from .auth import Principal, get_session, require_admin
+from .hooks import enqueue_delivery
+from .operations import (
+    ActionNotAllowedError,
+    DeliveryNotFoundError,
+    JobNotFoundError,
+    cancel_job,
+    retry_delivery,
+    retry_job,
+)
+from .query_deliveries import DeliveryFilters, list_deliveries, list_jobs
+from .schemas import (
+    ActionResult,
+    CallingAEIn,
+    CallingAEOut,
+    DeliveryPage,
+    DestinationIn,
+    DestinationOut,
+    ErrorOut,
+    JobPage,
+    RouteIn,
+    RouteOut,
+)
+
+__all__ = ["router", "admin_error_status"]
+
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
+
+Name = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+_ERRORS = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
+
+
+def admin_error_status(exc: Exception) -> int:
+    if isinstance(exc, (admin.NotFoundError, JobNotFoundError, DeliveryNotFoundError)):
+        return status.HTTP_404_NOT_FOUND
+    if isinstance(exc, (admin.AlreadyExistsError, ActionNotAllowedError)):
+        return status.HTTP_409_CONFLICT
+    return status.HTTP_400_BAD_REQUEST
+
+
+def _change(session: Session, principal: Principal, request: Request, action: str,
+            subject: dict[str, object]) -> None:
+    audit_request(session, principal, action,
+                  query_text(request.url.path, method=request.method,
+                             subject=json.loads(json.dumps(subject, default=str))))
+
+
+def _refused(session: Session, principal: Principal, request: Request, action: str,
+             exc: Exception) -> HTTPException:
+    """Roll back the attempt, record the refusal, and build the HTTP error."""
+    session.rollback()
+    audit_request(session, principal, action,
+                  query_text(request.url.path, method=request.method, error=str(exc)),
+                  outcome="failure")
+    session.commit()
+    return HTTPException(admin_error_status(exc), str(exc))
+
+
+# -- calling AE titles --------------------------------------------------------------------------
+
+@router.get("/calling-aes", response_model=list[CallingAEOut])
+def calling_aes(principal: Principal = Depends(require_admin),
+                session: Session = Depends(get_session)) -> list[CallingAEOut]:
+    return [CallingAEOut.model_validate(r) for r in admin.list_calling_aes(session)]
+
+
+@router.post("/calling-aes", response_model=CallingAEOut, status_code=201, responses=_ERRORS)
+def add_calling_ae(body: CallingAEIn, request: Request,
+                   principal: Principal = Depends(require_admin),
+                   session: Session = Depends(get_session)) -> CallingAEOut:
+    try:
+        row = admin.add_calling_ae(session, body.ae_title, body.host, body.description,
+                                   body.destinations)
+    except admin.AdminError as exc:
+        raise _refused(session, principal, request, "admin.calling_ae.add", exc) from None
+    _change(session, principal, request, "admin.calling_ae.add", body.model_dump())
+    session.commit()
+    return CallingAEOut.model_validate(row)
+
+
+@router.delete("/calling-aes/{ae_title}", response_model=ActionResult, responses=_ERRORS)
+def remove_calling_ae(ae_title: Annotated[str, Path(min_length=1, max_length=16)],
+                      request: Request, principal: Principal = Depends(require_admin),
+                      session: Session = Depends(get_session)) -> ActionResult:
+    try:
+        admin.remove_calling_ae(session, ae_title)
+    except admin.AdminError as exc:
+        raise _refused(session, principal, request, "admin.calling_ae.remove", exc) from None
+    _change(session, principal, request, "admin.calling_ae.remove", {"ae_title": ae_title})
+    session.commit()
+    return ActionResult(detail=f"calling AE title {ae_title.strip()} removed")
+
+
+# -- destinations -------------------------------------------------------------------------------
+
+@router.get("/destinations", response_model=list[DestinationOut])
+def destinations(principal: Principal = Depends(require_admin),
+                 session: Session = Depends(get_session)) -> list[DestinationOut]:
+    return [DestinationOut.model_validate(r) for r in admin.list_destinations(session)]
+
+
+@router.post("/destinations", response_model=DestinationOut, status_code=201, responses=_ERRORS)
+def add_destination(body: DestinationIn, request: Request,
+                    principal: Principal = Depends(require_admin),
+                    session: Session = Depends(get_session)) -> DestinationOut:
+    try:
+        row = admin.add_destination(session, body.name, body.ae_title, body.host, body.port,
+                                    send=body.send, tls=body.tls)
+    except admin.AdminError as exc:
+        raise _refused(session, principal, request, "admin.destination.add", exc) from None
+    _change(session, principal, request, "admin.destination.add", body.model_dump())
+    session.commit()
+    return DestinationOut.model_validate(row)
+
+
+@router.delete("/destinations/{name}", response_model=ActionResult, responses=_ERRORS)
+def remove_destination(name: Name, request: Request,
+                       principal: Principal = Depends(require_admin),
+                       session: Session = Depends(get_session)) -> ActionResult:
+    try:
+        admin.remove_destination(session, name)
+    except admin.AdminError as exc:
+        raise _refused(session, principal, request, "admin.destination.remove", exc) from None
+    _change(session, principal, request, "admin.destination.remove", {"name": name})
+    session.commit()
+    return ActionResult(detail=f"destination {name} removed")
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+@router.get("/routes", response_model=list[RouteOut])
+def routes(principal: Principal = Depends(require_admin),
+           session: Session = Depends(get_session)) -> list[RouteOut]:
+    return [RouteOut.model_validate(r) for r in admin.list_routes(session)]
+
+
+@router.post("/routes", response_model=RouteOut, status_code=201, responses=_ERRORS)
+def add_route(body: RouteIn, request: Request, principal: Principal = Depends(require_admin),
+              session: Session = Depends(get_session)) -> RouteOut:
+    try:
+        row = admin.add_route(session, body.name, **body.model_dump(exclude={"name"}))
+    except admin.AdminError as exc:
+        raise _refused(session, principal, request, "admin.route.add", exc) from None
+    _change(session, principal, request, "admin.route.add", body.model_dump())
+    session.commit()
+    return RouteOut.model_validate(row)
+
+
+@router.delete("/routes/{name}", response_model=ActionResult, responses=_ERRORS)
+def remove_route(name: Name, request: Request, principal: Principal = Depends(require_admin),
+                 session: Session = Depends(get_session)) -> ActionResult:
+    try:
+        admin.remove_route(session, name)
+    except admin.AdminError as exc:
+        raise _refused(session, principal, request, "admin.route.remove", exc) from None
+    _change(session, principal, request, "admin.route.remove", {"name": name})
+    session.commit()
+    return ActionResult(detail=f"route {name} removed")
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+@router.get("/jobs", response_model=JobPage, responses={400: {"model": ErrorOut}})
+def jobs(
+    request: Request,
+    state: Annotated[list[Literal["pending", "queued", "running", "inferred", "sr_written",
+                                  "delivered", "failed", "dead", "cancelled"]] | None,
+                     Query(description="repeat for several; default failed and dead")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]*$")] = None,
+    principal: Principal = Depends(require_admin),
+    session: Session = Depends(get_session),
+) -> JobPage:
+    """Jobs by state, most recently changed first (default: the failed and dead ones)."""
+    states = [JobState(s) for s in (state or ["failed", "dead"])]
+    items, next_cursor = list_jobs(session, states, limit=limit, cursor=cursor)
+    audit_request(session, principal, "jobs.search",
+                  query_text(request.url.path, {"state": [s.value for s in states]},
+                             limit=limit, cursor=bool(cursor)), rows=len(items))
+    session.commit()
+    return JobPage(items=items, next_cursor=next_cursor)
+
+
+@router.post("/jobs/{job_id}/retry", response_model=ActionResult, responses=_ERRORS)
+def retry(job_id: RowId, request: Request, principal: Principal = Depends(require_admin),
+          session: Session = Depends(get_session)) -> ActionResult:
+    """A failed or dead job becomes pending again; the outbox publishes it."""
+    try:
+        job = retry_job(session, job_id, principal.name)
+    except (JobNotFoundError, ActionNotAllowedError) as exc:
+        raise _refused(session, principal, request, "admin.job.retry", exc) from None
+    _change(session, principal, request, "admin.job.retry", {"job_id": job_id})
+    session.commit()
+    return ActionResult(detail=f"job {job.id} is pending again")
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=ActionResult, responses=_ERRORS)
+def cancel(job_id: RowId, request: Request, principal: Principal = Depends(require_admin),
+           session: Session = Depends(get_session)) -> ActionResult:
+    try:
+        job = cancel_job(session, job_id, principal.name)
+    except (JobNotFoundError, ActionNotAllowedError) as exc:
+        raise _refused(session, principal, request, "admin.job.cancel", exc) from None
+    _change(session, principal, request, "admin.job.cancel", {"job_id": job_id})
+    session.commit()
+    return ActionResult(detail=f"job {job.id} cancelled")
+
+
+# -- deliveries ---------------------------------------------------------------------------------
+
+@router.get("/deliveries/failed", response_model=DeliveryPage, responses={400: {"model": ErrorOut}})
+def failed_deliveries(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]*$")] = None,
+    principal: Principal = Depends(require_admin),
+    session: Session = Depends(get_session),
+) -> DeliveryPage:
+    filters = DeliveryFilters(state=DeliveryState.FAILED.value)
+    items, next_cursor = list_deliveries(session, filters, limit=limit, cursor=cursor)
+    audit_request(session, principal, "deliveries.search",
+                  query_text(request.url.path, filters.as_query(), limit=limit,
+                             cursor=bool(cursor)), rows=len(items))
+    session.commit()
+    return DeliveryPage(items=items, next_cursor=next_cursor)
+
+
+@router.post("/deliveries/{delivery_id}/retry", response_model=ActionResult, responses=_ERRORS)
+def retry_failed_delivery(delivery_id: RowId, request: Request,
+                          principal: Principal = Depends(require_admin),
+                          session: Session = Depends(get_session)) -> ActionResult:
+    """A failed delivery becomes pending (attempts 0, due now) and is handed to the sender."""
+    try:
+        retry_delivery(session, delivery_id)
+    except (DeliveryNotFoundError, ActionNotAllowedError) as exc:
+        raise _refused(session, principal, request, "admin.delivery.retry", exc) from None
+    _change(session, principal, request, "admin.delivery.retry", {"delivery_id": delivery_id})
+    session.commit()
+    enqueue_delivery(delivery_id)
+    return ActionResult(detail=f"delivery {delivery_id} is pending again")

@@ -1,0 +1,281 @@
+"""Pydantic models of the HTTP API (the OpenAPI document is generated from these)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = [
+    "SafeText",
+    "DeliveryStatus",
+    "FindingOut",
+    "FindingPage",
+    "StudyOut",
+    "StudyPage",
+    "SeriesOut",
+    "StudyDetail",
+    "TimelineStep",
+    "Timeline",
+    "DeliveryAttemptOut",
+    "DeliveryOut",
+    "DeliveryPage",
+    "AuditEventOut",
+    "AuditEventPage",
+    "CallingAEIn",
+    "CallingAEOut",
+    "DestinationIn",
+    "DestinationOut",
+    "RouteIn",
+    "RouteOut",
+    "JobOut",
+    "JobPage",
+    "ActionResult",
+    "ErrorOut",
+]
+
+#: Free text from a client: bounded, printable (no control characters, which PostgreSQL refuses
+#: in text and which have no place in a filter).
+SafeText = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
+#: Summary of a job's deliveries: any failed > any pending > all sent; ``none`` without any.
+DeliveryStatus = Literal["sent", "pending", "failed", "none"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class PatientIdentifiers(_Out):
+    """Shown only to roles allowed to see them; otherwise ``identifiers_hidden`` is true."""
+
+    patient_id: str | None = None
+    patient_name: str | None = None
+    accession_number: str | None = None
+    identifiers_hidden: bool = False
+
+
+class FindingOut(PatientIdentifiers):
+    id: int
+    created_at: dt.datetime
+    study_instance_uid: str
+    study_date: str | None
+    calling_ae_title: str | None
+    modality: str | None
+    sop_instance_uid: str | None = Field(description="the image the finding refers to")
+    frame_number: int | None
+    language: str
+    kind: str
+    label: str | None
+    code_value: str | None
+    code_scheme: str | None
+    code_meaning: str | None
+    text: str | None
+    box: list[int] | None = Field(description="x1, y1, x2, y2 as the model gave them (0-999)")
+    box_px: list[float] | None = Field(description="x1, y1, x2, y2 in pixels of the image")
+    unparsed: bool
+    job_id: int
+    study_version: int
+    model_name: str
+    model_version: str
+    weights_id: str
+    delivery_status: DeliveryStatus
+
+
+class FindingPage(BaseModel):
+    items: list[FindingOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null at the end")
+
+
+class StudyOut(PatientIdentifiers):
+    study_instance_uid: str
+    study_date: str | None
+    study_description: str | None
+    calling_ae_title: str | None
+    state: str
+    version: int
+    urgent: bool
+    first_received_at: dt.datetime
+    last_received_at: dt.datetime
+    completed_at: dt.datetime | None
+    modalities: list[str]
+    instance_count: int
+
+
+class StudyPage(BaseModel):
+    items: list[StudyOut]
+    next_cursor: str | None
+
+
+class SeriesOut(_Out):
+    series_instance_uid: str
+    modality: str | None
+    body_part_examined: str | None
+    series_description: str | None
+    series_number: int | None
+    instance_sop_uids: list[str]
+
+
+class TimelineStep(BaseModel):
+    step: str = Field(description="received, complete, queued, running, inferred, sr_written, "
+                                  "delivered, failed, dead, cancelled, pending, ...")
+    at: dt.datetime
+    job_id: int | None
+    study_version: int | None
+    detail: str | None
+    since_previous_s: float | None = Field(description="seconds since the step before")
+    since_received_s: float = Field(description="seconds since the first instance arrived")
+
+
+class Timeline(BaseModel):
+    study_instance_uid: str
+    steps: list[TimelineStep]
+    total_s: float | None = Field(description="first instance received to last delivery")
+
+
+class DeliveryAttemptOut(_Out):
+    at: dt.datetime
+    status: int | None
+    error: str | None
+    sop_class_uid: str | None
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    study_instance_uid: str
+    job_id: int
+    document_sop_instance_uid: str
+    document_kind: str
+    document_language: str | None
+    destination_name: str
+    state: str
+    attempts: int
+    sent_sop_class_uid: str | None
+    next_attempt_at: dt.datetime | None
+    delivered_at: dt.datetime | None
+    created_at: dt.datetime
+    attempts_log: list[DeliveryAttemptOut]
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryOut]
+    next_cursor: str | None
+
+
+class StudyDetail(BaseModel):
+    study: StudyOut
+    series: list[SeriesOut]
+    timeline: Timeline
+    deliveries: list[DeliveryOut]
+    findings: list[FindingOut]
+
+
+class AuditEventOut(_Out):
+    id: int
+    at: dt.datetime
+    actor: str
+    role: str | None
+    action: str
+    query: str | None
+    rows: int | None
+    outcome: str
+    study_instance_uid: str | None
+
+
+class AuditEventPage(BaseModel):
+    items: list[AuditEventOut]
+    next_cursor: str | None
+
+
+class CallingAEIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: Annotated[str, StringConstraints(min_length=1, max_length=16)]
+    host: SafeText | None = None
+    description: SafeText | None = None
+    destinations: list[SafeText] = []
+
+
+class CallingAEOut(_Out):
+    ae_title: str
+    host: str | None
+    description: str | None
+    destinations: list[str]
+    created_at: dt.datetime
+
+
+class DestinationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+    ae_title: Annotated[str, StringConstraints(min_length=1, max_length=16)]
+    host: Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    port: int = Field(ge=1, le=65535)
+    send: Literal["sr", "sr+gsps"] = "sr"
+    tls: bool = False
+
+
+class DestinationOut(_Out):
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    send: str
+    tls: bool
+    enabled: bool
+    created_at: dt.datetime
+
+
+class RouteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+    order: int = Field(100, ge=-1_000_000, le=1_000_000)
+    calling_ae_title: Annotated[str, StringConstraints(max_length=16)] = ""
+    modality: Annotated[str, StringConstraints(max_length=16)] = ""
+    sop_class_uid: Annotated[str, StringConstraints(max_length=64)] = ""
+    body_part_examined: Annotated[str, StringConstraints(max_length=64)] = ""
+    series_description: Annotated[str, StringConstraints(max_length=64)] = ""
+    action: Literal["process", "store", "ignore"] = "process"
+    urgent: bool = False
+    destinations: list[SafeText] = []
+
+
+class RouteOut(_Out):
+    name: str
+    order: int
+    calling_ae_title: str | None
+    modality: str | None
+    sop_class_uid: str | None
+    body_part_examined: str | None
+    series_description: str | None
+    action: str
+    urgent: bool
+    destinations: list[str]
+    created_at: dt.datetime
+
+
+class JobOut(BaseModel):
+    id: int
+    study_instance_uid: str
+    study_version: int
+    state: str
+    attempts: int
+    error: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    worker: str | None
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class ActionResult(BaseModel):
+    ok: bool = True
+    detail: str
