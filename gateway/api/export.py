@@ -81,11 +81,12 @@ def _chunks(
             yield b"["
         for batch in source:
             if fmt == "csv":
-                yield _encode_csv(batch, columns)
+                chunk = _encode_csv(batch, columns)
             else:
                 parts = [m.model_dump_json().encode("utf-8") for m in batch]
-                yield (b"," if n else b"") + b",".join(parts)
-            n += len(batch)
+                chunk = (b"," if n else b"") + b",".join(parts)
+            n += len(batch)  # counted as sent once handed to the server
+            yield chunk
         if fmt == "json":
             yield b"]"
         outcome = "success"

@@ -1,0 +1,88 @@
+"""The annotated picture (boxes on the real spool image) and the schema check at start-up."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from gateway.api.app import create_app
+from gateway.api.regions import pair_regions
+from gateway.api.render import CJK_FONT, ImageNotAvailableError, MIN_LONG_SIDE, resolve_spool_path
+from gateway.db import SchemaNotCurrentError
+
+from .conftest import Env, make_settings
+from .factories import COLUMNS, ROWS, make_study
+
+
+def test_cjk_font_is_installed() -> None:
+    assert CJK_FONT.is_file(), f"{CJK_FONT} is missing: apt-get install fonts-wqy-zenhei (make setup)"
+
+
+def test_annotated_png_has_the_boxes_drawn(client: TestClient, env: Env) -> None:
+    with env.session() as s:
+        rows = make_study(s, env.data_dir)
+        s.commit()
+    uid, sop = rows.study.study_instance_uid, rows.instance.sop_instance_uid
+    r = client.get(f"/api/v1/studies/{uid}/instances/{sop}/annotated.png", headers=env.headers())
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(r.content)).convert("RGB")
+    scale = MIN_LONG_SIDE / max(ROWS, COLUMNS)
+    assert img.size == (round(COLUMNS * scale), round(ROWS * scale))
+    # The left-lung box (region 1, red) is drawn where the finding says, in pixels of the image.
+    f = next(f for f in rows.findings if f.label == "left lung")
+    x = round((f.px_x1 + f.px_x2) / 2 * scale)
+    y = round(f.px_y2 * scale) - 1
+    assert img.getpixel((x, y)) == (0xFF, 0x52, 0x52)
+    # Elsewhere the picture is grey (the DICOM pixels, windowed).
+    r_, g, b = img.getpixel((2, img.size[1] - 2))
+    assert r_ == g == b
+    ev = env.audit_events()[-1]
+    assert (ev.action, ev.rows, ev.study_instance_uid) == ("study.image", 3, uid)
+
+
+def test_missing_or_escaping_spool_files_are_404(client: TestClient, env: Env, tmp_path: Path) -> None:
+    with env.session() as s:
+        rows = make_study(s, env.data_dir, write_image=False)
+        s.commit()
+    uid, sop = rows.study.study_instance_uid, rows.instance.sop_instance_uid
+    r = client.get(f"/api/v1/studies/{uid}/instances/{sop}/annotated.png", headers=env.headers())
+    assert r.status_code == 404 and "missing" in r.json()["detail"]
+    assert env.audit_events()[-1].outcome == "failure"
+    outside = tmp_path / "secret.dcm"
+    outside.write_bytes(b"x")
+    with pytest.raises(ImageNotAvailableError, match="outside"):
+        resolve_spool_path(env.data_dir, "../secret.dcm")
+
+
+def test_regions_pair_languages_by_code_then_box() -> None:
+    from gateway.api.schemas import FindingOut
+
+    def f(i: int, lang: str, label: str, code: str | None, box: list[float]) -> FindingOut:
+        return FindingOut(id=i, created_at="2026-01-01T00:00:00Z", study_instance_uid="1.2",
+                          study_date=None, calling_ae_title=None, modality="CR",
+                          sop_instance_uid="1.2.3", frame_number=None, language=lang,
+                          kind="region", label=label, code_value=code, code_scheme="SCT" if code else None,
+                          code_meaning=None, text=None, box=[0, 0, 1, 1], box_px=box, unparsed=False,
+                          job_id=1, study_version=1, model_name="m", model_version="1",
+                          weights_id="w", delivery_status="sent")
+
+    groups = pair_regions([
+        f(1, "en", "left lung", "44029006", [10, 10, 50, 80]),
+        f(2, "en", "nodule", None, [60, 60, 70, 70]),
+        f(3, "zh-CN", "左肺", "44029006", [12, 11, 52, 79]),
+        f(4, "zh", "结节", None, [60, 61, 70, 71]),
+        f(5, "zh", "肝", None, [0, 0, 5, 5]),
+    ])
+    regions = groups[0].regions
+    assert [(r.label("en"), r.label("zh")) for r in regions] == [
+        ("left lung", "左肺"), ("nodule", "结节"), ("", "肝")]
+
+
+def test_app_refuses_a_database_that_is_behind(tmp_path: Path) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'old.db'}", tmp_path)
+    with pytest.raises(SchemaNotCurrentError, match="db upgrade"):
+        create_app(settings)
