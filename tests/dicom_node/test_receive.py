@@ -1,0 +1,193 @@
+"""Receiving what PACS really send: every transfer syntax, byte-exact; refusals and quarantine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from sqlalchemy import select
+
+from gateway.db import session_scope
+from gateway.models import Instance, QuarantinedInstance, Study
+from tests.conftest import require_tool
+from tests.dicom_node.conftest import NODE_AE
+from tests.dicom_node.corpus import sample, write_series
+from tests.peers.dcmtk import peer_env, storescp, storescu, write_association_profile
+
+pytestmark = pytest.mark.peers
+
+
+def _fresh_uids(src: Path, dst: Path) -> Path:
+    """Copy a sample with new Study/Series/SOP Instance UIDs; pixel data bytes untouched."""
+    ds = pydicom.dcmread(src)
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(dst)
+    return dst
+
+
+def _dcmtk(tool: str, args: list[str], src: Path, dst: Path) -> Path:
+    subprocess.run([require_tool(tool), *args, str(src), str(dst)], check=True, env=peer_env(),
+                   capture_output=True)
+    return dst
+
+
+# name -> (transfer syntax UID, how to make the file in a folder)
+TRANSFER_SYNTAX_CASES = {
+    "implicit-le": ("1.2.840.10008.1.2", lambda d: _fresh_uids(sample("MR_small_implicit.dcm"), d / "a.dcm")),
+    "explicit-le": ("1.2.840.10008.1.2.1", lambda d: _fresh_uids(sample("CT_small.dcm"), d / "a.dcm")),
+    "explicit-be": ("1.2.840.10008.1.2.2", lambda d: _fresh_uids(sample("MR_small_bigendian.dcm"), d / "a.dcm")),
+    "deflated": ("1.2.840.10008.1.2.1.99", lambda d: _fresh_uids(sample("image_dfl.dcm"), d / "a.dcm")),
+    "jpeg-baseline": ("1.2.840.10008.1.2.4.50", lambda d: _fresh_uids(sample("SC_rgb_jpeg_dcmtk.dcm"), d / "a.dcm")),
+    "jpeg-extended": ("1.2.840.10008.1.2.4.51", lambda d: _fresh_uids(sample("JPGExtended.dcm"), d / "a.dcm")),
+    "jpeg-lossless-p14": ("1.2.840.10008.1.2.4.57", lambda d: _dcmtk(
+        "dcmcjpeg", ["+el"], _fresh_uids(sample("CT_small.dcm"), d / "in.dcm"), d / "a.dcm")),
+    "jpeg-lossless-sv1": ("1.2.840.10008.1.2.4.70", lambda d: _fresh_uids(sample("SC_rgb_jpeg_gdcm.dcm"), d / "a.dcm")),
+    "jpeg-ls-lossless": ("1.2.840.10008.1.2.4.80", lambda d: _fresh_uids(sample("MR_small_jpeg_ls_lossless.dcm"), d / "a.dcm")),
+    "jpeg-ls-near-lossless": ("1.2.840.10008.1.2.4.81", lambda d: _fresh_uids(sample("JPEGLSNearLossless_08.dcm"), d / "a.dcm")),
+    "jpeg2000-lossless": ("1.2.840.10008.1.2.4.90", lambda d: _fresh_uids(sample("MR_small_jp2klossless.dcm"), d / "a.dcm")),
+    "jpeg2000": ("1.2.840.10008.1.2.4.91", lambda d: _fresh_uids(sample("JPEG2000.dcm"), d / "a.dcm")),
+    "rle-lossless": ("1.2.840.10008.1.2.5", lambda d: _dcmtk(
+        "dcmcrle", [], _fresh_uids(sample("CT_small.dcm"), d / "in.dcm"), d / "a.dcm")),
+}
+
+
+def _data_set(raw: bytes) -> bytes:
+    meta_len = int.from_bytes(raw[140:144], "little")  # (0002,0000) UL value, PS3.10 7.1
+    return raw[144 + meta_len:]
+
+
+@pytest.mark.parametrize("case", sorted(TRANSFER_SYNTAX_CASES))
+def test_transfer_syntax_is_received_byte_exact(case, node, settings, tmp_path):
+    """storescu proposes exactly the file's transfer syntax; the node stores the data set as it
+    came over the wire (byte-identical to what DCMTK storescp writes for the same transfer) and the
+    stored file decodes to the same pixels as the original."""
+    uid, make = TRANSFER_SYNTAX_CASES[case]
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    original = make(src_dir)
+    ds = pydicom.dcmread(original, stop_before_pixels=True)
+    assert ds.file_meta.TransferSyntaxUID == uid
+    profile = write_association_profile(tmp_path / "p.cfg", [(ds.SOPClassUID, [uid])])
+    args = ["-xf", str(profile[0]), profile[1]]
+
+    storescu("127.0.0.1", node.port, [original], called_ae=NODE_AE, extra_args=args)
+    with storescp(tmp_path / "ref", ae_title="REF", profile=profile) as ref:
+        storescu("127.0.0.1", ref.port, [original], called_ae="REF", extra_args=args)
+        (reference,) = ref.wait_for_files(1)
+
+    with session_scope(settings.database_url) as s:
+        (inst,) = s.scalars(select(Instance)).all()
+    assert inst.transfer_syntax_uid == uid
+    stored = settings.data_dir / inst.path
+    ours, theirs = _data_set(stored.read_bytes()), _data_set(reference.read_bytes())
+    if uid == "1.2.840.10008.1.2.1.99":
+        # storescp re-deflates what it writes; compare the inflated data sets (PS3.5 A.5)
+        ours, theirs = zlib.decompress(ours, -15), zlib.decompress(theirs, -15)
+    assert ours == theirs
+    assert np.array_equal(pydicom.dcmread(stored).pixel_array, pydicom.dcmread(original).pixel_array)
+
+
+def _raw_store(port: int, path: Path, calling_ae: str = "RAWSCU") -> int:
+    """C-STORE a file's bytes as they are (pynetdicom with STORE_SEND_CHUNKED_DATASET streams a
+    file without decoding it): DCMTK cannot send a data set it cannot parse."""
+    from pynetdicom import _config
+
+    meta = pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID])
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assert assoc.is_established
+    previous, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    try:
+        return int(assoc.send_c_store(path).Status)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+        assoc.release()
+
+
+def _broken_file(path: Path, body: bytes, sop_instance_uid: str) -> Path:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    with open(path, "wb") as f:
+        f.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(f, meta, enforce_standard=True)
+        f.write(body)
+    return path
+
+
+def test_unparsable_object_is_refused_and_quarantined(node, settings, tmp_path):
+    uid = generate_uid()
+    # (0008,0016) UI then (0010,0010) PN claiming 20000 bytes of which only a few follow
+    body = (b"\x08\x00\x16\x00UI\x1a\x00" + b"1.2.840.10008.5.1.4.1.1.2\x00"
+            + b"\x10\x00\x10\x00PN\x20\x4e" + b"DOE^JOHN")
+    path = _broken_file(tmp_path / "broken.dcm", body, uid)
+    status = _raw_store(node.port, path)
+    assert 0xC000 <= status <= 0xCFFF
+    with session_scope(settings.database_url) as s:
+        (q,) = s.scalars(select(QuarantinedInstance)).all()
+        assert s.scalars(select(Instance)).all() == []
+        assert s.scalars(select(Study)).all() == []
+    assert q.affected_sop_instance_uid == uid
+    assert q.calling_ae_title == "RAWSCU"
+    assert q.peer_address == "127.0.0.1"
+    assert q.reason
+    assert "DOE" not in q.reason  # no patient data in the reason
+    kept = settings.data_dir / q.path
+    assert kept.is_file()
+    assert _data_set(kept.read_bytes()) == body
+
+
+def test_missing_study_instance_uid_is_refused_with_c001(node, settings, tmp_path):
+    ds = pydicom.dcmread(sample("CT_small.dcm"))
+    del ds.StudyInstanceUID
+    ds.save_as(tmp_path / "nostudy.dcm")
+    proc = storescu("127.0.0.1", node.port, [tmp_path / "nostudy.dcm"], called_ae=NODE_AE, check=False,
+                    extra_args=["-d"])
+    assert proc.returncode != 0
+    assert "0xc001" in (proc.stdout + proc.stderr).lower()
+    with session_scope(settings.database_url) as s:
+        (q,) = s.scalars(select(QuarantinedInstance)).all()
+    assert "StudyInstanceUID is missing" in q.reason
+
+
+def test_free_disk_below_the_floor_refuses_with_a700_and_writes_nothing(settings_factory, tmp_path):
+    from dicom_node.scp import StorageSCP
+
+    settings = settings_factory(node={"minimum_free_disk_mb": 1e12})  # an exabyte: never free
+    files = write_series(tmp_path / "s", 2)
+    with StorageSCP(settings) as node:
+        proc = storescu("127.0.0.1", node.port, files, called_ae=NODE_AE, check=False, extra_args=["-d"])
+    assert proc.returncode != 0
+    assert "0xa700" in (proc.stdout + proc.stderr).lower()
+    with session_scope(settings.database_url) as s:
+        assert s.scalars(select(Instance)).all() == []
+        assert s.scalars(select(Study)).all() == []
+    assert not (settings.data_dir / "spool").exists() or not any((settings.data_dir / "spool").rglob("*.dcm"))
+    assert list((settings.data_dir / "incoming").iterdir()) == []
+
+
+def test_partial_receptions_of_a_previous_run_are_cleared_at_start(settings):
+    """A reception cut short by a crash was never answered with success: its file is removed."""
+    from dicom_node.scp import StorageSCP
+
+    incoming = settings.data_dir / "incoming"
+    incoming.mkdir(parents=True)
+    (incoming / "rx-leftover.dcm").write_bytes(b"partial")
+    with StorageSCP(settings):
+        assert list(incoming.iterdir()) == []
