@@ -1,0 +1,178 @@
+"""Backends: tiny (whole path on CPU), replay, medrega loading errors, per-process cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gateway.settings import ModelSettings
+from model.backends import GenerationRequest, ModelLoadError, clear_cache, load_backend
+from model.parse import parse_answer
+from model.plans import plan_for
+from model.template import build_query
+
+REPO = Path(__file__).resolve().parents[2]
+PARITY = REPO.parent / "shared" / "medrega-parity"
+
+
+def test_model_package_does_not_import_transformers_or_torch() -> None:
+    code = (
+        "import sys\n"
+        "import model, model.backends, model.analysis, model.parse, model.imaging, model.selection, "
+        "model.plans, model.prompts, model.geometry, model.convert, model.template, model.pixel_input\n"
+        "print(sorted(m for m in ('transformers', 'torch') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_template_and_image_token_expansion() -> None:
+    q = build_query("What is this? <image>\nmore", 4)
+    assert q == (
+        "<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\n"
+        "What is this? <img><IMG_CONTEXT><IMG_CONTEXT><IMG_CONTEXT><IMG_CONTEXT></img>\nmore"
+        "<|im_end|><|im_start|>assistant\n"
+    )
+    assert build_query("no placeholder", 1).count("<img><IMG_CONTEXT></img>\nno placeholder") == 1
+    assert build_query("<image> twice <image>", 1).count("<image>") == 1  # only the first is expanded
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    clear_cache()
+    return load_backend(ModelSettings(backend="tiny", device="cpu", max_new_tokens=8, batch_size=4, tiny_seed=3))
+
+
+def test_tiny_identity_and_cache(tiny) -> None:
+    assert tiny.identity.backend == "tiny" and tiny.identity.is_test_model
+    assert "MedRegA" not in tiny.identity.name.replace("not MedRegA", "")
+    assert tiny.identity.weights_id == "tiny-seed-3"
+    same = load_backend(ModelSettings(backend="tiny", device="cpu", max_new_tokens=8, batch_size=4, tiny_seed=3))
+    assert same is tiny
+
+
+def test_tiny_tokenizer_has_medrega_special_tokens(tiny) -> None:
+    tok = tiny.engine.tokenizer
+    ids = tok.convert_tokens_to_ids(["<unk>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|im_sep|>"])
+    assert ids == [0, 1, 2, 3, 4, 5]
+    nine = tok.convert_tokens_to_ids(["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"])
+    assert nine == list(range(len(tok) - 9, len(tok)))
+    # Chinese and special tokens survive a round trip, as MedRegA's answers need.
+    text = "<ref>胰腺癌</ref><box>[[661, 528, 743, 599]]</box>：胰尾部"
+    assert tok.decode(tok(text)["input_ids"], skip_special_tokens=False) == text
+    assert tok(text)["input_ids"][0] != tok.bos_token_id  # no BOS, like Yi
+
+
+def test_tiny_whole_path(tiny) -> None:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8))
+    prompts = plan_for("DX", "CHEST")
+    input_ids, mask = tiny.engine.encode([p.question for p in prompts])
+    image_id = tiny.engine.model.config.image_token_id
+    assert (input_ids == image_id).sum(dim=1).tolist() == [256] * len(prompts)
+    assert mask[:, -1].all() and not mask[:, 0].all()  # left padding
+    answers = tiny.generate([GenerationRequest(image, p.question, p.language) for p in prompts])
+    assert len(answers) == len(prompts) and all(isinstance(a, str) for a in answers)
+    for a in answers:
+        parse_answer(a)
+    # batched generation answers as one-by-one generation does
+    single = [tiny.generate([GenerationRequest(image, p.question, p.language)])[0] for p in prompts[:2]]
+    assert single == answers[:2]
+
+
+def test_tiny_is_deterministic_per_seed(tiny) -> None:
+    import torch
+
+    from model.backends.tiny import TinyBackend
+
+    other = TinyBackend(seed=3, max_new_tokens=8)
+    third = TinyBackend(seed=4, max_new_tokens=8)
+    a = tiny.engine.model.state_dict()["lm_head.weight"]
+    assert torch.equal(a, other.engine.model.state_dict()["lm_head.weight"])
+    assert not torch.equal(a, third.engine.model.state_dict()["lm_head.weight"])
+
+
+def test_replay(tmp_path: Path) -> None:
+    path = tmp_path / "answers.jsonl"
+    lines = [
+        {"answer": "uid-specific", "sop_instance_uid": "1.2.3", "language": "en"},
+        {"answer": "grounded en", "language": "en", "prompt_contains": "report phrase grounding"},
+        {"answer": "中文", "language": "zh"},
+        {"answer": "fallback en", "language": "en"},
+    ]
+    path.write_text("# recorded\n\n" + "\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n", encoding="utf-8")
+    backend = load_backend(ModelSettings(backend="replay", path=str(path)))
+    assert backend.identity.backend == "replay" and "not a live model" in backend.identity.name
+    import hashlib
+
+    assert backend.identity.weights_id == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    im = Image.new("RGB", (4, 4))
+    grounded = plan_for("DX", "CHEST")[1].question
+    got = backend.generate([
+        GenerationRequest(im, grounded, "en", sop_instance_uid="1.2.3"),
+        GenerationRequest(im, grounded, "en", sop_instance_uid="9"),
+        GenerationRequest(im, "anything", "zh"),
+        GenerationRequest(im, "anything", "en"),
+    ])
+    assert got == ["uid-specific", "grounded en", "中文", "fallback en"]
+    only_zh = tmp_path / "zh.jsonl"
+    only_zh.write_text(json.dumps({"answer": "x", "language": "zh"}) + "\n")
+    assert load_backend(ModelSettings(backend="replay", path=str(only_zh))).generate([GenerationRequest(im, "q", "en")]) == [""]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("not json", "not JSON"), ('{"language": "en"}', "answer"), ('{"answer": "a", "lang": "en"}', "unknown keys"),
+     ('{"answer": "a", "language": "fr"}', "language")],
+)
+def test_replay_file_errors(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content + "\n", encoding="utf-8")
+    with pytest.raises(ModelLoadError, match=message):
+        load_backend(ModelSettings(backend="replay", path=str(path)))
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_backend(ModelSettings(backend="replay", path=str(tmp_path / "none.jsonl")))
+
+
+def test_medrega_load_errors_name_what_is_missing(tmp_path: Path) -> None:
+    def error(path: str) -> str:
+        with pytest.raises(ModelLoadError) as info:
+            load_backend(ModelSettings(backend="medrega", path=path, device="cpu", dtype="float32"))
+        return str(info.value)
+
+    assert "model.path is empty" in error("")
+    message = error(str(tmp_path / "absent"))
+    assert "Luxuriant16/medrega" in message and "medrega-gateway model convert" in message
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    assert "config.json is missing" in error(str(folder))
+    (folder / "config.json").write_text(json.dumps({"model_type": "internvl", "ps_version": "v1"}))
+    assert "no weights" in error(str(folder))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"")
+    assert "model-00002-of-00002.safetensors" in error(str(folder))
+    if (PARITY / "original" / "config.json").is_file():
+        assert "not converted" in error(str(PARITY / "original"))
+
+
+def test_medrega_backend_on_the_converted_fixture(tmp_path: Path) -> None:
+    if not (PARITY / "original").is_dir():
+        pytest.fail(f"the parity fixture is missing: {PARITY}")
+    from model.convert import convert_checkpoint
+
+    convert_checkpoint(PARITY / "original", tmp_path / "medrega")
+    settings = ModelSettings(backend="medrega", path=str(tmp_path / "medrega"), device="cpu", dtype="float32", max_new_tokens=5, batch_size=2)
+    backend = load_backend(settings)
+    assert backend.identity.backend == "medrega" and backend.identity.name == "MedRegA"
+    assert backend.identity.weights_id.startswith("sha256:")
+    with Image.open(PARITY / "image.png") as im:
+        image = im.convert("RGB")
+    expected = json.loads((PARITY / "expected.json").read_text())
+    answers = backend.generate([GenerationRequest(image, expected["question"], "en")] * 3)
+    first5 = backend.engine.tokenizer.decode(expected["greedy"]["ids"][:5], skip_special_tokens=False).strip()
+    assert answers == [first5] * 3
