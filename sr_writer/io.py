@@ -42,7 +42,10 @@ def write_dataset(dataset: Dataset, path: str | os.PathLike[str]) -> Path:
             raise WriteError(f"cannot write a dataset without {keyword} to {target}")
     dataset.file_meta = _file_meta(dataset)
     dataset.preamble = b"\x00" * 128
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise WriteError(f"could not create a temporary file next to {target}: {exc}") from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             dataset.save_as(handle, enforce_file_format=True, implicit_vr=False, little_endian=True)
