@@ -201,7 +201,11 @@ class _NodeServer(ThreadedAssociationServer):
         except OSError:
             pass
         if self.ssl_context:
-            client = self.ssl_context.wrap_socket(client, server_side=True)
+            # The handshake happens on the association's first read, in its own thread: a slow
+            # or hostile client must not hold up accepting other connections.
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
         return client, address
 
 

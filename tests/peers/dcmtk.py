@@ -31,6 +31,8 @@ __all__ = [
     "storescu",
     "echoscu",
     "write_association_profile",
+    "TestPKI",
+    "make_test_pki",
 ]
 
 
@@ -191,3 +193,39 @@ def echoscu(
     exe = require_tool("echoscu")
     args = [exe, "-aet", calling_ae, "-aec", called_ae, *extra_args, host, str(port)]
     return subprocess.run(args, capture_output=True, text=True, env=peer_env(), timeout=timeout)
+
+
+@dataclass(frozen=True)
+class TestPKI:
+    """A throw-away CA with a server and a client certificate (PEM files, unencrypted keys)."""
+
+    ca_certificate: Path
+    server_certificate: Path
+    server_key: Path
+    client_certificate: Path
+    client_key: Path
+
+
+def make_test_pki(folder: Path, hostname: str = "localhost") -> TestPKI:
+    """Create a CA and two RSA-2048 certificates it signs, with ``openssl`` (valid for 2 days).
+
+    The server certificate names ``hostname`` and 127.0.0.1. Suitable for DCMTK's default
+    BCP 195 non-downgrading TLS profile and for Python's ``ssl``.
+    """
+    exe = require_tool("openssl")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run([exe, *args], check=True, capture_output=True, cwd=folder)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=MedRegA test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    (folder / "ext.cnf").write_text(f"subjectAltName=DNS:{hostname},IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={hostname if name == 'server' else 'medrega-test-client'}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", "ext.cnf")
+    return TestPKI(folder / "ca.pem", folder / "server.pem", folder / "server.key",
+                   folder / "client.pem", folder / "client.key")
