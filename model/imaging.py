@@ -109,8 +109,7 @@ def _pixel_module(ds: Dataset, index: int) -> Dataset:
     Enhanced objects keep rescale and window in functional groups (PS3.3 C.7.6.16.2.9 Pixel Value
     Transformation, C.7.6.16.2.10 Frame VOI LUT); classic objects at the top level.
     """
-    px = Dataset()
-    for keyword in (
+    keywords = (
         "PhotometricInterpretation",
         "BitsStored",
         "BitsAllocated",
@@ -123,9 +122,10 @@ def _pixel_module(ds: Dataset, index: int) -> Dataset:
         "WindowWidth",
         "VOILUTFunction",
         "VOILUTSequence",
-    ):
-        if keyword in ds:
-            setattr(px, keyword, ds[keyword].value)
+    )
+    # The same data elements (cheaper than setting attributes one by one); stages that add
+    # elements (a CT preset window) add them to this dataset only.
+    px = Dataset({ds[k].tag: ds[k] for k in keywords if k in ds})
     for group in _frame_groups(ds, index):
         for seq_name, keywords in (
             ("PixelValueTransformationSequence", ("RescaleSlope", "RescaleIntercept", "RescaleType")),
@@ -164,26 +164,31 @@ def _padding_mask(ds: Dataset, domain: np.ndarray) -> np.ndarray | None:
 
 
 def _grey_lut(ds: Dataset, px: Dataset, frame: np.ndarray, photometric: str) -> tuple[np.ndarray, str]:
-    """An 8-bit output value for every possible stored value, and how it was chosen."""
+    """An 8-bit output for every stored value the frame holds, indexed by the value's bits.
+
+    The returned table has 2**bits entries (indexed by the unsigned view of the stored value);
+    only the values between the frame's minimum and maximum are computed.
+    """
     bits = frame.dtype.itemsize * 8
     unsigned = np.dtype(f"uint{bits}")
-    domain = np.arange(2**bits, dtype=unsigned).view(frame.dtype)  # every stored value
+    lo_value, hi_value = int(frame.min()), int(frame.max())
+    domain = np.arange(lo_value, hi_value + 1, dtype=np.int64).astype(frame.dtype)  # stored values present
     padding = _padding_mask(ds, domain)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about odd but usable LUT descriptors
         modality = apply_modality_lut(domain, px).astype(np.float64, copy=False)
-        has_voi = "WindowCenter" in px or px.get("VOILUTSequence")
+        has_voi = "WindowCenter" in px or bool(px.get("VOILUTSequence"))
         if not has_voi and str(ds.get("Modality", "")).upper() == "CT":
             preset = ct_preset_for(ds.get("BodyPartExamined"))
             px.WindowCenter, px.WindowWidth = CT_PRESETS[preset]
             px.VOILUTFunction = "LINEAR"
             how = f"preset ct-{preset.replace('_', '-')}"
         elif has_voi:
-            how = "VOI LUT sequence" if px.get("VOILUTSequence") and "WindowCenter" not in px else "window (header)"
+            how = "VOI LUT sequence" if "WindowCenter" not in px else "window (header)"
         else:
             how = "auto {:g}-{:g} %".format(*AUTO_PERCENTILES)
         if how.startswith("auto"):
-            counts = np.bincount(frame.view(unsigned).ravel(), minlength=2**bits)
+            counts = np.bincount(frame.view(unsigned).ravel(), minlength=2**bits)[domain.view(unsigned)]
             if padding is not None:
                 counts[padding] = 0
             if counts.sum() == 0:
@@ -194,7 +199,7 @@ def _grey_lut(ds: Dataset, px: Dataset, frame: np.ndarray, photometric: str) -> 
             hi = modality[order][min(len(order) - 1, np.searchsorted(cumulative, AUTO_PERCENTILES[1] / 100))]
             scaled = (modality - lo) / (hi - lo) if hi > lo else (modality > lo).astype(np.float64)
         else:
-            if px.get("VOILUTSequence") and "WindowCenter" not in px:
+            if "WindowCenter" not in px:
                 voi = apply_voi_lut(modality, px, index=0, prefer_lut=True).astype(np.float64)
                 bits_out = int(px.VOILUTSequence[0].LUTDescriptor[2])
                 y_lo, y_hi = 0.0, float(2**bits_out - 1)
@@ -202,11 +207,13 @@ def _grey_lut(ds: Dataset, px: Dataset, frame: np.ndarray, photometric: str) -> 
                 voi = apply_voi_lut(modality, px, index=0, prefer_lut=False).astype(np.float64)
                 y_lo, y_hi = _output_range(px)
             scaled = (voi - y_lo) / (y_hi - y_lo) if y_hi > y_lo else np.zeros_like(voi)
-    lut = np.clip(np.rint(np.clip(scaled, 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)
+    values = np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
     if photometric == "MONOCHROME1":
-        lut = 255 - lut
+        values = 255 - values
     if padding is not None:
-        lut[padding] = 0
+        values[padding] = 0
+    lut = np.zeros(2**bits, dtype=np.uint8)
+    lut[domain.view(unsigned)] = values
     return lut, how
 
 
@@ -258,10 +265,11 @@ def prepare_image(source: str | Path | Dataset, frame_number: int | None = None)
         if frame.dtype.kind in "iu" and frame.dtype.itemsize <= 2:
             lut, how = _grey_lut(ds, px, frame, photometric)
             bits = frame.dtype.itemsize * 8
-            grey = lut[frame.view(np.dtype(f"uint{bits}"))]
+            grey = np.take(lut, frame.view(np.dtype(f"uint{bits}")))
         else:
             grey, how = _grey_float(ds, px, frame, photometric)
-        rgb = Image.fromarray(grey, mode="L").convert("RGB")
+        channel = Image.fromarray(grey, mode="L")
+        rgb = Image.merge("RGB", (channel, channel, channel))
     elif photometric == "PALETTE COLOR":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
