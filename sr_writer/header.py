@@ -118,18 +118,19 @@ def _recode_person_names(dataset: Dataset) -> None:
                 _recode_person_names(item)
 
 
-def finalize_header(dataset: Dataset, when: datetime.datetime, *, content_dates: bool = True) -> None:
+def finalize_header(dataset: Dataset, when: datetime.datetime) -> None:
     """Make the header deterministic and UTF-8: dates from ``when``, PN re-encoded.
 
-    Instance Creation Date/Time are the time the results were produced (``when``), so a
-    retry writes the same bytes; highdicom would have used the wall clock.
+    Instance Creation, Series, Content and Presentation Creation Date/Time (those the
+    object has) are the time the results were produced (``when``), so a retry writes the
+    same bytes; highdicom would have used the wall clock.
     """
+    date, time = DA(when.date()), TM(when.time().replace(tzinfo=None))
     dataset.SpecificCharacterSet = CHARACTER_SET
-    dataset.InstanceCreationDate = DA(when.date())
-    dataset.InstanceCreationTime = TM(when.time().replace(tzinfo=None))
-    if content_dates:
-        dataset.ContentDate = DA(when.date())
-        dataset.ContentTime = TM(when.time().replace(tzinfo=None))
-    dataset.SeriesDate = DA(when.date())
-    dataset.SeriesTime = TM(when.time().replace(tzinfo=None))
+    dataset.InstanceCreationDate, dataset.InstanceCreationTime = date, time
+    dataset.SeriesDate, dataset.SeriesTime = date, time
+    if "ContentDate" in dataset:
+        dataset.ContentDate, dataset.ContentTime = date, time
+    if "PresentationCreationDate" in dataset:
+        dataset.PresentationCreationDate, dataset.PresentationCreationTime = date, time
     _recode_person_names(dataset)

@@ -17,7 +17,8 @@ EXPLAINED: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("W-DEVICE-UID", re.compile(r"^Attribute is not present in standard DICOM IOD - \(0x0018,0x1002\) UI Device UID$")),
     ("W-DEVICE-UID", re.compile(r"^Dicom dataset contains attributes not present in standard DICOM IOD - this is a Standard Extended SOP Class$")),
     ("W-SOURCE-COPY", re.compile(r"^Value dubious for this VR - \(0x(0010,0x0010|0008,0x1060)\) PN .* - Retired Person Name form$")),
-    ("W-SOURCE-COPY", re.compile(r"^Value is zero for value 1 of attribute <Patient's Weight>$")),
+    ("W-SOURCE-COPY", re.compile(r"^Value is zero for value 1 of attribute <Patient's (Weight|Size)>$")),
+    ("W-PS-LATERALITY", re.compile(r"^is only permitted to be empty when actually unknown; should be absent \(not empty\) if an unpaired body part, and have a value if a paired body part - attribute <Laterality>$")),
 )
 
 

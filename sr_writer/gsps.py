@@ -1,0 +1,268 @@
+"""Presentation states that draw the regions for viewers that ignore SR coordinates.
+
+One presentation state per annotated image (PS3.3 A.33): a Grayscale Softcopy
+Presentation State for MONOCHROME1/2 images (A.33.1), a Color Softcopy Presentation State
+for RGB/YBR images (A.33.2). Each box is a closed POLYLINE graphic object and its label a
+text object, in one graphic layer per language (``MEDREGA_EN``, ``MEDREGA_ZH``), so a
+viewer can show English, Chinese or both. Graphic objects carry the SR's Tracking UIDs
+(PS3.3 C.10.5), so a viewer can tie a box on screen to its SR finding.
+
+Images that cannot take a presentation state are skipped with a recorded reason
+(:class:`SkippedImage`): palette-color images would need a Pseudo-Color Softcopy
+Presentation State, which few viewers support; the SR still carries their regions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from highdicom.color import CIELabColor
+from highdicom.pr import (
+    AnnotationUnitsValues,
+    ColorSoftcopyPresentationState,
+    GraphicAnnotation,
+    GraphicLayer,
+    GraphicObject,
+    GraphicTypeValues,
+    GrayscaleSoftcopyPresentationState,
+    TextObject,
+)
+from pydicom.dataset import Dataset
+
+from . import coding, wording
+from .content import RegionFinding, ReportContent, referenced_frame, validate_content
+from .errors import InvalidContentError
+from .header import CHARACTER_SET, MANUFACTURER, contributing_equipment, finalize_header, gateway_version
+from .report import box_polyline, series_number
+from .uids import derive_uid
+from .vr import LO, fit
+
+__all__ = [
+    "SkippedImage",
+    "PresentationStates",
+    "plan_presentation_states",
+    "build_presentation_states",
+    "LAYERS",
+    "srgb_icc_profile",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Graphic layer of each language: (name, order, description, recommended colour CIELab).
+LAYERS: dict[str, tuple[str, int, str, CIELabColor]] = {
+    "en": ("MEDREGA_EN", 1, "AI findings, English labels (unverified)", CIELabColor(97.1, -21.6, 94.5)),
+    "zh": ("MEDREGA_ZH", 2, "AI findings, Chinese labels (unverified)", CIELabColor(91.1, -48.1, -14.1)),
+}
+
+_GRAYSCALE = {"MONOCHROME1", "MONOCHROME2"}
+_COLOR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"}
+_PS_SLOT = 5
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """An annotated image that got no presentation state, and why."""
+
+    sop_instance_uid: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PresentationStates:
+    """The presentation states made, in image order, and the images skipped."""
+
+    datasets: list[Dataset]
+    skipped: list[SkippedImage]
+
+
+def srgb_icc_profile() -> bytes:
+    """An sRGB ICC profile for Color Softcopy PS of images that carry none (PS3.3 C.11.15).
+
+    The profile says the pixel data are sRGB, so it is an input-class (``scnr``) matrix/TRC
+    profile, as PS3.3 C.11.15.1.1 expects of the profile of stored pixel data (LittleCMS
+    labels its built-in sRGB a display profile). LittleCMS also stamps the creation time
+    into the header (ICC.1 7.2.8); it is fixed so the same input gives the same bytes.
+    """
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    data = bytearray(profile.tobytes())
+    data[12:16] = b"scnr"  # profile/device class (ICC.1 7.2.5)
+    # 2000-01-01 00:00:00 as six big-endian uint16 (year, month, day, hour, minute, second)
+    data[24:36] = bytes.fromhex("07d0" "0001" "0001" "0000" "0000" "0000")
+    data[84:100] = bytes(16)  # profile ID: "not calculated" (it would cover the date)
+    return bytes(data)
+
+
+def _laterality(image: Dataset) -> str:
+    """General Series Laterality (Type 2C, PS3.3 C.7.3.1) of a presentation state.
+
+    A presentation state has no Image Laterality, so it takes the image's side (R or L)
+    when the image states one, and is empty ("unknown") otherwise: we cannot tell whether
+    the body part is paired.
+    """
+    for keyword in ("Laterality", "ImageLaterality", "FrameLaterality"):
+        value = str(image.get(keyword, "") or "")
+        if value in ("R", "L"):
+            return value
+    return ""
+
+
+def _languages(contents: Sequence[ReportContent]) -> tuple[str, ...]:
+    return tuple(sorted({c.language for c in contents}, key=("en", "zh").index))
+
+
+def _check_same_study_version(contents: Sequence[ReportContent]) -> None:
+    if not contents:
+        raise InvalidContentError("no report content given")
+    first = contents[0]
+    for content in contents:
+        validate_content(content)
+        if (
+            content.evidence[0].StudyInstanceUID != first.evidence[0].StudyInstanceUID
+            or content.study_version != first.study_version
+        ):
+            raise InvalidContentError("presentation states combine contents of one study version only")
+    if len(_languages(contents)) != len(contents):
+        raise InvalidContentError("one content per language")
+
+
+def _objects(region: RegionFinding, language: str) -> tuple[GraphicObject, TextObject]:
+    x1, y1, x2, y2 = (float(v) for v in region.pixels)
+    box = GraphicObject(
+        graphic_type=GraphicTypeValues.POLYLINE,
+        graphic_data=box_polyline(region.pixels),
+        units=AnnotationUnitsValues.PIXEL,
+        tracking_id=region.tracking_identifier,
+        tracking_uid=region.tracking_uid,
+    )
+    label = coding.finding_code(region.label, region.code, language).meaning
+    # English above-left (top corner), Chinese below-left (bottom corner): both readable.
+    anchor = (x1, y1) if language == "en" else (x1, y2)
+    text = TextObject(
+        text_value=label,
+        units=AnnotationUnitsValues.PIXEL,
+        anchor_point=anchor,
+        anchor_point_visible=False,
+    )
+    return box, text
+
+
+def _annotations(
+    image: Dataset, by_language: Mapping[str, list[RegionFinding]]
+) -> tuple[list[GraphicLayer], list[GraphicAnnotation]]:
+    layers = []
+    annotations = []
+    for language, regions in by_language.items():
+        name, order, description, colour = LAYERS[language]
+        layer = GraphicLayer(layer_name=name, order=order, description=description, display_color=colour)
+        layers.append(layer)
+        frames: dict[int | None, list[RegionFinding]] = {}
+        for region in regions:
+            frames.setdefault(referenced_frame(image, region.frame_number), []).append(region)
+        for frame, frame_regions in frames.items():
+            objects = [_objects(region, language) for region in frame_regions]
+            annotations.append(
+                GraphicAnnotation(
+                    referenced_images=[image],
+                    graphic_layer=layer,
+                    referenced_frame_number=frame,
+                    graphic_objects=[box for box, _ in objects],
+                    text_objects=[text for _, text in objects],
+                )
+            )
+    return layers, annotations
+
+
+def plan_presentation_states(
+    contents: ReportContent | Sequence[ReportContent],
+    source_datasets_by_sop_uid: Mapping[str, Dataset],
+) -> PresentationStates:
+    """Presentation states for every image that carries regions, plus the images skipped.
+
+    ``contents``: one :class:`ReportContent` (one layer) or one per language of the same
+    study version (one layer each, in one presentation state per image).
+    ``source_datasets_by_sop_uid``: the referenced images (headers suffice: Rows, Columns,
+    Photometric Interpretation, windowing and the patient/study attributes are used).
+    Deterministic: UIDs derive from study, version, languages and image.
+    """
+    if isinstance(contents, ReportContent):
+        contents = [contents]
+    contents = list(contents)
+    _check_same_study_version(contents)
+    languages = _languages(contents)
+    first = contents[0]
+    study_uid = str(first.evidence[0].StudyInstanceUID)
+    version = str(first.study_version)
+    tag = "+".join(languages)
+    series_uid = derive_uid(study_uid, version, tag, "ps-series")
+
+    images: dict[str, dict[str, list[RegionFinding]]] = {}
+    for content in sorted(contents, key=lambda c: languages.index(c.language)):
+        for region in content.regions:
+            by_language = images.setdefault(region.referenced_sop_instance_uid, {})
+            by_language.setdefault(content.language, []).append(region)
+
+    datasets: list[Dataset] = []
+    skipped: list[SkippedImage] = []
+    for sop_uid, by_language in images.items():
+        image = source_datasets_by_sop_uid.get(sop_uid)
+        if image is None:
+            raise InvalidContentError(f"source image {sop_uid} was not given; it carries regions")
+        photometric = str(image.get("PhotometricInterpretation", ""))
+        if photometric in _GRAYSCALE:
+            cls = GrayscaleSoftcopyPresentationState
+        elif photometric in _COLOR and int(image.get("SamplesPerPixel", 1)) == 3:
+            cls = ColorSoftcopyPresentationState
+        else:
+            reason = (
+                f"Photometric Interpretation {photometric or 'missing'}: no Grayscale or Color "
+                "Softcopy Presentation State applies; the SR carries the regions"
+            )
+            logger.warning("no presentation state for %s: %s", sop_uid, reason)
+            skipped.append(SkippedImage(sop_uid, reason))
+            continue
+        layers, annotations = _annotations(image, by_language)
+        kwargs = {}
+        if cls is ColorSoftcopyPresentationState:
+            kwargs["icc_profile"] = bytes(image.ICCProfile) if "ICCProfile" in image else srgb_icc_profile()
+        ps = cls(
+            referenced_images=[image],
+            series_instance_uid=series_uid,
+            series_number=series_number(first.study_version, _PS_SLOT),
+            sop_instance_uid=derive_uid(study_uid, version, tag, "ps", sop_uid),
+            instance_number=len(datasets) + 1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=MANUFACTURER,
+            software_versions=gateway_version(),
+            device_serial_number=None,
+            content_label=wording.gsps_content_label(first.algorithm),
+            content_description=fit(
+                wording.gsps_series_description(languages, first.algorithm, first.study_version), LO
+            ),
+            graphic_annotations=annotations,
+            graphic_layers=layers,
+            institution_name=first.institution_name,
+            series_description=wording.gsps_series_description(languages, first.algorithm, first.study_version),
+            specific_character_set=CHARACTER_SET,
+            **kwargs,
+        )
+        ps.Laterality = _laterality(image)
+        ps.ContributingEquipmentSequence = contributing_equipment(first.algorithm, first.content_datetime, image)
+        finalize_header(ps, first.content_datetime)
+        datasets.append(ps)
+    return PresentationStates(datasets, skipped)
+
+
+def build_presentation_states(
+    content: ReportContent | Sequence[ReportContent],
+    source_datasets_by_sop_uid: Mapping[str, Dataset],
+) -> list[Dataset]:
+    """Presentation states of the images that carry regions (see :func:`plan_presentation_states`).
+
+    Images that cannot take one are logged at WARNING and left out; call
+    :func:`plan_presentation_states` to get the reasons as data.
+    """
+    return plan_presentation_states(content, source_datasets_by_sop_uid).datasets
