@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..audit import AuditSender, SyslogAuditSender, install_sender
 from ..db import check_schema_current, make_engine
@@ -39,6 +41,15 @@ def audit_sender_from_settings(settings: Settings) -> AuditSender | None:
         return None
     port = int(getattr(settings.api, "audit_syslog_port", 514) or 514)
     return SyslogAuditSender(host, port, source_id=settings.node.ae_title)
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in app.router.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path) and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
 
 
 def create_app(settings: Settings, *, audit_sender: AuditSender | None = None) -> FastAPI:
@@ -74,6 +85,13 @@ def create_app(settings: Settings, *, audit_sender: AuditSender | None = None) -
     @app.exception_handler(InvalidCursorError)
     async def _bad_cursor(_request: Request, exc: InvalidCursorError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette names only the first route of the path; RFC 9110 wants all its methods.
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(_allowed_methods(app, request))}
+        return await http_exception_handler(request, exc)
 
     @app.middleware("http")
     async def _security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -27,6 +27,7 @@ from .operations import (
 )
 from .query_deliveries import DeliveryFilters, list_deliveries, list_jobs
 from .schemas import (
+    AUTH_RESPONSES,
     ActionResult,
     CallingAEIn,
     CallingAEOut,
@@ -41,7 +42,7 @@ from .schemas import (
 
 __all__ = ["router", "admin_error_status"]
 
-router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"], responses=AUTH_RESPONSES)
 
 Name = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f/]+$")]
 RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]

@@ -33,11 +33,13 @@ from .query_studies import (
 from .regions import pair_regions
 from .render import ImageNotAvailableError, render_annotated_png, resolve_spool_path
 from .schemas import (
+    AUTH_RESPONSES,
     AuditEventPage,
     DeliveryPage,
     DeliveryStatus,
     ErrorOut,
     FindingPage,
+    IsoDateTime,
     SafeText,
     StudyDetail,
     StudyPage,
@@ -46,7 +48,7 @@ from .schemas import (
 
 __all__ = ["router", "finding_filters"]
 
-router = APIRouter(prefix="/api/v1", tags=["auditor"])
+router = APIRouter(prefix="/api/v1", tags=["auditor"], responses=AUTH_RESPONSES)
 
 UidParam = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[0-9.]+$")]
 Limit = Annotated[int, Query(ge=1, le=500, description="rows per page")]
@@ -60,8 +62,8 @@ _BAD = {400: {"model": ErrorOut}}
 
 
 def finding_filters(
-    created_from: Annotated[dt.datetime | None, Query(description="findings recorded at or after")] = None,
-    created_to: Annotated[dt.datetime | None, Query(description="findings recorded before")] = None,
+    created_from: Annotated[IsoDateTime | None, Query(description="findings recorded at or after")] = None,
+    created_to: Annotated[IsoDateTime | None, Query(description="findings recorded before")] = None,
     modality: Annotated[ShortText | None, Query(description="series modality, e.g. CT")] = None,
     calling_ae_title: Annotated[ShortText | None, Query(description="AE title that sent the study")] = None,
     label: Annotated[SafeText | None, Query(description="text contained in the region's label")] = None,
@@ -129,8 +131,8 @@ def export_findings(
 @router.get("/studies", response_model=StudyPage, responses=_BAD)
 def studies(
     request: Request,
-    received_from: dt.datetime | None = None,
-    received_to: dt.datetime | None = None,
+    received_from: IsoDateTime | None = None,
+    received_to: IsoDateTime | None = None,
     modality: ShortText | None = None,
     calling_ae_title: ShortText | None = None,
     state: Literal["receiving", "complete", "stored"] | None = None,
@@ -251,8 +253,8 @@ def deliveries(
     state: Literal["pending", "sent", "failed"] | None = None,
     destination_name: ShortText | None = None,
     study_instance_uid: UidParam | None = None,
-    created_from: dt.datetime | None = None,
-    created_to: dt.datetime | None = None,
+    created_from: IsoDateTime | None = None,
+    created_to: IsoDateTime | None = None,
     limit: Limit = 50,
     cursor: Cursor = None,
     principal: Principal = Depends(require_reader),
@@ -275,8 +277,8 @@ def audit_filters(
     actor: ShortText | None = None,
     action: ShortText | None = None,
     study_instance_uid: UidParam | None = None,
-    at_from: dt.datetime | None = None,
-    at_to: dt.datetime | None = None,
+    at_from: IsoDateTime | None = None,
+    at_to: IsoDateTime | None = None,
 ) -> AuditFilters:
     return AuditFilters(actor=actor, action=action, study_instance_uid=study_instance_uid,
                         at_from=at_from, at_to=at_to)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+import re
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints
 
 __all__ = [
+    "IsoDateTime",
     "SafeText",
     "DeliveryStatus",
     "FindingOut",
@@ -33,11 +36,29 @@ __all__ = [
     "JobPage",
     "ActionResult",
     "ErrorOut",
+    "AUTH_RESPONSES",
 ]
 
 #: Free text from a client: bounded, printable (no control characters, which PostgreSQL refuses
 #: in text and which have no place in a filter).
 SafeText = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _rfc3339(value: object) -> object:
+    """Accept only RFC 3339 date-times with a zone (what the OpenAPI ``date-time`` format says);
+    pydantic alone would also take numbers (epoch seconds) and zone-less times."""
+    if isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("expected an RFC 3339 date-time with zone, e.g. 2026-03-01T00:00:00Z")
+    return value
+
+
+#: A timestamp parameter: RFC 3339 with seconds and a zone (``Z`` or ``+08:00``).
+IsoDateTime = Annotated[dt.datetime, BeforeValidator(_rfc3339)]
 #: Summary of a job's deliveries: any failed > any pending > all sent; ``none`` without any.
 DeliveryStatus = Literal["sent", "pending", "failed", "none"]
 
@@ -48,6 +69,13 @@ class _Out(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+#: Responses every authenticated operation may give.
+AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorOut, "description": "no token, or an unknown or revoked token"},
+    403: {"model": ErrorOut, "description": "the token's role may not do this"},
+}
 
 
 class PatientIdentifiers(_Out):
@@ -191,10 +219,30 @@ class AuditEventPage(BaseModel):
     next_cursor: str | None
 
 
-class CallingAEIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+#: PS3.5 VR AE: 1-16 printable ASCII characters without backslash, not only spaces.
+AETitle = Annotated[str, StringConstraints(
+    min_length=1, max_length=16, pattern=r"^ *[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]*$")]
+_STRICT = ConfigDict(extra="forbid")
 
-    ae_title: Annotated[str, StringConstraints(min_length=1, max_length=16)]
+
+def _json_integer(value: object) -> object:
+    """A JSON Schema integer: an int, or a float with no fraction (4312.0); not "4312" or true."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("expected an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("expected an integer")
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+
+class CallingAEIn(BaseModel):
+    model_config = _STRICT
+
+    ae_title: AETitle
     host: SafeText | None = None
     description: SafeText | None = None
     destinations: list[SafeText] = []
@@ -209,14 +257,14 @@ class CallingAEOut(_Out):
 
 
 class DestinationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f/]+$")]
-    ae_title: Annotated[str, StringConstraints(min_length=1, max_length=16)]
+    ae_title: AETitle
     host: Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
-    port: int = Field(ge=1, le=65535)
+    port: JsonInt = Field(ge=1, le=65535)
     send: Literal["sr", "sr+gsps"] = "sr"
-    tls: bool = False
+    tls: StrictBool = False
 
 
 class DestinationOut(_Out):
@@ -231,17 +279,17 @@ class DestinationOut(_Out):
 
 
 class RouteIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f/]+$")]
-    order: int = Field(100, ge=-1_000_000, le=1_000_000)
+    order: JsonInt = Field(100, ge=-1_000_000, le=1_000_000)
     calling_ae_title: Annotated[str, StringConstraints(max_length=16)] = ""
     modality: Annotated[str, StringConstraints(max_length=16)] = ""
     sop_class_uid: Annotated[str, StringConstraints(max_length=64)] = ""
     body_part_examined: Annotated[str, StringConstraints(max_length=64)] = ""
     series_description: Annotated[str, StringConstraints(max_length=64)] = ""
     action: Literal["process", "store", "ignore"] = "process"
-    urgent: bool = False
+    urgent: StrictBool = False
     destinations: list[SafeText] = []
 
 
