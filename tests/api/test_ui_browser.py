@@ -1,0 +1,145 @@
+"""The web pages in headless Chromium (Playwright): log in, search, open a study and see the
+picture with its boxes, retry a failed delivery as an admin.
+
+Chromium is Debian's (/usr/bin/chromium, installed by `make setup`); its absence fails the test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from PIL import Image
+from sqlalchemy import select
+
+from gateway.api import hooks
+from gateway.api.app import create_app
+from gateway.models import AuditEvent, Delivery, DeliveryState
+
+from ..conftest import free_port
+from .conftest import Env
+from .factories import make_study
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def server(env: Env) -> Iterator[str]:
+    app = create_app(env.settings)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                        lifespan="off"))
+    thread = threading.Thread(target=srv.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).is_file() and shutil.which("chromium") is None:
+        pytest.fail("Chromium is not installed: run `make setup` (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_login_search_study_picture_and_retry(env: Env, server: str, browser, tmp_path: Path) -> None:
+    with env.session() as s:
+        ok = make_study(s, env.data_dir, calling_ae_title="CR_ROOM_1")
+        broken = make_study(s, env.data_dir, calling_ae_title="CT_SCANNER", modality="CT",
+                            delivery_state=DeliveryState.FAILED)
+        s.commit()
+        uid, failed_id = ok.study.study_instance_uid, broken.deliveries[0].id
+    calls: list[int] = []
+    previous = hooks.set_enqueue_delivery(calls.append)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(15000)
+
+        # Pages need a session: the browser lands on the login form, and a bad token is refused.
+        page.goto(f"{server}/ui/findings")
+        assert "/ui/login" in page.url
+        page.fill("#token", "mrg_wrong")
+        page.click("#login")
+        assert "not valid" in page.locator(".error").inner_text()
+
+        page.fill("#token", env.auditor_token)
+        page.click("#login")
+        page.wait_for_url("**/ui/findings")
+        cookie = next(c for c in page.context.cookies() if c["name"] == "medrega_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+        # Search: Chinese label text, one calling AE.
+        page.fill("#label", "肺")
+        page.fill("input[name=calling_ae_title]", "CR_ROOM_1")
+        page.click("#search")
+        page.wait_for_url("**label=**")
+        rows = page.locator("#results tbody tr")
+        assert rows.count() == 2
+        assert {"左肺", "右肺"} <= set(page.locator("#results tbody td").all_inner_texts())
+        assert "Doe^Jane" not in page.content()  # auditors see no patient identifiers
+
+        # Open the study: the picture renders with the boxes; labels side by side.
+        page.locator("a.study-link").first.click()
+        page.wait_for_url(f"**/ui/studies/{uid}")
+        page.wait_for_function(
+            "() => { const i = document.querySelector('img.annotated');"
+            " return i && i.complete && i.naturalWidth > 0; }")
+        width, height = page.eval_on_selector("img.annotated", "i => [i.naturalWidth, i.naturalHeight]")
+        assert width >= 512 and height > 0
+        region_rows = page.locator("table.regions tbody tr").all_inner_texts()
+        assert any("left lung" in r and "左肺" in r for r in region_rows)
+        assert "delivered_to" in page.locator("#timeline").inner_text()
+        shot = tmp_path / "study.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert Image.open(shot).size[0] >= 1000
+        # An auditor has no administration page and no retry button.
+        assert page.locator("text=Administration").count() == 0
+        assert page.goto(f"{server}/ui/admin").status == 403
+
+        # Log out, log in as admin, retry the failed delivery.
+        page.goto(f"{server}/ui/findings")
+        page.click("text=Log out")
+        page.wait_for_url("**/ui/login")
+        page.fill("#token", env.admin_token)
+        page.click("#login")
+        page.wait_for_url("**/ui/findings")
+        page.click("text=Administration")
+        page.wait_for_url("**/ui/admin")
+        assert page.locator("#failed-deliveries tbody tr").count() == 2
+        page.click(f"button.retry-delivery[data-id='{failed_id}']")
+        page.wait_for_url("**/ui/admin?message=**")
+        assert f"delivery {failed_id} is pending again" in page.locator(".message").inner_text()
+        assert page.locator("#failed-deliveries tbody tr").count() == 1
+        page.screenshot(path=str(tmp_path / "admin.png"), full_page=True)
+    finally:
+        hooks.set_enqueue_delivery(previous)
+
+    assert calls == [failed_id]
+    with env.session() as s:
+        dl = s.get(Delivery, failed_id)
+        assert dl.state == DeliveryState.PENDING and dl.attempts == 0
+        actions = [(e.actor, e.action) for e in s.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+    assert ("bob-auditor", "findings.search") in actions
+    assert ("bob-auditor", "study.read") in actions and ("bob-auditor", "study.image") in actions
+    assert ("alice-admin", "admin.delivery.retry") in actions
+    assert ("anonymous", "auth.failure") in actions
