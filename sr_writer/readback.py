@@ -10,16 +10,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from highdicom.sr import Comprehensive3DSR, MeasurementReport
+from highdicom.sr import Comprehensive3DSR, ComprehensiveSR, EnhancedSR, MeasurementReport
 from highdicom.sr.coding import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage
 
 from . import coding
 from .errors import NotConvertibleError
 
 __all__ = ["ReadRegion", "ReadReport", "read_report"]
 
+_READERS = {
+    Comprehensive3DSRStorage: Comprehensive3DSR,
+    ComprehensiveSRStorage: ComprehensiveSR,
+    EnhancedSRStorage: EnhancedSR,
+}
 _LANGUAGE = ("121049", "DCM")
 _ALGORITHM_NAME = ("111001", "DCM")
 _ALGORITHM_VERSION = ("111003", "DCM")
@@ -119,14 +125,17 @@ def _region(group: Dataset, parsed) -> ReadRegion:
 
 
 def read_report(dataset: Dataset) -> ReadReport:
-    """Parse one of our TID 1500 SRs (any SR class carrying TID 1500 with SCOORD regions).
+    """Parse one of our TID 1500 SRs (Comprehensive 3D, Comprehensive or Enhanced SR).
 
     Raises :class:`NotConvertibleError` if the document is not a TID 1500 Measurement Report.
     """
     template = dataset.get("ContentTemplateSequence")
     if not template or str(template[0].TemplateIdentifier) != "1500":
         raise NotConvertibleError("not a TID 1500 Measurement Report")
-    sr = Comprehensive3DSR.from_dataset(dataset, copy=True)
+    reader = _READERS.get(str(dataset.get("SOPClassUID", "")))
+    if reader is None:
+        raise NotConvertibleError(f"SOP Class {dataset.get('SOPClassUID')} cannot carry a TID 1500 report")
+    sr = reader.from_dataset(dataset, copy=True)
     report = sr.content
     assert isinstance(report, MeasurementReport)
     root = sr
