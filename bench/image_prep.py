@@ -10,9 +10,10 @@ ours:  ``prepare_image(path)``: the same pydicom functions on the table of possi
 
 Corpora (generated, uncompressed Explicit VR Little Endian): 512x512 CT slices (int16, rescale
 slope/intercept, window 40/400) and 2048x2048 radiographs (12 bits in 16, MONOCHROME1, window).
-Rounds are interleaved; the median of the rounds is reported.
+Rounds are interleaved (naive, then ours); rates are medians over the rounds, the speed-up is
+the median (and range) of the per-round ratios, which is robust to load from other processes.
 
-    .venv/bin/python bench/image_prep.py [--ct 40] [--radiographs 8] [--rounds 3]
+    .venv/bin/python bench/image_prep.py [--ct 100] [--radiographs 8] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -114,25 +115,28 @@ def run(paths: list[Path], fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ct", type=int, default=40)
+    parser.add_argument("--ct", type=int, default=100)
     parser.add_argument("--radiographs", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         corpus = make_corpus(Path(tmp), args.ct, args.radiographs)
         for name, paths in corpus.items():
             diff = np.abs(np.asarray(naive(paths[0]), int) - np.asarray(ours(paths[0]), int)).max()
             assert diff <= 1, f"{name}: the two paths disagree by {diff}"
-            naive_rates, our_rates = [], []
+            naive_rates, our_rates, ratios = [], [], []
             run(paths[:2], naive), run(paths[:2], ours)  # warm the page cache and imports
             for _ in range(args.rounds):
                 naive_rates.append(run(paths, naive))
                 our_rates.append(run(paths, ours))
+                ratios.append(our_rates[-1] / naive_rates[-1])
             n, o = statistics.median(naive_rates), statistics.median(our_rates)
-            print(f"| {name} | {len(paths)} | {n:.1f} img/s | {o:.1f} img/s | {o / n:.2f}x | {diff} |")
-
+            print(
+                f"| {name} | {len(paths)} | {n:.1f} img/s | {o:.1f} img/s | {statistics.median(ratios):.2f}x "
+                f"({min(ratios):.2f}-{max(ratios):.2f}) | {diff} |"
+            )
 
 if __name__ == "__main__":
-    print("| corpus | images | naive pydicom + Pillow | model.imaging | speed-up | max grey diff |")
+    print("| corpus | images | naive pydicom + Pillow | model.imaging | speed-up (range) | max grey diff |")
     print("|---|---|---|---|---|---|")
     main()

@@ -30,6 +30,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
 __all__ = ["ImagingError", "PreparedImage", "CT_PRESETS", "ct_preset_for", "prepare_image", "read_dataset"]
@@ -103,13 +104,9 @@ def _frame_groups(ds: Dataset, index: int) -> list[Dataset]:
     return groups
 
 
-def _pixel_module(ds: Dataset, index: int) -> Dataset:
-    """A flat dataset holding what the Modality and VOI LUT stages read for this frame.
-
-    Enhanced objects keep rescale and window in functional groups (PS3.3 C.7.6.16.2.9 Pixel Value
-    Transformation, C.7.6.16.2.10 Frame VOI LUT); classic objects at the top level.
-    """
-    keywords = (
+_PIXEL_MODULE_TAGS = tuple(
+    Tag(keyword)
+    for keyword in (
         "PhotometricInterpretation",
         "BitsStored",
         "BitsAllocated",
@@ -123,9 +120,19 @@ def _pixel_module(ds: Dataset, index: int) -> Dataset:
         "VOILUTFunction",
         "VOILUTSequence",
     )
+)
+
+
+def _pixel_module(ds: Dataset, index: int) -> Dataset:
+    """A flat dataset holding what the Modality and VOI LUT stages read for this frame.
+
+    Enhanced objects keep rescale and window in functional groups (PS3.3 C.7.6.16.2.9 Pixel Value
+    Transformation, C.7.6.16.2.10 Frame VOI LUT); classic objects at the top level.
+    """
     # The same data elements (cheaper than setting attributes one by one); stages that add
     # elements (a CT preset window) add them to this dataset only.
-    px = Dataset({ds[k].tag: ds[k] for k in keywords if k in ds})
+    present = ds.keys()
+    px = Dataset({tag: ds[tag] for tag in _PIXEL_MODULE_TAGS if tag in present})
     for group in _frame_groups(ds, index):
         for seq_name, keywords in (
             ("PixelValueTransformationSequence", ("RescaleSlope", "RescaleIntercept", "RescaleType")),
