@@ -8,12 +8,15 @@ here is logged (the header holds patient data).
 from __future__ import annotations
 
 import math
+from io import BytesIO
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
 
 from .spool import valid_uid
 
@@ -28,6 +31,7 @@ __all__ = [
 ]
 
 _DEFER_BYTES = 64 * 1024
+_HEAD_BYTES = 64 * 1024
 
 
 class HeaderError(ValueError):
@@ -129,6 +133,37 @@ def _floats(ds: Dataset, keyword: str, count: int) -> list[float] | None:
     return values
 
 
+def _parse(path: Path) -> Dataset:
+    """Parse the file meta and the data set up to group 0028 (Image Pixel module).
+
+    Every attribute the node files by is in groups 0008-0028, so parsing stops before anything
+    after them (private groups such as Siemens CSA, overlays, pixel data). The first
+    :data:`_HEAD_BYTES` are parsed from memory (faster than many small reads); a header larger
+    than that, or a deflated data set, is parsed from the file.
+    """
+    reached = False
+
+    def stop_when(tag: BaseTag, vr: str | None, length: int) -> bool:
+        nonlocal reached
+        if tag.group > 0x0028:
+            reached = True
+        return reached
+
+    with open(path, "rb") as f:
+        head = f.read(_HEAD_BYTES)
+        if len(head) < _HEAD_BYTES:
+            return read_partial(BytesIO(head), stop_when=stop_when)
+        try:
+            ds = read_partial(BytesIO(head), stop_when=stop_when)
+            if reached:
+                return ds
+        except Exception:  # ran off the end of the buffer: parse from the file
+            pass
+        reached = False
+        f.seek(0)
+        return read_partial(f, stop_when=stop_when, defer_size=_DEFER_BYTES)
+
+
 def read_header(
     path: Path,
     *,
@@ -140,7 +175,7 @@ def read_header(
     Raises a :class:`HeaderError` subclass when the object cannot be filed.
     """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=_DEFER_BYTES)
+        ds = _parse(path)
         # Touch the elements we file by: a corrupt data set raises here, not later.
         uids = {
             kw: str(ds.get(kw, "") or "").strip().rstrip("\x00")

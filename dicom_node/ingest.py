@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import Iterator
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -129,13 +131,17 @@ def _study_id(conn: Connection, h: InstanceHeader, calling_ae_title: str | None,
     return int(row.id)
 
 
+_TOUCH_STUDY = (
+    update(_STUDIES)
+    .where(_STUDIES.c.id == bindparam("study_id_"))
+    .values(last_received_at=bindparam("now_"), state=bindparam("state_"))
+)
+_INSERT_INSTANCE = _INSTANCES.insert()
+
+
 def _touch_study(conn: Connection, study_id: int, now) -> None:  # type: ignore[no-untyped-def]
     """A new or changed instance: the study is receiving again (a COMPLETE study gets a new version)."""
-    conn.execute(
-        update(_STUDIES)
-        .where(_STUDIES.c.id == study_id)
-        .values(last_received_at=now, state=StudyState.RECEIVING.value)
-    )
+    conn.execute(_TOUCH_STUDY, {"study_id_": study_id, "now_": now, "state_": StudyState.RECEIVING.value})
 
 
 def _series_id(conn: Connection, h: InstanceHeader, study_id: int) -> int:
@@ -182,19 +188,53 @@ def _instance_values(h: InstanceHeader, stored: StoredFile, calling_ae_title: st
     )
 
 
-def _existing(conn: Connection, sop_instance_uid: str):  # type: ignore[no-untyped-def]
-    return conn.execute(
-        select(_INSTANCES.c.id, _INSTANCES.c.sha256, _INSTANCES.c.study_id, _INSTANCES.c.path)
-        .where(_INSTANCES.c.sop_instance_uid == sop_instance_uid)
-    ).first()
-
-
 def _count_duplicate(conn: Connection, instance_id: int) -> None:
     conn.execute(
         update(_INSTANCES)
         .where(_INSTANCES.c.id == instance_id)
         .values(duplicate_count=_INSTANCES.c.duplicate_count + 1)
     )
+
+
+class _SeriesCache:
+    """Series Instance UID -> (study id, series id) for the series being received.
+
+    Saves two queries per instance in the common case (many instances of one series). An entry
+    that went stale (study deleted meanwhile) fails the foreign key and is dropped (retry).
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._data: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, url: str, series_uid: str) -> tuple[int, int] | None:
+        with self._lock:
+            hit = self._data.get((url, series_uid))
+            if hit is not None:
+                self._data.move_to_end((url, series_uid))
+            return hit
+
+    def put(self, url: str, series_uid: str, ids: tuple[int, int]) -> None:
+        with self._lock:
+            self._data[(url, series_uid)] = ids
+            self._data.move_to_end((url, series_uid))
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+    def drop(self, url: str, series_uid: str) -> None:
+        with self._lock:
+            self._data.pop((url, series_uid), None)
+
+
+_SERIES_CACHE = _SeriesCache()
+_SELECT_EXISTING = select(
+    _INSTANCES.c.id, _INSTANCES.c.sha256, _INSTANCES.c.study_id, _INSTANCES.c.path
+).where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
+
+
+def _existing(conn: Connection, sop_instance_uid: str):  # type: ignore[no-untyped-def]
+    return conn.execute(_SELECT_EXISTING, {"uid": sop_instance_uid}).first()
 
 
 def record_instance(
@@ -206,33 +246,60 @@ def record_instance(
     sha256: str,
     size_bytes: int,
     calling_ae_title: str | None,
+    before_move: Callable[[], None] | None = None,
 ) -> IngestResult:
     """File ``received`` (a temp file in ``incoming/``) under the spool and record it.
 
     An identical re-send (same SOP Instance UID and SHA-256) only increments
     ``Instance.duplicate_count``: the study's state is untouched and ``received`` is removed.
+    ``before_move`` is called before the file is moved: it must return once ``received`` is
+    fsync-ed (the SCP starts that fsync early, in parallel with parsing and hashing).
     Raises :class:`SeriesStudyConflictError`, :class:`IngestError` or
     :class:`~dicom_node.spool.SpoolError`.
     """
     relpath = instance_relpath(
         header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
     )
-    # Fast path for re-sends, without touching the file system.
-    with engine.connect() as conn:
-        existing = _existing(conn, header.sop_instance_uid)
-    if existing is not None and existing.sha256 == sha256:
-        with write_transaction(engine) as conn:
-            _count_duplicate(conn, existing.id)
-        received.unlink(missing_ok=True)
-        return IngestResult(IngestOutcome.DUPLICATE, existing.id, existing.study_id, existing.path)
+    url = str(engine.url)
+    try:
+        # Fast path for re-sends, without touching the file system.
+        with engine.connect() as conn:
+            existing = _existing(conn, header.sop_instance_uid)
+        if existing is not None and existing.sha256 == sha256:
+            with write_transaction(engine) as conn:
+                _count_duplicate(conn, existing.id)
+            received.unlink(missing_ok=True)
+            return IngestResult(IngestOutcome.DUPLICATE, existing.id, existing.study_id, existing.path)
+    except OperationalError as exc:
+        raise IngestError(f"database unavailable: {exc.orig.__class__.__name__}") from exc
 
-    stored = durable_move(received, data_dir, relpath, sha256=sha256, size_bytes=size_bytes)
+    synced = False
+    if before_move is not None:
+        before_move()
+        synced = True
+    stored = durable_move(received, data_dir, relpath, sha256=sha256, size_bytes=size_bytes, synced=synced)
 
     last_exc: Exception | None = None
+    cached = _SERIES_CACHE.get(url, header.series_instance_uid) if existing is None else None
     for _ in range(_ATTEMPTS):
         now = utcnow()
         try:
             with write_transaction(engine) as conn:
+                if cached is not None:
+                    # common case: a new instance of a series already filed
+                    study_id, series_id = cached
+                    result = conn.execute(
+                        _INSERT_INSTANCE,
+                        dict(
+                            study_id=study_id, series_id=series_id,
+                            sop_instance_uid=header.sop_instance_uid, duplicate_count=0,
+                            **_instance_values(header, stored, calling_ae_title, now),
+                        ),
+                    )
+                    _touch_study(conn, study_id, now)
+                    return IngestResult(
+                        IngestOutcome.STORED, int(result.inserted_primary_key[0]), study_id, relpath
+                    )
                 existing = _existing(conn, header.sop_instance_uid)
                 if existing is not None and existing.sha256 == sha256:
                     _count_duplicate(conn, existing.id)
@@ -263,11 +330,13 @@ def record_instance(
                     instance_id = int(existing.id)
                     outcome = IngestOutcome.REPLACED
                 _touch_study(conn, study_id, now)
+            _SERIES_CACHE.put(url, header.series_instance_uid, (study_id, series_id))
             return IngestResult(outcome, instance_id, study_id, relpath)
-        except IntegrityError as exc:  # a concurrent association filed the same UID first
-            last_exc = exc
+        except IntegrityError as exc:  # a concurrent association filed the same UID first,
+            last_exc = exc              # or a cached study/series no longer exists
+            _SERIES_CACHE.drop(url, header.series_instance_uid)
+            cached = None
             continue
         except OperationalError as exc:
             raise IngestError(f"database unavailable: {exc.orig.__class__.__name__}") from exc
     raise IngestError("could not record the instance (conflicting concurrent writes)") from last_exc
-

@@ -27,11 +27,13 @@ Association control is :mod:`dicom_node.policy` (evaluated on each A-ASSOCIATE-R
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import socketserver
 import tempfile
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +66,20 @@ from gateway.settings import Settings
 
 from .header import HeaderError, read_header
 from .ingest import IngestError, IngestOutcome, SeriesStudyConflictError, record_instance
-from .policy import AssociationPolicy
+from .policy import (
+    DIAG_LOCAL_LIMIT_EXCEEDED,
+    RESULT_REJECTED_TRANSIENT,
+    SOURCE_PRESENTATION,
+    AssociationDecision,
+    AssociationPolicy,
+)
 from .quarantine import quarantine_file
 from .spool import (
     InsufficientDiskSpaceError,
     SpoolError,
     check_free_disk,
+    hash_and_sync,
     incoming_dir,
-    sha256_file,
 )
 from .tls import server_context
 
@@ -213,36 +221,67 @@ class _ReusePortServer(_NodeServer):
     reuse_port = True
 
 
-class StorageSCP:
-    """The DICOM node: C-ECHO and C-STORE SCP for every storage SOP class.
+class _AssociationCounter:
+    """Associations in progress across all listener processes (``node.maximum_associations`` is
+    a limit for the node, not per process)."""
 
-    >>> scp = StorageSCP(settings)
-    >>> scp.start()          # returns at once; binds node.host:node.port (0: an ephemeral port)
-    >>> scp.port
-    >>> scp.stop()
-    """
+    def __init__(self, shared: Any | None = None) -> None:
+        self._value = shared if shared is not None else _LocalValue()
 
-    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
+    def opened(self) -> int:
+        with self._value.get_lock():
+            self._value.value += 1
+            return int(self._value.value)
+
+    def closed(self) -> None:
+        with self._value.get_lock():
+            self._value.value -= 1
+
+    @property
+    def value(self) -> int:
+        return int(self._value.value)
+
+
+class _LocalValue:
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def get_lock(self) -> threading.Lock:
+        return self._lock
+
+
+class _Listener:
+    """One listening socket served by threads in this process (pynetdicom's server)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        port: int,
+        reuse_port: bool,
+        counter: _AssociationCounter,
+    ) -> None:
         self.settings = settings
+        self._bind_port = port
         self._reuse_port = reuse_port
+        self._counter = counter
         self._engine: Engine | None = None
         self._ae: AE | None = None
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self._policy: AssociationPolicy | None = None
-        self._lock = threading.Lock()
         self._stats: dict[int, dict[str, int]] = {}
+        self._counted: set[int] = set()
+        self._io = ThreadPoolExecutor(
+            max_workers=settings.node.maximum_associations, thread_name_prefix="dicom-node-fsync"
+        )
+        self._counted_lock = threading.Lock()
 
-    # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        """Bind and serve in a background thread (non-blocking)."""
-        if self._server is not None:
-            raise NodeError("the node is already running")
         node = self.settings.node
         data_dir = self.settings.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
         incoming = incoming_dir(data_dir)
-        self._clean_incoming(incoming)
         ssl_context = server_context(node)
         self._engine = make_engine(self.settings.database_url)
         self._policy = AssociationPolicy(
@@ -251,6 +290,7 @@ class StorageSCP:
 
         _install_receive_hooks()
         ae = AE(ae_title=node.ae_title)
+        # the node-wide limit is enforced in _on_requested; pynetdicom's own check is per process
         ae.maximum_associations = node.maximum_associations
         ae.maximum_pdu_size = node.maximum_pdu_size
         ae.acse_timeout = node.acse_timeout_s
@@ -261,6 +301,8 @@ class StorageSCP:
         _INCOMING_BY_AE[ae] = str(incoming)
 
         handlers = [
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_c_store),
             (evt.EVT_C_ECHO, self._on_c_echo),
@@ -270,37 +312,27 @@ class StorageSCP:
         server_class = _ReusePortServer if self._reuse_port else _NodeServer
         try:
             server = ae.make_server(
-                (node.host, node.port),
+                (node.host, self._bind_port),
                 ssl_context=ssl_context,
                 evt_handlers=handlers,
                 server_class=server_class,
             )
         except OSError as exc:
-            raise NodeError(f"cannot listen on {node.host}:{node.port}: {exc.strerror}") from None
+            raise NodeError(f"cannot listen on {node.host}:{self._bind_port}: {exc.strerror}") from None
         self._ae, self._server = ae, server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2},
             name=f"dicom-node:{self.port}", daemon=True,
         )
         self._thread.start()
-        LOGGER.info(
-            "DICOM node %s listening on %s:%d%s", node.ae_title, node.host, self.port,
-            " (TLS)" if ssl_context else "",
-        )
 
     @property
     def port(self) -> int:
-        """The bound TCP port (the ephemeral one when ``node.port`` is 0)."""
         if self._server is None:
             raise NodeNotRunningError("the node is not running")
         return int(self._server.server_address[1])
 
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
     def stop(self) -> None:
-        """Stop listening, abort associations in progress and wait for the server thread."""
         server, ae = self._server, self._ae
         if server is None or ae is None:
             return
@@ -311,23 +343,20 @@ class StorageSCP:
         ae.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        LOGGER.info("DICOM node %s stopped", self.settings.node.ae_title)
+        self._io.shutdown(wait=True)
 
-    def __enter__(self) -> "StorageSCP":
-        self.start()
-        return self
+    # -- association accounting -------------------------------------------------------------
+    def _on_conn_open(self, event: evt.Event) -> None:
+        with self._counted_lock:
+            self._counted.add(id(event.assoc))
+        self._counter.opened()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @staticmethod
-    def _clean_incoming(incoming: Path) -> None:
-        """Remove receptions a previous run did not finish (never answered with success)."""
-        for leftover in incoming.glob("rx-*"):
-            try:
-                leftover.unlink()
-            except OSError:
-                pass
+    def _on_conn_close(self, event: evt.Event) -> None:
+        with self._counted_lock:
+            if id(event.assoc) not in self._counted:
+                return
+            self._counted.discard(id(event.assoc))
+        self._counter.closed()
 
     # -- association control ----------------------------------------------------------------
     def _on_requested(self, event: evt.Event) -> None:
@@ -337,7 +366,13 @@ class StorageSCP:
         calling = str(rq.calling_ae_title or "")
         peer = str(assoc.requestor.address)
         assert self._policy is not None
-        decision = self._policy.evaluate(called, calling, peer)
+        if self._counter.value > self.settings.node.maximum_associations:
+            decision = AssociationDecision(
+                False, RESULT_REJECTED_TRANSIENT, SOURCE_PRESENTATION, DIAG_LOCAL_LIMIT_EXCEEDED,
+                f"node.maximum_associations ({self.settings.node.maximum_associations}) reached",
+            )
+        else:
+            decision = self._policy.evaluate(called, calling, peer)
         if decision.accepted:
             return
         LOGGER.warning("association from %s (%s) rejected: %s", calling, peer, decision.reason)
@@ -381,6 +416,8 @@ class StorageSCP:
             received.unlink(missing_ok=True)
             LOGGER.error("C-STORE refused (0xA700): %s", exc)
             return STATUS_OUT_OF_RESOURCES
+        # The data reach the disk while the header is parsed and hashed (fsync releases the GIL).
+        hashed = self._io.submit(hash_and_sync, received)
         try:
             try:
                 header = read_header(
@@ -391,11 +428,12 @@ class StorageSCP:
             except HeaderError as exc:
                 self._quarantine(received, str(exc), calling, peer, affected_uid)
                 return exc.status
-            digest, size = sha256_file(received)
+            digest, size = hashed.result()
             try:
                 result = record_instance(
                     self._engine, data_dir, header, received,
                     sha256=digest, size_bytes=size, calling_ae_title=calling,
+                    before_move=hashed.result,
                 )
             except SeriesStudyConflictError as exc:
                 self._quarantine(received, str(exc), calling, peer, affected_uid)
@@ -410,6 +448,10 @@ class StorageSCP:
             LOGGER.error("C-STORE refused (0xA702): spool write failed: %s", exc)
             return STATUS_SPOOL_ERROR
         finally:
+            try:
+                hashed.result()
+            except OSError:
+                pass
             received.unlink(missing_ok=True)
 
     def _quarantine(
@@ -424,3 +466,142 @@ class StorageSCP:
             )
         except Exception as exc:  # the refusal status is sent regardless
             LOGGER.error("could not quarantine a refused object: %s", exc)
+
+
+# -- the node: one or several listener processes ------------------------------------------------
+
+
+def _listener_process(settings_json: str, port: int, shared: Any, ready: Any, stop: Any, log_level: int) -> None:
+    """Entry point of an additional listener process (``spawn``: no inherited threads or locks)."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    settings = Settings.model_validate_json(settings_json)
+    parent = os.getppid()
+    listener = _Listener(settings, port=port, reuse_port=True, counter=_AssociationCounter(shared))
+    try:
+        listener.start()
+    except Exception as exc:
+        ready.put(f"{type(exc).__name__}: {exc}")
+        return
+    ready.put("ok")
+    try:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:  # the node process died: do not keep its port
+                break
+    finally:
+        listener.stop()
+
+
+class StorageSCP:
+    """The DICOM node: C-ECHO and C-STORE SCP for every storage SOP class.
+
+    >>> scp = StorageSCP(settings)
+    >>> scp.start()          # returns at once; binds node.host:node.port (0: an ephemeral port)
+    >>> scp.port
+    >>> scp.stop()
+
+    ``processes`` > 1 runs that many listener processes on the same port (SO_REUSEPORT; the kernel
+    spreads connections between them): one Python process is bound by one CPU (GIL), so several
+    associations at once go faster with several processes. Default: ``node.processes`` when the
+    settings have it, else 1. ``node.maximum_associations`` limits the node as a whole.
+    """
+
+    def __init__(self, settings: Settings, *, processes: int | None = None) -> None:
+        self.settings = settings
+        self.processes = max(1, int(processes if processes is not None else getattr(settings.node, "processes", 1)))
+        self._listener: _Listener | None = None
+        self._children: list[Any] = []
+        self._stop_event: Any = None
+
+    def start(self) -> None:
+        """Bind and serve in background threads (and processes); returns once listening."""
+        if self._listener is not None:
+            raise NodeError("the node is already running")
+        node = self.settings.node
+        data_dir = self.settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        _clean_incoming(incoming_dir(data_dir))
+        server_context(node)  # validate TLS settings before anything listens
+
+        if self.processes == 1:
+            listener = _Listener(self.settings, port=node.port, reuse_port=False, counter=_AssociationCounter())
+            listener.start()
+            self._listener = listener
+        else:
+            self._start_processes()
+        LOGGER.info(
+            "DICOM node %s listening on %s:%d (%d process%s%s)", node.ae_title, node.host, self.port,
+            self.processes, "es" if self.processes > 1 else "", ", TLS" if node.tls_certificate else "",
+        )
+
+    def _start_processes(self) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        shared = ctx.Value("i", 0)
+        counter = _AssociationCounter(shared)
+        listener = _Listener(self.settings, port=self.settings.node.port, reuse_port=True, counter=counter)
+        listener.start()
+        self._listener = listener
+        port = listener.port
+        self._stop_event = ctx.Event()
+        ready = ctx.Queue()
+        settings_json = self.settings.model_dump_json()
+        level = logging.getLogger().getEffectiveLevel()
+        for n in range(self.processes - 1):
+            proc = ctx.Process(
+                target=_listener_process,
+                args=(settings_json, port, shared, ready, self._stop_event, level),
+                name=f"dicom-node-{n + 1}", daemon=True,
+            )
+            proc.start()
+            self._children.append(proc)
+        try:
+            for _ in self._children:
+                answer = ready.get(timeout=60)
+                if answer != "ok":
+                    raise NodeError(f"a listener process failed to start: {answer}")
+        except Exception:
+            self.stop()
+            raise
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (the ephemeral one when ``node.port`` is 0)."""
+        if self._listener is None:
+            raise NodeNotRunningError("the node is not running")
+        return self._listener.port
+
+    @property
+    def running(self) -> bool:
+        return self._listener is not None
+
+    def stop(self) -> None:
+        """Stop listening, abort associations in progress, stop the listener processes."""
+        listener, self._listener = self._listener, None
+        if self._stop_event is not None:
+            self._stop_event.set()
+        for proc in self._children:
+            proc.join(timeout=15)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        self._children = []
+        if listener is not None:
+            listener.stop()
+            LOGGER.info("DICOM node %s stopped", self.settings.node.ae_title)
+
+    def __enter__(self) -> "StorageSCP":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _clean_incoming(incoming: Path) -> None:
+    """Remove receptions a previous run did not finish (never answered with success)."""
+    for leftover in incoming.glob("rx-*"):
+        try:
+            leftover.unlink()
+        except OSError:
+            pass

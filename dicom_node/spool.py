@@ -41,6 +41,8 @@ __all__ = [
     "sha256_file",
     "fsync_dir",
     "durable_move",
+    "fsync_file",
+    "hash_and_sync",
     "durable_write_bytes",
 ]
 
@@ -162,16 +164,33 @@ def _makedirs_durable(directory: Path, root: Path) -> None:
         fsync_dir(created.parent)
 
 
-def durable_move(src: Path, data_dir: Path, relpath: str, *, sha256: str, size_bytes: int) -> StoredFile:
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to stable storage (may run in another thread: releases the GIL)."""
+    _fsync_file(path)
+
+
+def hash_and_sync(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of ``path``, then fsync it: the I/O half of filing a received object,
+    meant for a worker thread (both release the GIL) while the header is parsed."""
+    digest, size = sha256_file(path)
+    _fsync_file(path)
+    return digest, size
+
+
+def durable_move(
+    src: Path, data_dir: Path, relpath: str, *, sha256: str, size_bytes: int, synced: bool = False
+) -> StoredFile:
     """Make ``src`` durable and move it to ``data_dir/relpath`` (replacing a previous version).
 
-    ``src`` should be on the same file system (see :func:`incoming_dir`); when it is not, it is
-    copied to a temporary name beside the target first, so the target is never half-written.
+    ``synced``: the caller already fsync-ed ``src``. ``src`` should be on the same file system
+    (see :func:`incoming_dir`); when it is not, it is copied to a temporary name beside the target
+    first, so the target is never half-written.
     """
     target = data_dir / relpath
     _makedirs_durable(target.parent, data_dir)
     try:
-        _fsync_file(src)
+        if not synced:
+            _fsync_file(src)
         os.replace(src, target)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
