@@ -34,7 +34,14 @@ from pydicom.dataset import Dataset
 from . import coding, wording
 from .content import RegionFinding, ReportContent, referenced_frame, validate_content
 from .errors import InvalidContentError
-from .header import CHARACTER_SET, MANUFACTURER, contributing_equipment, finalize_header, gateway_version
+from .header import (
+    CHARACTER_SET,
+    MANUFACTURER,
+    contributing_equipment,
+    finalize_header,
+    gateway_version,
+    with_type2_defaults,
+)
 from .report import box_polyline, series_number
 from .uids import derive_uid
 from .vr import LO, fit
@@ -224,6 +231,7 @@ def plan_presentation_states(
             logger.warning("no presentation state for %s: %s", sop_uid, reason)
             skipped.append(SkippedImage(sop_uid, reason))
             continue
+        image = with_type2_defaults(image)
         layers, annotations = _annotations(image, by_language)
         kwargs = {}
         if cls is ColorSoftcopyPresentationState:

@@ -31,6 +31,7 @@ __all__ = [
     "algorithm_equipment",
     "contributing_equipment",
     "finalize_header",
+    "with_type2_defaults",
 ]
 
 #: Manufacturer (0008,0070) of every object we create.
@@ -105,6 +106,34 @@ def contributing_equipment(
     return items
 
 
+#: Patient/study attributes highdicom reads from the source; Type 2 (may be empty, must be
+#: present) in the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1).
+_TYPE2_DEFAULTS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def with_type2_defaults(source: Dataset) -> Dataset:
+    """``source`` (shallow copy) with missing Type 2 patient/study attributes present and empty.
+
+    PACS sometimes omit them; copying an absent attribute would fail, and our object must
+    carry them (empty means unknown).
+    """
+    copy = Dataset(source)
+    for keyword in _TYPE2_DEFAULTS:
+        if keyword not in copy:
+            setattr(copy, keyword, None)
+    return copy
+
+
 def _recode_person_names(dataset: Dataset) -> None:
     """Drop the source's byte encoding of PN values so they are written in UTF-8."""
     for element in dataset:
@@ -133,4 +162,6 @@ def finalize_header(dataset: Dataset, when: datetime.datetime) -> None:
         dataset.ContentDate, dataset.ContentTime = date, time
     if "PresentationCreationDate" in dataset:
         dataset.PresentationCreationDate, dataset.PresentationCreationTime = date, time
+    if when.tzinfo is not None and when.utcoffset() is not None:
+        dataset.TimezoneOffsetFromUTC = when.strftime("%z")  # PS3.3 C.12.1.1.8
     _recode_person_names(dataset)

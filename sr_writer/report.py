@@ -63,6 +63,7 @@ from .header import (
     contributing_equipment,
     finalize_header,
     gateway_version,
+    with_type2_defaults,
 )
 from .uids import derive_uid
 
@@ -275,7 +276,7 @@ def build_sr(content: ReportContent) -> Comprehensive3DSR:
     ]
     when = content.content_datetime
     sr = Comprehensive3DSR(
-        evidence=list(content.evidence),
+        evidence=[with_type2_defaults(source), *content.evidence[1:]],
         content=report,
         series_instance_uid=series_uid,
         series_number=series_number(content.study_version, _LANGUAGE_SLOT[content.language]),

@@ -18,6 +18,7 @@ EXPLAINED: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("W-DEVICE-UID", re.compile(r"^Dicom dataset contains attributes not present in standard DICOM IOD - this is a Standard Extended SOP Class$")),
     ("W-SOURCE-COPY", re.compile(r"^Value dubious for this VR - \(0x(0010,0x0010|0008,0x1060)\) PN .* - Retired Person Name form$")),
     ("W-SOURCE-COPY", re.compile(r"^Value is zero for value 1 of attribute <Patient's (Weight|Size)>$")),
+    ("W-SOURCE-COPY", re.compile(r"^Missing attribute or value that would be needed to build DICOMDIR - (Patient ID|Study ID|Study Date|Study Time)$")),
     ("W-PS-LATERALITY", re.compile(r"^is only permitted to be empty when actually unknown; should be absent \(not empty\) if an unpaired body part, and have a value if a paired body part - attribute <Laterality>$")),
 )
 

@@ -218,3 +218,39 @@ def test_long_labels_fit_code_meaning_in_utf8_bytes(built) -> None:
     assert read.finding[1] == coding.LOCAL_SCHEME
     assert len(read.finding[2].encode("utf-8")) <= 64
     assert read.finding[2].endswith("...") and label.startswith(read.finding[2][:-3])
+
+
+@pytest.mark.peers
+def test_sources_without_type2_attributes_still_give_valid_objects(built, tmp_path) -> None:
+    from sr_writer.gsps import build_presentation_states
+    from tests.conftest import require_tool
+    from tests.peers.dciodvfy import validate
+    from tests.sr_writer.explained import unexplained
+
+    require_tool("dciodvfy")
+    sample = built["MR"].sample
+    dropped = ("AccessionNumber", "StudyID", "PatientBirthDate", "ReferringPhysicianName", "PatientSex")
+
+    def strip(ds: pydicom.Dataset) -> pydicom.Dataset:
+        copy = pydicom.Dataset(ds)
+        for keyword in dropped:
+            if keyword in copy:
+                delattr(copy, keyword)
+        return copy
+
+    content = dataclasses.replace(_content(built, "MR"), evidence=[strip(h) for h in sample.headers])
+    sr = build_sr(content)
+    (ps,) = build_presentation_states(content, {uid: strip(ds) for uid, ds in sample.by_sop_uid.items()})
+    for ds, name in ((sr, "sr.dcm"), (ps, "ps.dcm")):
+        for keyword in dropped:
+            assert keyword in ds and not ds[keyword].value, keyword
+        errors, warnings = validate(write_dataset(ds, tmp_path / name))
+        assert errors == [] and unexplained(warnings) == []
+
+
+def test_timezone_of_content_datetime_is_recorded(built) -> None:
+    when = WHEN.replace(tzinfo=datetime.timezone(datetime.timedelta(hours=8)))
+    sr = build_sr(_content(built, content_datetime=when))
+    assert (str(sr.ContentDate), str(sr.ContentTime)) == ("20250304", "102030.123000")
+    assert sr.TimezoneOffsetFromUTC == "+0800"
+    assert "TimezoneOffsetFromUTC" not in build_sr(_content(built))
