@@ -191,3 +191,48 @@ def test_partial_receptions_of_a_previous_run_are_cleared_at_start(settings):
     (incoming / "rx-leftover.dcm").write_bytes(b"partial")
     with StorageSCP(settings):
         assert list(incoming.iterdir()) == []
+
+
+def _large_multiframe(path: Path, frames: int, rows: int = 1024, cols: int = 1024) -> Path:
+    """A multi-frame CT of frames x rows x cols x 16 bits, written without holding it in memory."""
+    from pydicom.filewriter import dcmwrite
+
+    ds = pydicom.dcmread(sample("CT_small.dcm"), stop_before_pixels=True)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames
+    for tag in [e.tag for e in ds if e.tag.group > 0x0028]:
+        del ds[tag]
+    dcmwrite(path, ds, enforce_file_format=True)
+    frame = np.arange(rows * cols, dtype=np.uint16).tobytes()
+    with open(path, "ab") as f:
+        f.write(b"\xe0\x7f\x10\x00OW\x00\x00" + (len(frame) * frames).to_bytes(4, "little"))
+        for _ in range(frames):
+            f.write(frame)
+    return path
+
+
+def _vm(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(field)
+
+
+@pytest.mark.slow
+def test_a_large_multiframe_is_received_without_holding_it_in_memory(node, settings, tmp_path):
+    path = _large_multiframe(tmp_path / "big.dcm", frames=300)  # 600 MiB of pixel data
+    size = path.stat().st_size
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    baseline = _vm("VmRSS")
+    storescu("127.0.0.1", node.port, [path], called_ae=NODE_AE, timeout=300)
+    peak = _vm("VmHWM")
+    with session_scope(settings.database_url) as s:
+        (inst,) = s.scalars(select(Instance)).all()
+    assert inst.number_of_frames == 300 and (inst.rows, inst.columns) == (1024, 1024)
+    stored = settings.data_dir / inst.path
+    assert stored.stat().st_size == inst.size_bytes
+    assert inst.size_bytes >= size - 1024  # the whole object (our file meta may differ slightly)
+    assert peak - baseline < 64 * 1024 * 1024, f"RSS grew by {(peak - baseline) / 2**20:.0f} MiB"

@@ -203,3 +203,30 @@ def test_disabled_destination_is_not_sent_to(settings, tmp_path):
         result = deliver(settings, make_delivery(settings, "pacs"))
         assert result.state is DeliveryState.PENDING and "disabled" in result.error
         assert pacs.files() == []
+
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def test_destination_refusing_comprehensive_3d_sr_gets_the_fallback(settings, tmp_path):
+    """storescp configured to accept only Comprehensive SR: the 3D SR is rewritten by
+    sr_writer.fallback and the class actually sent is recorded."""
+    from sr_writer.fallback import fallback_uid
+
+    profile = write_association_profile(tmp_path / "sr.cfg", [(COMPREHENSIVE_SR, ["1.2.840.10008.1.2.1"])])
+    with storescp(tmp_path / "pacs", ae_title="PACS", profile=profile) as pacs:
+        add_destination(settings, "pacs", pacs.port)
+        delivery_id = make_delivery(settings, "pacs", sop_class_uid=COMPREHENSIVE_3D_SR)
+        result = deliver(settings, delivery_id)
+        assert result.state is DeliveryState.SENT, result.error
+        assert result.sop_class_uid == COMPREHENSIVE_SR
+        (received,) = pacs.wait_for_files(1)
+    with session_scope(settings.database_url) as s:
+        delivery = s.get(Delivery, delivery_id)
+        original_uid = delivery.document.sop_instance_uid
+        assert delivery.sent_sop_class_uid == COMPREHENSIVE_SR
+        assert delivery.document.sop_class_uid == COMPREHENSIVE_3D_SR
+    ds = pydicom.dcmread(received)
+    assert ds.SOPClassUID == COMPREHENSIVE_SR
+    assert ds.SOPInstanceUID == fallback_uid(original_uid, COMPREHENSIVE_SR)
+    assert [a.sop_class_uid for a in attempts(settings, delivery_id)] == [COMPREHENSIVE_SR]
