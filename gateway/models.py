@@ -131,7 +131,11 @@ class Study(Base):
     instances: Mapped[list["Instance"]] = relationship(back_populates="study")
     jobs: Mapped[list["Job"]] = relationship(back_populates="study")
 
-    __table_args__ = (Index("ix_studies_state_last", "state", "last_received_at"),)
+    __table_args__ = (
+        Index("ix_studies_state_last", "state", "last_received_at"),
+        #: Auditors filter by calling AE; a rare AE title drives the search from its studies.
+        Index("ix_studies_calling_ae_title", "calling_ae_title"),
+    )
 
 
 class Series(Base):
@@ -310,6 +314,10 @@ class Document(Base):
     created_at: Mapped[dt.datetime] = _ts()
 
     deliveries: Mapped[list["Delivery"]] = relationship(back_populates="document")
+
+    #: Covering index: failed/pending deliveries -> their jobs without visiting the table
+    #: (auditors' delivery-status filter).
+    __table_args__ = (Index("ix_documents_id_job_id", "id", "job_id"),)
 
 
 class Delivery(Base):

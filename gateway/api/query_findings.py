@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Row, Select, and_, exists, select
+from sqlalchemy import Row, Select, and_, exists, select, text
 from sqlalchemy.orm import Session
 
 from ..models import (
@@ -67,23 +67,36 @@ class FindingFilters:
         return json.dumps(out, sort_keys=True, ensure_ascii=False)
 
 
+def _jobs_with_delivery(state: DeliveryState | None) -> Select[Any]:
+    """Ids of jobs that have a delivery (in ``state``); uncorrelated, so the planner can hash it
+    once or drive the search from it (failed and pending deliveries are few)."""
+    stmt = select(Document.job_id).join(Delivery, Delivery.document_id == Document.id)
+    if state is not None:
+        stmt = stmt.where(Delivery.state == state)
+    return stmt
+
+
 def _delivery_exists(state: DeliveryState | None) -> Any:
-    cond = [Document.job_id == Finding.job_id]
+    """Correlated: does the finding's job have a delivery (in ``state``)?"""
+    cond = [Document.job_id == Finding.job_id, Delivery.document_id == Document.id]
     if state is not None:
         cond.append(Delivery.state == state)
-    return exists().where(Delivery.document_id == Document.id, *cond)
+    return exists().where(*cond)
 
 
 def _delivery_condition(status: str) -> Any:
-    """``status`` as a condition on the finding's job (see :data:`schemas.DeliveryStatus`)."""
-    failed = _delivery_exists(DeliveryState.FAILED)
-    pending = _delivery_exists(DeliveryState.PENDING)
+    """``status`` as a condition on the finding's job (see :data:`schemas.DeliveryStatus`).
+
+    Failed and pending deliveries are few: those searches start from the set of their jobs.
+    Sent is the common case: checked per finding, so a page stops after its 50 rows."""
     if status == "failed":
-        return failed
+        return Finding.job_id.in_(_jobs_with_delivery(DeliveryState.FAILED))
     if status == "pending":
-        return and_(pending, ~failed)
+        return and_(Finding.job_id.in_(_jobs_with_delivery(DeliveryState.PENDING)),
+                    ~_delivery_exists(DeliveryState.FAILED))
     if status == "sent":
-        return and_(_delivery_exists(DeliveryState.SENT), ~failed, ~pending)
+        return and_(_delivery_exists(DeliveryState.SENT), ~_delivery_exists(DeliveryState.FAILED),
+                    ~_delivery_exists(DeliveryState.PENDING))
     if status == "none":
         return ~_delivery_exists(None)
     raise ValueError(f"unknown delivery status {status!r}")
@@ -135,7 +148,10 @@ def finding_rows_statement(filters: FindingFilters, cursor: str | None = None) -
     if f.modality:
         stmt = stmt.where(Series.modality == f.modality.strip().upper())
     if f.calling_ae_title:
-        stmt = stmt.where(Study.calling_ae_title == f.calling_ae_title.strip())
+        # As a set of jobs: a rarely used AE title drives the search from its few studies.
+        stmt = stmt.where(Finding.job_id.in_(
+            select(Job.id).join(Study, Study.id == Job.study_id)
+            .where(Study.calling_ae_title == f.calling_ae_title.strip())))
     if f.label:
         stmt = stmt.where(Finding.label.icontains(f.label.strip(), autoescape=True))
     if f.language:
@@ -173,6 +189,16 @@ def delivery_status_by_job(session: Session, job_ids: Iterable[int]) -> dict[int
         have = states.get(job_id, set())
         out[job_id] = next((s for s in ("failed", "pending", "sent") if s in have), "none")
     return out
+
+
+def _no_parallel_workers(session: Session) -> None:
+    """PostgreSQL: plan this transaction's page query without parallel workers.
+
+    A page is at most a few hundred rows found through indexes; parallel plans pay worker
+    start-up on every request and, for rare filter combinations, the planner's parallel plan
+    walks far more rows than the serial one (measured in docs/benchmarks.md)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
 
 
 def _to_out(row: Row[Any], status: str, show_identifiers: bool) -> FindingOut:
@@ -224,6 +250,7 @@ def search_findings(
     show_identifiers: bool,
 ) -> tuple[list[FindingOut], str | None]:
     """One page of findings and the cursor of the next page (None at the end)."""
+    _no_parallel_workers(session)
     rows = session.execute(finding_rows_statement(filters, cursor).limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]

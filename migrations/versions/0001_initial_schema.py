@@ -118,6 +118,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('studies', schema=None) as batch_op:
         batch_op.create_index('ix_studies_state_last', ['state', 'last_received_at'], unique=False)
+        batch_op.create_index('ix_studies_calling_ae_title', ['calling_ae_title'], unique=False)
 
     op.create_table('jobs',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -174,6 +175,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('documents', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_documents_job_id'), ['job_id'], unique=False)
+        batch_op.create_index('ix_documents_id_job_id', ['id', 'job_id'], unique=False)
 
     op.create_table('instances',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -354,6 +356,7 @@ def downgrade() -> None:
 
     op.drop_table('instances')
     with op.batch_alter_table('documents', schema=None) as batch_op:
+        batch_op.drop_index('ix_documents_id_job_id')
         batch_op.drop_index(batch_op.f('ix_documents_job_id'))
 
     op.drop_table('documents')
@@ -368,6 +371,7 @@ def downgrade() -> None:
 
     op.drop_table('jobs')
     with op.batch_alter_table('studies', schema=None) as batch_op:
+        batch_op.drop_index('ix_studies_calling_ae_title')
         batch_op.drop_index('ix_studies_state_last')
 
     op.drop_table('studies')

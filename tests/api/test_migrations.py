@@ -25,6 +25,8 @@ from gateway.models import Base
 AUDITOR_INDEXES = {
     "findings": {"ix_findings_created_at_id"},
     "audit_events": {"ix_audit_events_at_id"},
+    "studies": {"ix_studies_calling_ae_title"},
+    "documents": {"ix_documents_id_job_id"},
 }
 
 
