@@ -20,8 +20,21 @@ app.add_typer(db_app, name="db")
 app.add_typer(study_app, name="study")
 
 
+def _add_groups() -> None:
+    from dicom_node.admin_cli import ae_app, dest_app, route_app
+
+    app.add_typer(ae_app, name="ae")
+    app.add_typer(dest_app, name="dest")
+    app.add_typer(route_app, name="route")
+
+
+_add_groups()
+
+
 def _logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("highdicom", "pynetdicom"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _ready(settings: Settings) -> None:

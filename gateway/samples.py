@@ -93,7 +93,7 @@ def make_sample_study(folder: Path, seed: str = "medrega-demo", n_radiographs: i
     study.StudyID = "1"
     study.AccessionNumber = "ACC0001"
     study.ReferringPhysicianName = ""
-    study.StudyDescription = "MedRegA gateway sample study"
+    study.StudyDescription = "Sample study (pydicom test files + generated CR)"
 
     files: list[Path] = []
     for series_number, name in ((1, "CT_small.dcm"), (2, "MR_small.dcm")):

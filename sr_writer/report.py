@@ -66,6 +66,7 @@ from .header import (
     with_type2_defaults,
 )
 from .uids import derive_uid
+from .vr import clean_text
 
 __all__ = [
     "build_sr",
@@ -182,7 +183,7 @@ def _region_group(region: RegionFinding, content: ReportContent, image: Dataset)
         group[0].ContentSequence.append(
             TextContentItem(
                 name=coding.COMMENT,
-                value=region.description,
+                value=clean_text(region.description),
                 relationship_type=RelationshipTypeValues.CONTAINS,
             )
         )
@@ -195,7 +196,7 @@ def _texts_container(texts: Sequence[str]) -> ContainerContentItem:
     )
     container.ContentSequence = ContentSequence(
         [
-            TextContentItem(name=coding.FINDING, value=text, relationship_type=RelationshipTypeValues.CONTAINS)
+            TextContentItem(name=coding.FINDING, value=clean_text(text), relationship_type=RelationshipTypeValues.CONTAINS)
             for text in texts
         ]
     )

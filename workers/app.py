@@ -39,8 +39,9 @@ def configure(settings: Settings) -> Celery:
     global _settings
     _settings = settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    transport_options: dict[str, object] = {"visibility_timeout": settings.queue.visibility_timeout_s}
+    transport_options: dict[str, object] = {}
     if settings.queue.broker_url.startswith("redis"):
+        transport_options["visibility_timeout"] = settings.queue.visibility_timeout_s
         # Priorities 0-9 on Redis (issue 7: urgent studies first); lower number = sooner.
         transport_options.update({"queue_order_strategy": "priority", "priority_steps": list(range(10)),
                                   "sep": ":"})

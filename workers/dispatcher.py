@@ -40,6 +40,7 @@ class Dispatcher:
         self._sessions = session_factory(settings.database_url)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._published_deliveries: dict[int, float] = {}
 
     def _publish_job(self, job: Job) -> None:
         from .tasks import process_study
@@ -59,7 +60,8 @@ class Dispatcher:
             result.jobs_created = len(jobs)
             try:
                 result.jobs_published = publish_pending_jobs(session, self._publish_job)
-                result.deliveries_published = publish_due_deliveries(session, self._publish_delivery)
+                result.deliveries_published = publish_due_deliveries(session, self._publish_delivery,
+                                                                       self._published_deliveries)
             except Exception as exc:  # noqa: BLE001 - broker down: rows stay, next pass retries
                 session.rollback()
                 result.broker_error = f"{type(exc).__name__}: {exc}"

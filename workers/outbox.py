@@ -7,7 +7,6 @@ delays work, it never loses it. Publishing twice is harmless because the tasks a
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Callable
 
@@ -20,7 +19,7 @@ __all__ = ["publish_pending_jobs", "publish_due_deliveries", "requeue_orphaned_j
 
 log = logging.getLogger(__name__)
 
-#: A published delivery is not published again for this long (its task is in flight).
+#: A published delivery whose task never ran (lost with its worker) is published again after this.
 DELIVERY_LEASE_S = 300.0
 
 
@@ -40,8 +39,18 @@ def publish_pending_jobs(session: Session, publish: Callable[[Job], None]) -> in
     return published
 
 
-def publish_due_deliveries(session: Session, publish: Callable[[Delivery], None]) -> int:
-    """Publish pending deliveries whose next attempt is due, leasing each for a while."""
+def publish_due_deliveries(session: Session, publish: Callable[[Delivery], None],
+                           recently_published: dict[int, tuple] | None = None) -> int:
+    """Publish pending deliveries whose next attempt is due.
+
+    The sender claims a delivery itself (it moves ``next_attempt_at`` forward while it sends), so
+    publishing the same delivery twice is harmless; ``recently_published`` (delivery id ->
+    (its next_attempt_at, monotonic time of publishing)) keeps one dispatcher from flooding the
+    queue while a task waits to run: a delivery is published again when the sender has recorded
+    an attempt since (``next_attempt_at`` changed), or when the lease ran out (a lost task).
+    """
+    import time
+
     now = utcnow()
     due = session.scalars(
         select(Delivery)
@@ -49,11 +58,20 @@ def publish_due_deliveries(session: Session, publish: Callable[[Delivery], None]
                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
         .order_by(Delivery.id)
     ).all()
+    published = 0
+    clock = time.monotonic()
     for delivery in due:
+        if recently_published is not None:
+            seen = recently_published.get(delivery.id)
+            if seen is not None and seen[0] == delivery.next_attempt_at and clock - seen[1] < DELIVERY_LEASE_S:
+                continue
+            recently_published[delivery.id] = (delivery.next_attempt_at, clock)
         publish(delivery)
-        delivery.next_attempt_at = utcnow() + dt.timedelta(seconds=DELIVERY_LEASE_S)
-        session.commit()
-    return len(due)
+        published += 1
+    if recently_published is not None:
+        for key in [k for k, (_, t) in recently_published.items() if clock - t >= DELIVERY_LEASE_S]:
+            del recently_published[key]
+    return published
 
 
 def requeue_orphaned_jobs(session: Session) -> int:

@@ -109,6 +109,7 @@ def _store(session: Session, settings: Settings, job: Job, ds: pydicom.Dataset, 
     from sr_writer.io import write_dataset
 
     rel = Path(RESULTS_DIR) / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    (settings.data_dir / rel).parent.mkdir(parents=True, exist_ok=True)
     write_dataset(ds, settings.data_dir / rel)
     doc = session.scalar(select(Document).where(Document.sop_instance_uid == ds.SOPInstanceUID))
     if doc is None:
@@ -122,7 +123,6 @@ def _store(session: Session, settings: Settings, job: Job, ds: pydicom.Dataset, 
 
 def write_job_documents(session: Session, settings: Settings, job: Job) -> list[Document]:
     """Build, write and record the job's SRs (and GSPS where a destination wants them)."""
-    from sr_writer.gsps import build_presentation_states
     from sr_writer.report import build_sr
 
     contents = build_contents(session, settings, job)
@@ -138,6 +138,8 @@ def write_job_documents(session: Session, settings: Settings, job: Job) -> list[
         for dest in destinations:
             _ensure_delivery(session, doc, dest.name)
         if want_gsps and content.regions:
+            from sr_writer.gsps import build_presentation_states
+
             if sources is None:
                 refs = {r.referenced_sop_instance_uid for c in contents.values() for r in c.regions}
                 rows = session.scalars(select(Instance).where(Instance.sop_instance_uid.in_(refs))).all()

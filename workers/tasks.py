@@ -60,6 +60,11 @@ def record_event(session, job: Job, state: JobState, detail: str | None = None) 
     session.add(JobEvent(job_id=job.id, state=state.value, at=now, detail=detail))
 
 
+def _db_text(text: str | None) -> str | None:
+    """Model output may contain NUL (a byte token), which PostgreSQL text cannot store."""
+    return None if text is None else text.replace("\x00", "\ufffd")
+
+
 def _claim(job_id: int, lease_s: float) -> bool:
     """Atomically move the job to ``running`` for this worker; False if someone else has it."""
     url = settings().database_url
@@ -149,15 +154,15 @@ def _infer(job_id: int) -> None:
                 model_name=identity.name,
                 model_version=identity.version,
                 weights_id=identity.weights_id,
-                prompt=result.prompt,
-                raw_answer=result.raw_answer,
+                prompt=_db_text(result.prompt),
+                raw_answer=_db_text(result.raw_answer),
                 duration_s=result.duration_s,
             )
             session.add(run)
             session.flush()
             if result.text or result.unparsed:
                 session.add(Finding(job_id=job_id, model_run_id=run.id, language=result.language, kind="report",
-                                    text=result.text if not result.unparsed else result.raw_answer,
+                                    text=_db_text(result.text if not result.unparsed else result.raw_answer),
                                     unparsed=result.unparsed,
                                     referenced_sop_instance_uid=result.image.sop_instance_uid,
                                     referenced_sop_class_uid=result.image.sop_class_uid,
@@ -168,7 +173,7 @@ def _infer(job_id: int) -> None:
                 px1, py1, px2, py2 = region.pixels
                 session.add(Finding(
                     job_id=job_id, model_run_id=run.id, language=result.language, kind="region",
-                    label=region.label, text=region.description,
+                    label=_db_text(region.label)[:256], text=_db_text(region.description),
                     box_x1=x1, box_y1=y1, box_x2=x2, box_y2=y2,
                     px_x1=px1, px_y1=py1, px_x2=px2, px_y2=py2,
                     referenced_sop_instance_uid=result.image.sop_instance_uid,
@@ -219,17 +224,10 @@ def run_job(job_id: int) -> str:
 
 def publish_delivery(delivery_id: int) -> None:
     """Queue a delivery now; if the broker is down the dispatcher publishes it later."""
-    from .outbox import DELIVERY_LEASE_S
-
-    cfg = settings()
     try:
         deliver_document.apply_async((delivery_id,), queue=CPU_QUEUE)
     except Exception as exc:  # noqa: BLE001 - any broker error: the outbox retries
         log.warning("delivery %s not published now (%s); the dispatcher will", delivery_id, exc)
-        return
-    with session_scope(cfg.database_url) as session:
-        session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.state == DeliveryState.PENDING)
-                        .values(next_attempt_at=utcnow() + dt.timedelta(seconds=DELIVERY_LEASE_S)))
 
 
 def _fail(job_id: int, exc: BaseException, permanent: bool) -> None:
@@ -237,7 +235,11 @@ def _fail(job_id: int, exc: BaseException, permanent: bool) -> None:
     with session_scope(cfg.database_url) as session:
         job = session.get(Job, job_id)
         job.error = f"{type(exc).__name__}: {exc}"
-        record_event(session, job, JobState.DEAD if permanent else JobState.FAILED, job.error)
+        if job.state == JobState.INFERRED and not permanent:
+            # Keep the recorded findings: the retry goes straight to writing the results.
+            session.add(JobEvent(job_id=job.id, state=JobState.FAILED.value, at=utcnow(), detail=job.error))
+        else:
+            record_event(session, job, JobState.DEAD if permanent else JobState.FAILED, job.error)
 
 
 @celery_app.task(bind=True, name="medrega.process_study", max_retries=5, acks_late=True)
