@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
+import os
 import logging
 import threading
 from collections import OrderedDict
@@ -29,7 +31,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from gateway.models import Instance, Series, Study, StudyState, utcnow
 
 from .header import InstanceHeader
-from .spool import StoredFile, durable_move, instance_relpath
+from .spool import StoredFile, durable_move, fsync_dir, instance_relpath, place
 
 __all__ = [
     "IngestError",
@@ -70,19 +72,62 @@ class IngestResult:
     relpath: str
 
 
+class _SQLiteWriterLock:
+    """Serialise this node's SQLite writers without SQLite's busy handler.
+
+    A writer that finds the database locked sleeps in SQLite's busy handler (1, 2, 5, 10 ... ms):
+    with several associations that costs more than the write itself. Writers of this node queue
+    on a thread lock (same process) and an ``flock`` beside the database file (other listener
+    processes) instead, and wake as soon as the lock is free. Other programs using the database
+    still meet ``busy_timeout``.
+    """
+
+    _locks: dict[str, "_SQLiteWriterLock"] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, database: str) -> None:
+        self._thread_lock = threading.Lock()
+        self._path = f"{database}.writer-lock"
+        self._fd: int | None = None
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> "_SQLiteWriterLock | None":
+        database = engine.url.database
+        if not database or database == ":memory:":
+            return None
+        with cls._guard:
+            lock = cls._locks.get(database)
+            if lock is None:
+                lock = cls._locks[database] = cls(database)
+            return lock
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A read-write transaction that holds the write lock from its first statement on SQLite."""
     if engine.dialect.name == "sqlite":
-        with engine.connect() as raw:
-            conn = raw.execution_options(isolation_level="AUTOCOMMIT")
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.exec_driver_sql("ROLLBACK")
-                raise
-            conn.exec_driver_sql("COMMIT")
+        lock = _SQLiteWriterLock.for_engine(engine)
+        with lock.held() if lock is not None else contextlib.nullcontext():
+            with engine.connect() as raw:
+                conn = raw.execution_options(isolation_level="AUTOCOMMIT")
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.exec_driver_sql("ROLLBACK")
+                    raise
+                conn.exec_driver_sql("COMMIT")
     else:
         with engine.begin() as conn:
             yield conn
@@ -246,14 +291,14 @@ def record_instance(
     sha256: str,
     size_bytes: int,
     calling_ae_title: str | None,
-    before_move: Callable[[], None] | None = None,
+    data_synced: Callable[[], object] | None = None,
 ) -> IngestResult:
     """File ``received`` (a temp file in ``incoming/``) under the spool and record it.
 
     An identical re-send (same SOP Instance UID and SHA-256) only increments
     ``Instance.duplicate_count``: the study's state is untouched and ``received`` is removed.
-    ``before_move`` is called before the file is moved: it must return once ``received`` is
-    fsync-ed (the SCP starts that fsync early, in parallel with parsing and hashing).
+    ``data_synced``, when given, returns once ``received`` has been fsync-ed by the caller (the SCP
+    starts that flush early, in parallel with parsing); without it the data are flushed here.
     Raises :class:`SeriesStudyConflictError`, :class:`IngestError` or
     :class:`~dicom_node.spool.SpoolError`.
     """
@@ -273,11 +318,21 @@ def record_instance(
     except OperationalError as exc:
         raise IngestError(f"database unavailable: {exc.orig.__class__.__name__}") from exc
 
-    synced = False
-    if before_move is not None:
-        before_move()
-        synced = True
-    stored = durable_move(received, data_dir, relpath, sha256=sha256, size_bytes=size_bytes, synced=synced)
+    if existing is None and data_synced is not None:
+        # A new instance: no row points at ``relpath`` yet, so it may be renamed into place
+        # before its data are flushed; the data flush (another thread) and the directory flush
+        # then overlap (the file system commits them together). The row comes after both.
+        stored = place(received, data_dir, relpath, sha256=sha256, size_bytes=size_bytes)
+        try:
+            fsync_dir(stored.path.parent)
+        finally:
+            data_synced()
+    else:
+        # Replacing a filed instance (a row points at the path): flush, then rename.
+        if data_synced is not None:
+            data_synced()
+        stored = durable_move(received, data_dir, relpath, sha256=sha256, size_bytes=size_bytes,
+                              synced=data_synced is not None)
 
     last_exc: Exception | None = None
     cached = _SERIES_CACHE.get(url, header.series_instance_uid) if existing is None else None

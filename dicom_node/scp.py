@@ -78,7 +78,7 @@ from .spool import (
     InsufficientDiskSpaceError,
     SpoolError,
     check_free_disk,
-    hash_and_sync,
+    hash_and_sync_fd,
     incoming_dir,
 )
 from .tls import server_context
@@ -417,7 +417,12 @@ class _Listener:
             LOGGER.error("C-STORE refused (0xA700): %s", exc)
             return STATUS_OUT_OF_RESOURCES
         # The data reach the disk while the header is parsed and hashed (fsync releases the GIL).
-        hashed = self._io.submit(hash_and_sync, received)
+        try:
+            fd = os.open(received, os.O_RDONLY)
+        except OSError as exc:
+            LOGGER.error("C-STORE refused (0xA702): received data unreadable: %s", exc)
+            return STATUS_SPOOL_ERROR
+        hashed = self._io.submit(hash_and_sync_fd, fd)
         try:
             try:
                 header = read_header(
@@ -433,7 +438,7 @@ class _Listener:
                 result = record_instance(
                     self._engine, data_dir, header, received,
                     sha256=digest, size_bytes=size, calling_ae_title=calling,
-                    before_move=hashed.result,
+                    data_synced=hashed.result,
                 )
             except SeriesStudyConflictError as exc:
                 self._quarantine(received, str(exc), calling, peer, affected_uid)

@@ -42,7 +42,8 @@ __all__ = [
     "fsync_dir",
     "durable_move",
     "fsync_file",
-    "hash_and_sync",
+    "hash_and_sync_fd",
+    "place",
     "durable_write_bytes",
 ]
 
@@ -169,12 +170,39 @@ def fsync_file(path: Path) -> None:
     _fsync_file(path)
 
 
-def hash_and_sync(path: Path) -> tuple[str, int]:
-    """SHA-256 and size of ``path``, then fsync it: the I/O half of filing a received object,
-    meant for a worker thread (both release the GIL) while the header is parsed."""
-    digest, size = sha256_file(path)
-    _fsync_file(path)
-    return digest, size
+def hash_and_sync_fd(fd: int) -> tuple[str, int]:
+    """SHA-256 and size of the open file ``fd``, then fsync it, then close it.
+
+    The I/O half of filing a received object, meant for a worker thread (hashing and fsync release
+    the GIL) while the header is parsed. Working on a descriptor opened beforehand, it is not
+    disturbed by the file being renamed meanwhile.
+    """
+    try:
+        digest = hashlib.sha256()
+        size = 0
+        buf = bytearray(_HASH_CHUNK)
+        view = memoryview(buf)
+        while n := os.readv(fd, [buf]):
+            digest.update(view[:n])
+            size += n
+        os.fsync(fd)
+        return digest.hexdigest(), size
+    finally:
+        os.close(fd)
+
+
+def place(src: Path, data_dir: Path, relpath: str, *, sha256: str, size_bytes: int) -> StoredFile:
+    """Rename ``src`` to ``data_dir/relpath`` without flushing anything: the caller flushes the
+    data and the directory (:func:`fsync_dir`) before relying on it."""
+    target = data_dir / relpath
+    _makedirs_durable(target.parent, data_dir)
+    try:
+        os.replace(src, target)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            return durable_move(src, data_dir, relpath, sha256=sha256, size_bytes=size_bytes)
+        raise SpoolError(exc.errno, f"cannot store received object: {exc.strerror}") from exc
+    return StoredFile(path=target, relpath=relpath, size_bytes=size_bytes, sha256=sha256)
 
 
 def durable_move(
