@@ -78,7 +78,8 @@ from .spool import (
     InsufficientDiskSpaceError,
     SpoolError,
     check_free_disk,
-    hash_and_sync_fd,
+    fsync_fd,
+    sha256_fd,
     incoming_dir,
 )
 from .tls import server_context
@@ -274,7 +275,7 @@ class _Listener:
         self._stats: dict[int, dict[str, int]] = {}
         self._counted: set[int] = set()
         self._io = ThreadPoolExecutor(
-            max_workers=settings.node.maximum_associations, thread_name_prefix="dicom-node-fsync"
+            max_workers=2 * settings.node.maximum_associations, thread_name_prefix="dicom-node-fsync"
         )
         self._counted_lock = threading.Lock()
 
@@ -416,13 +417,16 @@ class _Listener:
             received.unlink(missing_ok=True)
             LOGGER.error("C-STORE refused (0xA700): %s", exc)
             return STATUS_OUT_OF_RESOURCES
-        # The data reach the disk while the header is parsed and hashed (fsync releases the GIL).
+        # Hashing and the data flush run in worker threads (both release the GIL) while the
+        # header is parsed; the flush goes on while the file is renamed into place.
         try:
             fd = os.open(received, os.O_RDONLY)
+            fd2 = os.dup(fd)
         except OSError as exc:
             LOGGER.error("C-STORE refused (0xA702): received data unreadable: %s", exc)
             return STATUS_SPOOL_ERROR
-        hashed = self._io.submit(hash_and_sync_fd, fd)
+        hashed = self._io.submit(sha256_fd, fd)
+        synced = self._io.submit(fsync_fd, fd2)
         try:
             try:
                 header = read_header(
@@ -438,7 +442,7 @@ class _Listener:
                 result = record_instance(
                     self._engine, data_dir, header, received,
                     sha256=digest, size_bytes=size, calling_ae_title=calling,
-                    data_synced=hashed.result,
+                    data_synced=synced.result,
                 )
             except SeriesStudyConflictError as exc:
                 self._quarantine(received, str(exc), calling, peer, affected_uid)
@@ -453,10 +457,11 @@ class _Listener:
             LOGGER.error("C-STORE refused (0xA702): spool write failed: %s", exc)
             return STATUS_SPOOL_ERROR
         finally:
-            try:
-                hashed.result()
-            except OSError:
-                pass
+            for pending in (hashed, synced):
+                try:
+                    pending.result()
+                except OSError:
+                    pass
             received.unlink(missing_ok=True)
 
     def _quarantine(

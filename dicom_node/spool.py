@@ -42,7 +42,8 @@ __all__ = [
     "fsync_dir",
     "durable_move",
     "fsync_file",
-    "hash_and_sync_fd",
+    "sha256_fd",
+    "fsync_fd",
     "place",
     "durable_write_bytes",
 ]
@@ -170,23 +171,27 @@ def fsync_file(path: Path) -> None:
     _fsync_file(path)
 
 
-def hash_and_sync_fd(fd: int) -> tuple[str, int]:
-    """SHA-256 and size of the open file ``fd``, then fsync it, then close it.
+def sha256_fd(fd: int) -> tuple[str, int]:
+    """SHA-256 and size of the open file ``fd`` (read with ``pread``), then close it.
 
-    The I/O half of filing a received object, meant for a worker thread (hashing and fsync release
-    the GIL) while the header is parsed. Working on a descriptor opened beforehand, it is not
-    disturbed by the file being renamed meanwhile.
+    Meant for a worker thread (hashing releases the GIL). Working on a descriptor opened
+    beforehand, it is not disturbed by the file being renamed meanwhile.
     """
     try:
         digest = hashlib.sha256()
-        size = 0
-        buf = bytearray(_HASH_CHUNK)
-        view = memoryview(buf)
-        while n := os.readv(fd, [buf]):
-            digest.update(view[:n])
-            size += n
+        offset = 0
+        while chunk := os.pread(fd, _HASH_CHUNK, offset):
+            digest.update(chunk)
+            offset += len(chunk)
+        return digest.hexdigest(), offset
+    finally:
+        os.close(fd)
+
+
+def fsync_fd(fd: int) -> None:
+    """fsync the open file ``fd``, then close it (for a worker thread: releases the GIL)."""
+    try:
         os.fsync(fd)
-        return digest.hexdigest(), size
     finally:
         os.close(fd)
 
