@@ -23,9 +23,13 @@ app.add_typer(study_app, name="study")
 def _add_groups() -> None:
     from dicom_node.admin_cli import ae_app, dest_app, route_app
 
+    from .api.cli import api_command, token_app
+
     app.add_typer(ae_app, name="ae")
     app.add_typer(dest_app, name="dest")
     app.add_typer(route_app, name="route")
+    app.add_typer(token_app, name="token")
+    app.command("api")(api_command)
 
 
 _add_groups()
@@ -257,3 +261,43 @@ def status(
     for check in checks:
         typer.echo(f"{'ok  ' if check.ok else 'DOWN'}  {check.component:<22} {check.detail}")
     raise typer.Exit(0 if all(c.ok for c in checks) else 1)
+
+
+model_app = typer.Typer(help="The MedRegA checkpoint.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("convert")
+def model_convert(
+    src: Path,
+    dst: Path,
+    overwrite: Annotated[bool, typer.Option(help="replace DST if it exists")] = False,
+    max_shard_gb: Annotated[float, typer.Option(help="largest output shard")] = 4.0,
+) -> None:
+    """Convert MedRegA's original checkpoint (SRC) into the native layout the worker loads (DST)."""
+    from model.convert import main as convert_main
+
+    argv = [str(src), str(dst), "--max-shard-gb", str(max_shard_gb)] + (["--overwrite"] if overwrite else [])
+    raise typer.Exit(convert_main(argv))
+
+
+@app.command("render")
+def render(
+    ctx: typer.Context,
+    sr_file: Path,
+    out: Annotated[Path, typer.Option("--out", help="PNG to write")],
+    spool: Annotated[bool, typer.Option(help="also look for the images in the configured spool")] = True,
+) -> None:
+    """Draw the images an SR references with its boxes and labels (English and Chinese)."""
+    from sr_writer.errors import RenderError
+    from sr_writer.render import render_command
+
+    spool_dir = None
+    if spool:
+        candidate = get_settings(ctx).data_dir / "spool"
+        spool_dir = candidate if candidate.is_dir() else None
+    try:
+        written = render_command(sr_file, out, spool_dir=spool_dir)
+    except RenderError as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {written}")

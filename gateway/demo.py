@@ -72,32 +72,38 @@ class DemoPACS:
             self._server.shutdown()
 
 
-def demo_replay_lines(radiograph_uids: list[str]) -> list[dict[str, str]]:
+def demo_replay_lines(images: dict[str, str]) -> list[dict[str, str]]:
     """Recorded answers in MedRegA's output format for the demo study.
 
-    Region answers are keyed on the radiographs' SOP Instance UIDs; report answers match any image.
+    ``images`` maps each SOP Instance UID to its modality; answers are keyed on the UIDs so that
+    each image gets an answer that fits it.
     """
+    region = {
+        "CR": ("<ref>right lung</ref><box>[[102, 106, 481, 910]]</box>, <ref>left lung</ref>"
+               "<box>[[535, 128, 923, 889]]</box>: No focal consolidation, pleural effusion, or pneumothorax "
+               "is seen. <ref>heart</ref><box>[[420, 480, 700, 790]]</box>: The cardiac silhouette is mildly "
+               "enlarged.",
+               "<ref>右肺</ref><box>[[104, 108, 480, 905]]</box>，<ref>左肺</ref><box>[[536, 130, 920, 890]]</box>"
+               "：未见明确实变、胸腔积液或气胸。<ref>心脏</ref><box>[[418, 482, 702, 788]]</box>：心影稍增大。"),
+        "CT": ("<ref>vertebral body</ref><box>[[402, 560, 598, 790]]</box>: No destructive lesion.",
+               "<ref>椎体</ref><box>[[400, 562, 600, 788]]</box>：未见骨质破坏。"),
+        "MR": ("No focal abnormality is located.", "未见明确异常。"),
+    }
+    report = {
+        "CR": ("Findings: The lungs are clear. The cardiac silhouette is mildly enlarged. "
+               "Impression: Mild cardiomegaly without acute cardiopulmonary process.",
+               "影像诊断：双肺野清晰，未见明确实变影；心影稍增大。影像结论：心影稍大，余未见明显异常。"),
+        "CT": ("Findings: Axial CT slice without focal abnormality. Impression: No acute finding.",
+               "影像诊断：所示层面未见明确异常密度影。影像结论：未见明显异常。"),
+        "MR": ("Findings: Single MR slice without focal signal abnormality. Impression: Unremarkable.",
+               "影像诊断：所示层面未见明确异常信号。影像结论：未见明显异常。"),
+    }
     lines: list[dict[str, str]] = []
-    for uid in radiograph_uids:
-        lines.append({
-            "sop_instance_uid": uid, "language": "en", "prompt_contains": "<ref>",
-            "answer": "<ref>right lung</ref><box>[[102, 106, 481, 910]]</box>, "
-                      "<ref>left lung</ref><box>[[535, 128, 923, 889]]</box>: No focal consolidation, "
-                      "pleural effusion, or pneumothorax is seen. "
-                      "<ref>heart</ref><box>[[420, 480, 700, 790]]</box>: The cardiac silhouette is "
-                      "mildly enlarged.",
-        })
-        lines.append({
-            "sop_instance_uid": uid, "language": "zh", "prompt_contains": "<ref>",
-            "answer": "<ref>右肺</ref><box>[[104, 108, 480, 905]]</box>，<ref>左肺</ref>"
-                      "<box>[[536, 130, 920, 890]]</box>：未见明确实变、胸腔积液或气胸。"
-                      "<ref>心脏</ref><box>[[418, 482, 702, 788]]</box>：心影稍增大。",
-        })
-    lines.append({"language": "en", "prompt_contains": "report",
-                  "answer": "Findings: The lungs are clear. The cardiac silhouette is mildly enlarged. "
-                            "Impression: Mild cardiomegaly without acute cardiopulmonary process."})
-    lines.append({"language": "zh", "prompt_contains": "报告",
-                  "answer": "影像诊断：双肺野清晰，未见明确实变影；心影稍增大。影像结论：心影稍大，余未见明显异常。"})
+    for uid, modality in images.items():
+        for i, language in enumerate(("en", "zh")):
+            lines.append({"sop_instance_uid": uid, "language": language, "prompt_contains": "<ref>",
+                          "answer": region[modality][i]})
+            lines.append({"sop_instance_uid": uid, "language": language, "answer": report[modality][i]})
     return lines
 
 
@@ -165,6 +171,21 @@ def _print_item(item: pydicom.Dataset, out, depth: int) -> None:
             _print_item(child, out, depth + 1)
 
 
+def _render(received: list[Path], spool: Path, folder: Path) -> None:
+    """Draw each SR's boxes on its images (English and Chinese labels) for a human to check."""
+    from sr_writer.errors import RenderError
+    from sr_writer.render import render_command
+
+    for path in sorted(received):
+        out = folder / f"{path.stem}.png"
+        try:
+            render_command(path, out, spool_dir=spool)
+        except RenderError as exc:
+            print(f"  (no picture for {path.name}: {exc})")
+            continue
+        print(f"  picture of the regions: {out}")
+
+
 def run_demo(keep: Path | None = None, timeout_s: float = 300.0) -> int:
     """Run the demo; returns the process exit status (0 when both SRs reached the PACS)."""
     from .db import upgrade
@@ -174,10 +195,10 @@ def run_demo(keep: Path | None = None, timeout_s: float = 300.0) -> int:
     node_port, pacs_port = _free_port(), _free_port()
     print(f"[1/5] demo folder {folder}")
     sample = make_sample_study(folder / "study")
-    radiographs = [f for f in sample.files if f.name.startswith("cr_")]
-    cr_uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in radiographs]
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in sample.files]
+    images = {h.SOPInstanceUID: h.Modality for h in headers}
     replay = folder / "replay.jsonl"
-    replay.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in demo_replay_lines(cr_uids)),
+    replay.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in demo_replay_lines(images)),
                       encoding="utf-8")
     config = folder / "gateway.toml"
     config.write_text(
@@ -235,6 +256,7 @@ port = {pacs_port}
         print(f"[5/5] the PACS received {len(pacs.received)} result objects:")
         for path in sorted(pacs.received):
             _describe_sr(path)
+        _render(pacs.received, settings.data_dir / "spool", folder)
         print(f"\nDone. Files stay in {folder}" if keep else "\nDone.")
         return 0
     finally:

@@ -141,6 +141,9 @@ class ApiSettings(_Section):
     port: int = Field(8080, ge=0, le=65535)
     #: Show patient identifiers to auditors (admins always see them).
     auditors_see_patient_identifiers: bool = False
+    #: Send DICOM audit messages (PS3.15 A.5, RFC 3881 XML) over syslog UDP to this host; empty: off.
+    audit_syslog_host: str = ""
+    audit_syslog_port: int = Field(514, ge=1, le=65535)
 
 
 class DestinationSettings(_Section):

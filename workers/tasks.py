@@ -104,6 +104,7 @@ def _infer(job_id: int) -> None:
     """Run the model over the job's images and record model runs and findings (one transaction)."""
     from model.analysis import SourceImage, analyse_study
     from model.backends import load_backend
+    from model.prompts import REGION_TASKS
     from sr_writer.uids import derive_uid
 
     cfg = settings()
@@ -160,7 +161,9 @@ def _infer(job_id: int) -> None:
             )
             session.add(run)
             session.flush()
-            if result.text or result.unparsed:
+            # Report text; a region answer's own text is kept only when it named no region
+            # ("nothing found" is a finding), since its descriptions go with the regions.
+            if result.unparsed or (result.text and (result.task not in REGION_TASKS or not result.regions)):
                 session.add(Finding(job_id=job_id, model_run_id=run.id, language=result.language, kind="report",
                                     text=_db_text(result.text if not result.unparsed else result.raw_answer),
                                     unparsed=result.unparsed,

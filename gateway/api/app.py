@@ -34,13 +34,12 @@ def audit_sender_from_settings(settings: Settings) -> AuditSender | None:
     """A syslog sender when the settings name a collector host, else None.
 
     Reads ``api.audit_syslog_host`` / ``api.audit_syslog_port`` / ``node.ae_title`` (the audit
-    source ID); settings without those keys send nothing.
+    source ID); an empty host sends nothing.
     """
-    host = getattr(settings.api, "audit_syslog_host", "") or ""
-    if not host:
+    if not settings.api.audit_syslog_host:
         return None
-    port = int(getattr(settings.api, "audit_syslog_port", 514) or 514)
-    return SyslogAuditSender(host, port, source_id=settings.node.ae_title)
+    return SyslogAuditSender(settings.api.audit_syslog_host, settings.api.audit_syslog_port,
+                             source_id=settings.node.ae_title)
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:

@@ -79,6 +79,18 @@ def token_list(ctx: typer.Context) -> None:
         typer.echo(line)
 
 
+def _connect_delivery_retries(settings) -> None:
+    """A delivery retried from the admin page is queued at once (the dispatcher would within a
+    second or so anyway, since the retry leaves it pending and due)."""
+    from workers.app import configure
+    from workers.tasks import publish_delivery
+
+    from .hooks import set_enqueue_delivery
+
+    configure(settings)
+    set_enqueue_delivery(publish_delivery)
+
+
 def api_command(
     ctx: typer.Context,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
@@ -89,6 +101,7 @@ def api_command(
     from .app import create_app
 
     settings = get_settings(ctx)
+    _connect_delivery_retries(settings)
     try:
         application = create_app(settings)
     except db.SchemaNotCurrentError as exc:
