@@ -35,10 +35,10 @@ def _add_groups() -> None:
 _add_groups()
 
 
-def _logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("highdicom", "pynetdicom"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+def _logging(settings: Settings, level: str | None = None) -> None:
+    from .logs import configure_logging
+
+    configure_logging(level or settings.logging.level, settings.logging.format)
 
 
 def _ready(settings: Settings) -> None:
@@ -105,7 +105,7 @@ def study_process(ctx: typer.Context, study_instance_uid: str) -> None:
 def serve(
     ctx: typer.Context,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="do not run a worker in this process")] = False,
-    log_level: str = "INFO",
+    log_level: Annotated[Optional[str], typer.Option(help="overrides logging.level")] = None,
 ) -> None:
     """Run the DICOM node and the dispatcher; with the embedded broker also a worker."""
     from dicom_node.scp import StorageSCP
@@ -113,8 +113,8 @@ def serve(
     from workers.dispatcher import Dispatcher
     from workers.outbox import requeue_orphaned_jobs
 
-    _logging(log_level)
     settings = get_settings(ctx)
+    _logging(settings, log_level)
     _ready(settings)
     configure(settings)
     if settings.embedded_broker:
@@ -148,7 +148,7 @@ def serve(
         else:
             from workers.embedded import make_worker
 
-            make_worker(settings, loglevel=log_level).start()
+            make_worker(settings, loglevel=log_level or settings.logging.level).start()
     finally:
         dispatcher.stop()
         scp.stop()
@@ -158,20 +158,29 @@ def serve(
 def worker(
     ctx: typer.Context,
     queues: Annotated[Optional[str], typer.Option(help="comma-separated queues (default: this model's GPU queue and cpu)")] = None,
+    gpus: Annotated[Optional[str], typer.Option(help="e.g. 0,1: one worker process per GPU (CUDA_VISIBLE_DEVICES)")] = None,
     concurrency: int = 1,
-    log_level: str = "INFO",
+    log_level: Annotated[Optional[str], typer.Option(help="overrides logging.level")] = None,
 ) -> None:
     """Run a Celery worker (a GPU host in production): loads the model once per process."""
-    from workers.embedded import make_worker
-
-    _logging(log_level)
     settings = get_settings(ctx)
+    _logging(settings, log_level)
     try:
         db.check_schema_current(settings.database_url)
     except db.SchemaNotCurrentError as exc:
         fail(str(exc), code=3)
+    if gpus:
+        from workers.gpus import run_per_gpu
+
+        args = [a for a in (f"--queues={queues}" if queues else None,
+                            f"--log-level={log_level}" if log_level else None) if a]
+        raise typer.Exit(run_per_gpu([g.strip() for g in gpus.split(",") if g.strip()], args,
+                                     config=ctx.find_root().obj.config_path))
+    from workers.embedded import make_worker
+
     qs = [q.strip() for q in queues.split(",")] if queues else None
-    make_worker(settings, queues=qs, concurrency=concurrency, loglevel=log_level).start()
+    make_worker(settings, queues=qs, concurrency=concurrency,
+                loglevel=log_level or settings.logging.level).start()
 
 
 @app.command("demo")

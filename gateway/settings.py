@@ -28,6 +28,7 @@ __all__ = [
     "ModelSettings",
     "SenderSettings",
     "ApiSettings",
+    "LoggingSettings",
     "DestinationSettings",
     "CallerSettings",
     "RouteSettings",
@@ -146,6 +147,12 @@ class ApiSettings(_Section):
     audit_syslog_port: int = Field(514, ge=1, le=65535)
 
 
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: "text" for people, "json" (one object per line) for log collectors.
+    format: Literal["text", "json"] = "text"
+
+
 class DestinationSettings(_Section):
     name: str
     ae_title: str
@@ -192,6 +199,7 @@ class Settings(_Section):
     model: ModelSettings = ModelSettings()
     sender: SenderSettings = SenderSettings()
     api: ApiSettings = ApiSettings()
+    logging: LoggingSettings = LoggingSettings()
     destinations: list[DestinationSettings] = []
     callers: list[CallerSettings] = []
     routes: list[RouteSettings] = []
