@@ -128,8 +128,6 @@ def write_job_documents(session: Session, settings: Settings, job: Job) -> list[
     contents = build_contents(session, settings, job)
     destinations = _destinations(session, job.destinations or [])
     documents: list[Document] = []
-    want_gsps = any(d.send == "sr+gsps" for d in destinations)
-    sources: dict[str, pydicom.Dataset] | None = None
     for language, content in contents.items():
         ds = build_sr(content)
         predecessor = content.predecessor[0][3] if content.predecessor else None
@@ -137,19 +135,19 @@ def write_job_documents(session: Session, settings: Settings, job: Job) -> list[
         documents.append(doc)
         for dest in destinations:
             _ensure_delivery(session, doc, dest.name)
-        if want_gsps and content.regions:
-            from sr_writer.gsps import build_presentation_states
+    gsps_destinations = [d for d in destinations if d.send == "sr+gsps"]
+    if gsps_destinations and any(c.regions for c in contents.values()):
+        # One presentation state per image, with a graphic layer per language.
+        from sr_writer.gsps import build_presentation_states
 
-            if sources is None:
-                refs = {r.referenced_sop_instance_uid for c in contents.values() for r in c.regions}
-                rows = session.scalars(select(Instance).where(Instance.sop_instance_uid.in_(refs))).all()
-                sources = {row.sop_instance_uid: pydicom.dcmread(settings.data_dir / row.path) for row in rows}
-            for pr in build_presentation_states(content, sources):
-                pr_doc = _store(session, settings, job, pr, "gsps", language, None)
-                documents.append(pr_doc)
-                for dest in destinations:
-                    if dest.send == "sr+gsps":
-                        _ensure_delivery(session, pr_doc, dest.name)
+        refs = {r.referenced_sop_instance_uid for c in contents.values() for r in c.regions}
+        rows = session.scalars(select(Instance).where(Instance.sop_instance_uid.in_(refs))).all()
+        sources = {row.sop_instance_uid: pydicom.dcmread(settings.data_dir / row.path) for row in rows}
+        for pr in build_presentation_states(list(contents.values()), sources):
+            pr_doc = _store(session, settings, job, pr, "gsps", None, None)
+            documents.append(pr_doc)
+            for dest in gsps_destinations:
+                _ensure_delivery(session, pr_doc, dest.name)
     session.flush()
     for doc in documents:
         session.refresh(doc)

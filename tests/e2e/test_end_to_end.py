@@ -100,7 +100,8 @@ def _content_items(ds: pydicom.Dataset):
 
 
 def _run_scenario(tmp_path: Path, *, backend: str, database_url: str = "", broker_url: str = "",
-                  separate_worker: bool = False, extra: str = "", timeout: float = 240) -> dict:
+                  separate_worker: bool = False, extra: str = "", timeout: float = 240,
+                  gsps_destination: bool = False) -> dict:
     sample = make_sample_study(tmp_path / "study")
     headers = {f: pydicom.dcmread(f, stop_before_pixels=True) for f in sample.files}
     ct_uid = next(h.SOPInstanceUID for h in headers.values() if h.Modality == "CT")
@@ -110,12 +111,19 @@ def _run_scenario(tmp_path: Path, *, backend: str, database_url: str = "", broke
         model_path = str(write_replay(tmp_path / "replay.jsonl", _replay_lines(ct_uid, cr_uid)))
     node_port, pacs_port = free_port(), free_port()
     pacs = StoreSCP(tmp_path / "pacs", pacs_port).start()
+    destinations = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
+    viewer = None
+    if gsps_destination:
+        viewer_port = free_port()
+        viewer = StoreSCP(tmp_path / "viewer", viewer_port, ae_title="VIEWER").start()
+        destinations.append({"name": "viewer", "ae_title": "VIEWER", "host": "127.0.0.1", "port": viewer_port,
+                             "send": "sr+gsps"})
     config = write_config(tmp_path, node_port=node_port, backend=backend, model_path=model_path,
                           database_url=database_url, broker_url=broker_url, extra=extra,
-                          destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}])
+                          destinations=destinations)
     cli(config, "db", "upgrade")
     serve = gateway_process(config, "serve", tmp_path / "serve.log").start()
-    procs = [serve, pacs]
+    procs = [serve, pacs] + ([viewer] if viewer else [])
     if separate_worker:
         procs.append(gateway_process(config, "worker", tmp_path / "worker.log").start())
     try:
@@ -144,7 +152,7 @@ def _run_scenario(tmp_path: Path, *, backend: str, database_url: str = "", broke
                 "deliveries": [(d.state, d.attempts) for d in deliveries],
                 "jobs": len(jobs),
             }
-        return {"pacs_files": pacs.files(), "state": state, "sample": sample, "ct_uid": ct_uid, "cr_uid": cr_uid}
+        return {"pacs_files": pacs.files(), "viewer_files": viewer.files() if viewer else [], "state": state, "sample": sample, "ct_uid": ct_uid, "cr_uid": cr_uid}
     finally:
         for p in procs:
             p.stop()
@@ -227,3 +235,27 @@ def test_tiny_backend_real_generate_path(tmp_path: Path) -> None:
     for ds in srs.values():
         content = str(ds.get("ContentSequence"))
         assert content.count("MedRegA") == content.count("not MedRegA")
+
+
+def test_presentation_states_for_a_destination_that_wants_them(tmp_path: Path) -> None:
+    """A destination with send = "sr+gsps" also gets one GSPS per image with regions (both
+    languages as layers); the plain destination gets the SRs only."""
+    result = _run_scenario(tmp_path, backend="replay", gsps_destination=True)
+    _check_srs(result, expect_model="replay")
+    viewer = [pydicom.dcmread(f) for f in result["viewer_files"]]
+    kinds = sorted(ds.Modality for ds in viewer)
+    # Regions on the CT (en) and the CR (en and zh): two images, one presentation state each.
+    assert kinds == ["PR", "PR", "SR", "SR"], kinds
+    images_with_regions = {uid for (_, _, uid, _, _) in result["state"]["findings"]}
+    referenced = set()
+    for ds in viewer:
+        if ds.Modality != "PR":
+            continue
+        _validate(Path(ds.filename))
+        for series in ds.ReferencedSeriesSequence:
+            referenced.update(i.ReferencedSOPInstanceUID for i in series.ReferencedImageSequence)
+        layers = {layer.GraphicLayer for layer in ds.GraphicLayerSequence}
+        image_uid = ds.ReferencedSeriesSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID
+        expected = {f"MEDREGA_{lang.upper()}" for (lang, _, uid, _, _) in result["state"]["findings"] if uid == image_uid}
+        assert layers == expected  # the CR has regions in both languages: two layers
+    assert referenced == images_with_regions
