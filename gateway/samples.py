@@ -14,7 +14,9 @@ import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
+
+from sr_writer.uids import derive_uid
 
 __all__ = ["SampleStudy", "make_sample_study", "make_chest_radiograph", "CR_IMAGE_STORAGE"]
 
@@ -22,7 +24,8 @@ CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 
 def _uid(seed: str, *parts: object) -> str:
-    return generate_uid(prefix=None, entropy_srcs=[seed, *map(str, parts)])
+    """A UID derived from the seed, so the same sample has the same UIDs every time."""
+    return derive_uid("sample", seed, *map(str, parts))
 
 
 @dataclass(frozen=True)
