@@ -247,7 +247,7 @@ def main() -> None:
     ap.add_argument("--receivers", default="storescp,storescp-fork,orthanc,node")
     ap.add_argument("--corpora", default="ct,xr")
     ap.add_argument("--associations", default="1,4")
-    ap.add_argument("--processes", type=int, default=0, help="node listener processes (0: one per association, at most the CPU count)")
+    ap.add_argument("--processes", type=int, default=1, help="node listener processes (0: one per association, at most the CPU count)")
     ap.add_argument("--rss", action="store_true", help="also: node peak RSS receiving a 2000-instance study")
     args = ap.parse_args()
     scale = 0.2 if args.quick else 1.0

@@ -99,26 +99,29 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-#: Transfer syntaxes accepted for every storage SOP class (PS3.5 Annex A, 8.2), in our order of
-#: preference; the SCU's order decides (pynetdicom accepts the first one it proposed that we list).
-TRANSFER_SYNTAXES: tuple[str, ...] = (
+#: Transfer syntaxes accepted for every storage SOP class (PS3.5 Annex A, 8.2). pynetdicom accepts,
+#: for each proposed presentation context, the first syntax of this list that the requestor
+#: proposed, hence the order: lossless compressed syntaxes first (an object kept compressed as the
+#: SCU holds it, never degraded), then the uncompressed ones, and lossy syntaxes last (the node
+#: never makes an SCU compress lossily an object it holds uncompressed; an object that is already
+#: lossy and also offered uncompressed arrives decompressed, without further loss).
+LOSSLESS_COMPRESSED: tuple[str, ...] = (
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    RLELossless,
+)
+UNCOMPRESSED: tuple[str, ...] = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    HTJ2KLossless,
-    HTJ2KLosslessRPCL,
-    HTJ2K,
-    RLELossless,
 )
+LOSSY: tuple[str, ...] = (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, HTJ2K)
+TRANSFER_SYNTAXES: tuple[str, ...] = LOSSLESS_COMPRESSED + UNCOMPRESSED + LOSSY
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700

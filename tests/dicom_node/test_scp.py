@@ -127,3 +127,26 @@ def test_several_associations_at_once_file_one_study(node, settings, tmp_path):
         assert s.scalar(select(func.count(Study.id))) == 1
         assert s.scalar(select(func.count(Series.id))) == 4
         assert s.scalar(select(func.count(Instance.id))) == 20
+
+
+@pytest.mark.parametrize("proposed,accepted", [
+    (["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"], "1.2.840.10008.1.2.1"),  # never induce lossy
+    (["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2"], "1.2.840.10008.1.2"),
+    (["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.80"], "1.2.840.10008.1.2.4.80"),  # keep lossless compression
+    (["1.2.840.10008.1.2.4.91"], "1.2.840.10008.1.2.4.91"),  # what the SCU holds, if that is all
+    (["1.2.840.10008.1.2.4.100"], None),  # MPEG-2 video: refused
+])
+def test_transfer_syntax_choice(node, proposed, accepted):
+    from pynetdicom import AE
+
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.7", proposed)  # Secondary Capture
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    try:
+        assert assoc.is_established
+        chosen = [cx.transfer_syntax[0] for cx in assoc.accepted_contexts
+                  if cx.abstract_syntax == "1.2.840.10008.5.1.4.1.1.7"]
+        assert chosen == ([accepted] if accepted else [])
+    finally:
+        assoc.release()
