@@ -5,12 +5,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-__all__ = ["ModelIdentity", "GenerationRequest", "ModelBackend", "ModelLoadError"]
+__all__ = ["ModelIdentity", "GenerationRequest", "ModelBackend", "EngineBackend", "ModelLoadError"]
 
 
 class ModelLoadError(RuntimeError):
@@ -57,3 +57,17 @@ class ModelBackend(abc.ABC):
     @abc.abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         """Return one raw answer per request, special tokens (``<ref>``, ``<box>``) kept."""
+
+
+class EngineBackend(ModelBackend):
+    """A backend that runs an InternVL engine (``medrega`` and ``tiny``): batches of requests."""
+
+    engine: Any  # model.backends.engine.InternVLEngine (imported lazily: it needs torch)
+    batch_size: int
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+        answers: list[str] = []
+        for start in range(0, len(requests), self.batch_size):
+            chunk = requests[start : start + self.batch_size]
+            answers.extend(self.engine.answer([r.question for r in chunk], [r.image for r in chunk]))
+        return answers

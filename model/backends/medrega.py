@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import GenerationRequest, ModelBackend, ModelIdentity, ModelLoadError
+from .base import EngineBackend, ModelIdentity, ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
     from gateway.settings import ModelSettings
@@ -152,7 +152,7 @@ def load_engine(
     return InternVLEngine(model, tokenizer, max_new_tokens=max_new_tokens)
 
 
-class MedRegABackend(ModelBackend):
+class MedRegABackend(EngineBackend):
     """MedRegA itself."""
 
     def __init__(self, engine: "InternVLEngine", identity: ModelIdentity, batch_size: int = 4) -> None:
@@ -178,10 +178,3 @@ class MedRegABackend(ModelBackend):
             weights_id=weights_digest(folder, files),
         )
         return cls(engine, identity, batch_size=settings.batch_size)
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
-        answers: list[str] = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start : start + self.batch_size]
-            answers.extend(self.engine.answer([r.question for r in chunk], [r.image for r in chunk]))
-        return answers

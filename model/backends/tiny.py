@@ -10,13 +10,12 @@ whole path runs in tests. It never claims to be MedRegA.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from ..prompts import prompt_library
 from ..template import MEDREGA_SPECIAL_TOKENS, YI_SPECIAL_TOKENS
-from .base import GenerationRequest, ModelBackend, ModelIdentity
+from .base import EngineBackend, ModelIdentity
 
 if TYPE_CHECKING:  # pragma: no cover
     from gateway.settings import ModelSettings
@@ -101,7 +100,7 @@ def tiny_config(vocab_size: int, image_token_id: int) -> Any:
     )
 
 
-class TinyBackend(ModelBackend):
+class TinyBackend(EngineBackend):
     """A toy-size random model with MedRegA's whole inference path."""
 
     def __init__(self, seed: int = 0, *, max_new_tokens: int = 400, batch_size: int = 4, device: str = "cpu") -> None:
@@ -135,10 +134,3 @@ class TinyBackend(ModelBackend):
             batch_size=settings.batch_size,
             device=settings.device,
         )
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
-        answers: list[str] = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start : start + self.batch_size]
-            answers.extend(self.engine.answer([r.question for r in chunk], [r.image for r in chunk]))
-        return answers
