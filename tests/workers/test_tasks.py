@@ -1,0 +1,173 @@
+"""Worker stages in-process: idempotent jobs, the outbox, orphan recovery, metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import func, select
+
+from gateway.db import session_scope
+from gateway.models import (
+    Delivery,
+    Destination,
+    Document,
+    Finding,
+    Instance,
+    Job,
+    JobEvent,
+    JobState,
+    ModelRun,
+    Series,
+    Study,
+    StudyState,
+)
+from gateway.samples import make_sample_study
+from gateway.settings import load_settings
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, sqlite_url: str):
+    """Settings with a replay model, a received 3-series study and a complete job for it."""
+    from dicom_node.assembler import complete_study
+    from model.backends import clear_cache
+    from workers.app import configure
+
+    sample = make_sample_study(tmp_path / "study")
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in [
+        {"language": "en", "prompt_contains": "<ref>", "answer": "<ref>heart</ref><box>[[400, 450, 700, 800]]</box>: big"},
+        {"language": "zh", "prompt_contains": "<ref>", "answer": "<ref>心脏</ref><box>[[402, 452, 698, 801]]</box>：增大"},
+        {"language": "en", "answer": "Findings: cardiomegaly."},
+        {"language": "zh", "answer": "影像结论：心影增大。"},
+    ]) + "\n", encoding="utf-8")
+    settings = load_settings(environ={}, storage={"data_dir": str(tmp_path / "var")},
+                             database={"url": sqlite_url}, model={"backend": "replay", "path": str(replay)})
+    configure(settings)
+    clear_cache()
+    with session_scope(sqlite_url) as s:
+        study = Study(study_instance_uid=sample.study_instance_uid, patient_id=sample.patient_id)
+        s.add(study)
+        s.add(Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=1))
+        s.flush()
+        for path in sample.files:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            series = s.scalar(select(Series).where(Series.series_instance_uid == ds.SeriesInstanceUID))
+            if series is None:
+                series = Series(study_id=study.id, series_instance_uid=ds.SeriesInstanceUID, modality=ds.Modality,
+                                body_part_examined=ds.get("BodyPartExamined"))
+                s.add(series)
+                s.flush()
+            rel = Path("spool") / path.name
+            (settings.data_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, settings.data_dir / rel)
+            s.add(Instance(study_id=study.id, series_id=series.id, sop_instance_uid=ds.SOPInstanceUID,
+                           sop_class_uid=ds.SOPClassUID, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+                           rows=ds.Rows, columns=ds.Columns, path=str(rel), size_bytes=path.stat().st_size,
+                           sha256="0" * 64, pixel_spacing=[float(v) for v in ds.get("PixelSpacing", [])] or None))
+        s.flush()
+        job = complete_study(s, study)
+        assert job is not None and study.state == StudyState.COMPLETE
+        job_id = job.id
+    return settings, job_id
+
+
+def _counts(url: str, job_id: int) -> tuple[int, int, int, int]:
+    with session_scope(url) as s:
+        return (s.scalar(select(func.count()).select_from(ModelRun).where(ModelRun.job_id == job_id)),
+                s.scalar(select(func.count()).select_from(Finding).where(Finding.job_id == job_id)),
+                s.scalar(select(func.count()).select_from(Document).where(Document.job_id == job_id)),
+                s.scalar(select(func.count()).select_from(Delivery)))
+
+
+def test_a_job_run_twice_gives_one_set_of_findings_and_one_sr_per_language(gateway, monkeypatch) -> None:
+    import workers.tasks as tasks
+
+    settings, job_id = gateway
+    published: list[int] = []
+    monkeypatch.setattr(tasks, "publish_delivery", published.append)
+    assert tasks.run_job(job_id) == "done"
+    first = _counts(settings.database_url, job_id)
+    assert first[0] == 12  # 3 images x (report + region) x 2 languages
+    assert first[2] == 2 and first[3] == 2  # one SR per language, one delivery each
+    # A redelivered task finds the job past inference and does nothing new.
+    assert tasks.run_job(job_id).startswith("skipped")
+    # Forced re-run from the start (e.g. an administrator's retry after a crash): same result.
+    with session_scope(settings.database_url) as s:
+        s.get(Job, job_id).state = JobState.QUEUED
+    assert tasks.run_job(job_id) == "done"
+    assert _counts(settings.database_url, job_id) == first
+    with session_scope(settings.database_url) as s:
+        en = s.scalars(select(Finding).where(Finding.kind == "region", Finding.language == "en")).all()
+        zh = s.scalars(select(Finding).where(Finding.kind == "region", Finding.language == "zh")).all()
+        # The same box in both languages shares its Tracking UID (matched by overlap).
+        assert {f.tracking_uid for f in en} == {f.tracking_uid for f in zh}
+        assert len({f.tracking_uid for f in en}) == len(en) == 3
+
+
+def test_claim_is_exclusive(gateway) -> None:
+    import workers.tasks as tasks
+
+    settings, job_id = gateway
+    assert tasks._claim(job_id, lease_s=3600) is True
+    assert tasks._claim(job_id, lease_s=3600) is False  # running and fresh: someone else has it
+    assert tasks._claim(job_id, lease_s=0) is True  # heartbeat older than the lease: abandoned
+
+
+def test_outbox_publishes_urgent_first_and_keeps_jobs_when_the_broker_is_down(gateway) -> None:
+    from workers.outbox import publish_pending_jobs
+
+    settings, job_id = gateway
+    with session_scope(settings.database_url) as s:
+        study = s.scalars(select(Study)).one()
+        urgent = Job(study_id=study.id, study_version=2, state=JobState.PENDING, priority=0)
+        s.add(urgent)
+        s.flush()
+        urgent_id = urgent.id
+
+    def broken(job: Job) -> None:
+        raise ConnectionError("broker down")
+
+    with session_scope(settings.database_url) as s:
+        with pytest.raises(ConnectionError):
+            publish_pending_jobs(s, broken)
+    with session_scope(settings.database_url) as s:
+        assert {j.state for j in s.scalars(select(Job))} == {JobState.PENDING}
+    order: list[int] = []
+    with session_scope(settings.database_url) as s:
+        assert publish_pending_jobs(s, lambda job: order.append(job.id)) == 2
+    assert order == [urgent_id, job_id]
+    with session_scope(settings.database_url) as s:
+        assert {j.state for j in s.scalars(select(Job))} == {JobState.QUEUED}
+        assert s.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.state == "queued")) == 2
+
+
+def test_embedded_start_requeues_jobs_a_stopped_process_left(gateway) -> None:
+    from workers.outbox import requeue_orphaned_jobs
+
+    settings, job_id = gateway
+    with session_scope(settings.database_url) as s:
+        s.get(Job, job_id).state = JobState.RUNNING
+    with session_scope(settings.database_url) as s:
+        assert requeue_orphaned_jobs(s) == 1
+    with session_scope(settings.database_url) as s:
+        assert s.get(Job, job_id).state == JobState.PENDING
+
+
+def test_metrics_report_what_the_database_recorded(gateway, monkeypatch) -> None:
+    from prometheus_client import generate_latest
+
+    import workers.tasks as tasks
+    from gateway.metrics import make_registry
+
+    settings, job_id = gateway
+    monkeypatch.setattr(tasks, "publish_delivery", lambda _id: None)
+    tasks.run_job(job_id)
+    text = generate_latest(make_registry(settings.database_url)).decode()
+    assert "medrega_instances_received_total 3.0" in text
+    assert 'medrega_jobs{state="sr_written"} 1.0' in text
+    assert "medrega_inference_seconds_count 12.0" in text
+    assert 'medrega_job_stage_seconds_count{stage="inferred"} 1.0' in text
