@@ -185,7 +185,7 @@ def worker(
 
 @app.command("demo")
 def demo(
-    keep: Annotated[Optional[Path], typer.Option(help="keep the demo's folder here instead of a temporary one")] = None,
+    keep: Annotated[Optional[Path], typer.Option(help="put the demo's files here instead of a new temporary folder")] = None,
     timeout_s: float = 300.0,
 ) -> None:
     """Run the whole path on embedded defaults: a PACS of its own sends a study and gets SRs back."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -257,7 +256,7 @@ port = {pacs_port}
         for path in sorted(pacs.received):
             _describe_sr(path)
         _render(pacs.received, settings.data_dir / "spool", folder)
-        print(f"\nDone. Files stay in {folder}" if keep else "\nDone.")
+        print(f"\nDone. The demo's files (received SRs, pictures, logs, database) are in {folder}")
         return 0
     finally:
         proc.terminate()
@@ -266,5 +265,3 @@ port = {pacs_port}
         except subprocess.TimeoutExpired:
             proc.kill()
         pacs.stop()
-        if keep is None:
-            shutil.rmtree(folder, ignore_errors=True)
