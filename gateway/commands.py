@@ -41,14 +41,27 @@ def _logging(settings: Settings, level: str | None = None) -> None:
     configure_logging(level or settings.logging.level, settings.logging.format)
 
 
-def _ready(settings: Settings) -> None:
-    """Start-up checks shared by long-running commands: schema current, config seeded."""
-    from .admin import seed_from_settings
+def _check_schema_and_plans(settings: Settings) -> None:
+    """Refuse to start on a database that is behind, or on task plans that do not load."""
+    from model.plans import PlanError, load_plans
+    from model.prompts import PromptError
 
     try:
         db.check_schema_current(settings.database_url)
     except db.SchemaNotCurrentError as exc:
         fail(str(exc), code=3)
+    try:
+        load_plans(settings.model.plans_path or None)
+    except (PlanError, PromptError, OSError) as exc:
+        message = str(exc)
+        fail(message if message.startswith("model.plans_path") else f"model.plans_path: {message}", code=2)
+
+
+def _ready(settings: Settings) -> None:
+    """Start-up checks shared by long-running commands: schema current, config seeded."""
+    from .admin import seed_from_settings
+
+    _check_schema_and_plans(settings)
     with db.session_scope(settings.database_url) as session:
         for line in seed_from_settings(session, settings):
             logging.getLogger("gateway").info("seeded %s from the config file", line)
@@ -165,10 +178,7 @@ def worker(
     """Run a Celery worker (a GPU host in production): loads the model once per process."""
     settings = get_settings(ctx)
     _logging(settings, log_level)
-    try:
-        db.check_schema_current(settings.database_url)
-    except db.SchemaNotCurrentError as exc:
-        fail(str(exc), code=3)
+    _check_schema_and_plans(settings)
     if gpus:
         from workers.gpus import run_per_gpu
 

@@ -256,6 +256,8 @@ class ModelRun(Base):
     prompt: Mapped[str] = mapped_column(Text)
     raw_answer: Mapped[str] = mapped_column(Text)
     duration_s: Mapped[float] = mapped_column(Float)
+    #: Why this image (and frame) was chosen, e.g. "CT volume: slice 2 of 3 along the normal".
+    selection_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _ts()
 
 

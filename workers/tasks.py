@@ -158,6 +158,7 @@ def _infer(job_id: int) -> None:
                 prompt=_db_text(result.prompt),
                 raw_answer=_db_text(result.raw_answer),
                 duration_s=result.duration_s,
+                selection_reason=result.selection_reason,
             )
             session.add(run)
             session.flush()

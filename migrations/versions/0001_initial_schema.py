@@ -251,6 +251,7 @@ def upgrade() -> None:
     sa.Column('prompt', sa.Text(), nullable=False),
     sa.Column('raw_answer', sa.Text(), nullable=False),
     sa.Column('duration_s', sa.Float(), nullable=False),
+    sa.Column('selection_reason', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['instance_id'], ['instances.id'], name=op.f('fk_model_runs_instance_id_instances')),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_model_runs_job_id_jobs')),
