@@ -94,6 +94,10 @@ class ReportContent:
     #: False when some instance of the study version could not be analysed: the SR's
     #: Completion Flag is then PARTIAL (PS3.3 C.17.2.1).
     complete: bool = True
+    #: For each report text, the image (SOP Class UID, SOP Instance UID, frame or None) the
+    #: model read to write it; empty, or None for a text, when not known. A study of several
+    #: images gets one report per image: the reference says which is which.
+    report_sources: Sequence[tuple[str, str, int | None] | None] = ()
 
 
 def is_multiframe(dataset: pydicom.Dataset) -> bool:
@@ -153,6 +157,8 @@ def validate_content(content: ReportContent) -> None:
         raise InvalidContentError("evidence is empty: an SR must reference the analysed instances")
     if isinstance(content.report_texts, str):
         raise InvalidContentError("report_texts must be a sequence of strings, not one string")
+    if content.report_sources and len(content.report_sources) != len(content.report_texts):
+        raise InvalidContentError("report_sources must have one entry per report text (or be empty)")
     if not isinstance(content.study_version, int) or content.study_version < 1:
         raise InvalidContentError(f"study_version must be an integer >= 1, not {content.study_version!r}")
     if not isinstance(content.content_datetime, datetime.datetime):

@@ -36,6 +36,7 @@ from highdicom.sr import (
     CodedConcept,
     Comprehensive3DSR,
     ContainerContentItem,
+    ImageContentItem,
     ContentSequence,
     DeviceObserverIdentifyingAttributes,
     GraphicTypeValues,
@@ -190,16 +191,33 @@ def _region_group(region: RegionFinding, content: ReportContent, image: Dataset)
     return group, finding
 
 
-def _texts_container(texts: Sequence[str]) -> ContainerContentItem:
+def _texts_container(
+    texts: Sequence[str],
+    sources: Sequence[tuple[str, str, int | None] | None] = (),
+    evidence: dict[str, Dataset] | None = None,
+) -> ContainerContentItem:
+    """Qualitative Evaluations: each report text, INFERRED FROM the image it was written from."""
     container = ContainerContentItem(
         name=coding.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS
     )
-    container.ContentSequence = ContentSequence(
-        [
-            TextContentItem(name=coding.FINDING, value=clean_text(text), relationship_type=RelationshipTypeValues.CONTAINS)
-            for text in texts
-        ]
-    )
+    items = []
+    for text, source in zip(texts, list(sources) or [None] * len(texts)):
+        item = TextContentItem(name=coding.FINDING, value=clean_text(text),
+                               relationship_type=RelationshipTypeValues.CONTAINS)
+        if source is not None and evidence is not None and source[1] in evidence:
+            sop_class_uid, sop_instance_uid, frame = source
+            frame = referenced_frame(evidence[sop_instance_uid], frame)
+            item.ContentSequence = ContentSequence([
+                ImageContentItem(
+                    name=coding.SOURCE_OF_MEASUREMENT,
+                    referenced_sop_class_uid=sop_class_uid,
+                    referenced_sop_instance_uid=sop_instance_uid,
+                    referenced_frame_numbers=frame,
+                    relationship_type=RelationshipTypeValues.INFERRED_FROM,
+                )
+            ])
+        items.append(item)
+    container.ContentSequence = ContentSequence(items)
     return container
 
 
@@ -234,9 +252,12 @@ def build_measurement_report(content: ReportContent) -> tuple[MeasurementReport,
             measurements.ContentSequence.extend(group)
             findings.append(finding)
         root.ContentSequence.append(measurements)
-    texts = [text for text in content.report_texts if text and text.strip()]
-    if texts:
-        root.ContentSequence.append(_texts_container(texts))
+    sources = list(content.report_sources) or [None] * len(content.report_texts)
+    kept = [(text, source) for text, source in zip(content.report_texts, sources) if text and text.strip()]
+    if kept:
+        root.ContentSequence.append(
+            _texts_container([t for t, _ in kept], [s for _, s in kept], evidence_by_sop_uid(content))
+        )
     elif not content.regions:
         # TID 1500 needs Imaging Measurements or Qualitative Evaluations: say "nothing found".
         root.ContentSequence.append(_texts_container([wording.no_findings_text(content.language)]))

@@ -82,11 +82,15 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
             )
             for f in findings if f.kind == "region"
         ]
-        texts = [f.text for f in findings if f.kind == "report" and f.text]
+        reports = [f for f in findings if f.kind == "report" and f.text]
+        texts = [f.text for f in reports]
+        sources = [(f.referenced_sop_class_uid, f.referenced_sop_instance_uid, f.frame_number)
+                   if f.referenced_sop_instance_uid else None for f in reports]
         contents[language] = ReportContent(
             language=language,
             evidence=evidence,
             report_texts=texts,
+            report_sources=sources,
             regions=regions,
             algorithm=algorithm,
             study_version=job.study_version,
