@@ -211,6 +211,8 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     #: Instances that belong to this version (received before the job was created).
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: Chosen images the model could not read (undecodable pixels): the SRs are then PARTIAL.
+    images_skipped: Mapped[int] = mapped_column(Integer, default=0)
     destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _ts()

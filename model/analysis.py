@@ -122,11 +122,13 @@ def analyse_study(
     backend: ModelBackend,
     settings: ModelSettings,
     progress: Callable[[str], None] | None = None,
+    skipped: list[tuple[SourceImage, str]] | None = None,
 ) -> list[RunResult]:
     """Run the plan of every chosen image of one study; results in image order, then plan order.
 
-    An image that cannot be decoded is reported through ``progress`` and skipped; errors of the
-    backend propagate (the worker retries the job).
+    An image that cannot be decoded is reported through ``progress``, appended with the reason
+    to ``skipped`` (when given) and left out; errors of the backend propagate (the worker
+    retries the job).
     """
     choices = select_images(images, settings)
     _say(progress, f"{len(choices)} image(s) chosen of {len(images)} instance(s)")
@@ -162,6 +164,8 @@ def analyse_study(
             prepared = prepare_image(choice.image.path, choice.frame_number)
         except ImagingError as exc:
             _say(progress, f"skipped {choice.image.sop_instance_uid}: {exc}")
+            if skipped is not None:
+                skipped.append((choice.image, str(exc)))
             continue
         prompts = plan_for(choice.image.modality, choice.image.body_part_examined, plans_path)
         pending = [_Pending(choice, prepared, prompt) for prompt in prompts]

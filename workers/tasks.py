@@ -135,7 +135,8 @@ def _infer(job_id: int) -> None:
         study_uid, version = study.study_instance_uid, job.study_version
 
     backend = load_backend(cfg.model)
-    results = analyse_study(images, backend, cfg.model, progress=_heartbeat(job_id))
+    skipped: list = []
+    results = analyse_study(images, backend, cfg.model, progress=_heartbeat(job_id), skipped=skipped)
     identity = backend.identity
 
     with session_scope(cfg.database_url) as session:
@@ -188,8 +189,11 @@ def _infer(job_id: int) -> None:
                 ))
                 n_regions += 1
         job = session.get(Job, job_id)
-        record_event(session, job, JobState.INFERRED,
-                     f"{len(results)} model runs, {n_regions} region boxes, model {identity.name}")
+        job.images_skipped = len(skipped)
+        detail = f"{len(results)} model runs, {n_regions} region boxes, model {identity.name}"
+        if skipped:
+            detail += "; could not read " + "; ".join(f"{image.sop_instance_uid}: {why}" for image, why in skipped)
+        record_event(session, job, JobState.INFERRED, detail)
 
 
 def _write_results(job_id: int) -> list[int]:

@@ -128,6 +128,7 @@ def upgrade() -> None:
     sa.Column('priority', sa.Integer(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('instance_count', sa.Integer(), nullable=False),
+    sa.Column('images_skipped', sa.Integer(), nullable=False),
     sa.Column('destinations', sa.JSON(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),

@@ -106,6 +106,8 @@ def test_a_job_run_twice_gives_one_set_of_findings_and_one_sr_per_language(gatew
         # The same box in both languages shares its Tracking UID (matched by overlap).
         assert {f.tracking_uid for f in en} == {f.tracking_uid for f in zh}
         assert len({f.tracking_uid for f in en}) == len(en) == 3
+        docs = s.scalars(select(Document).where(Document.job_id == job_id)).all()
+        assert {pydicom.dcmread(settings.data_dir / d.path).CompletionFlag for d in docs} == {"COMPLETE"}
 
 
 def test_claim_is_exclusive(gateway) -> None:
@@ -171,3 +173,24 @@ def test_metrics_report_what_the_database_recorded(gateway, monkeypatch) -> None
     assert 'medrega_jobs{state="sr_written"} 1.0' in text
     assert "medrega_inference_seconds_count 12.0" in text
     assert 'medrega_job_stage_seconds_count{stage="inferred"} 1.0' in text
+
+
+def test_an_unreadable_image_makes_the_srs_partial(gateway, monkeypatch) -> None:
+    import workers.tasks as tasks
+
+    settings, job_id = gateway
+    monkeypatch.setattr(tasks, "publish_delivery", lambda _id: None)
+    with session_scope(settings.database_url) as s:
+        ct = s.scalars(select(Instance).join(Series).where(Series.modality == "CT")).one()
+        path = settings.data_dir / ct.path
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData[:100]  # pixel data cut short: the header still reads
+    ds.save_as(path)
+    assert tasks.run_job(job_id) == "done"
+    with session_scope(settings.database_url) as s:
+        job = s.get(Job, job_id)
+        assert job.images_skipped == 1
+        assert any("could not read" in (e.detail or "") for e in job.events)
+        docs = s.scalars(select(Document).where(Document.job_id == job_id)).all()
+        flags = {pydicom.dcmread(settings.data_dir / d.path).CompletionFlag for d in docs}
+    assert flags == {"PARTIAL"}
