@@ -1,8 +1,9 @@
 """The dispatcher loop that ``serve`` runs beside the DICOM node.
 
 Each pass: complete the studies that became stable (creating their jobs in the same transaction),
-publish pending jobs to the GPU queue (urgent first), and publish deliveries whose next attempt is
-due to the CPU queue. Every step works from database rows, so the loop can stop at any point and
+put running jobs whose worker stopped beating (a killed worker) back to pending, publish pending
+jobs to the GPU queue (urgent first), and publish deliveries whose next attempt is due to the CPU
+queue. Every step works from database rows, so the loop can stop at any point and
 the next pass (in this or a restarted process) carries on.
 """
 
@@ -18,7 +19,7 @@ from gateway.models import Delivery, Job
 from gateway.settings import Settings
 
 from .app import CPU_QUEUE, gpu_queue
-from .outbox import publish_due_deliveries, publish_pending_jobs
+from .outbox import publish_due_deliveries, publish_pending_jobs, requeue_abandoned_jobs
 
 __all__ = ["Dispatcher", "DispatchPass"]
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class DispatchPass:
     jobs_created: int = 0
+    jobs_requeued: int = 0
     jobs_published: int = 0
     deliveries_published: int = 0
     broker_error: str | None = None
@@ -58,6 +60,7 @@ class Dispatcher:
             jobs = complete_stable_studies(session, self.settings.node.stable_after_s)
             session.commit()
             result.jobs_created = len(jobs)
+            result.jobs_requeued = requeue_abandoned_jobs(session, self.settings.queue.task_time_limit_s)
             try:
                 result.jobs_published = publish_pending_jobs(session, self._publish_job)
                 result.deliveries_published = publish_due_deliveries(session, self._publish_delivery,

@@ -7,15 +7,17 @@ delays work, it never loses it. Publishing twice is harmless because the tasks a
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.models import Delivery, DeliveryState, Job, JobEvent, JobState, utcnow
 
-__all__ = ["publish_pending_jobs", "publish_due_deliveries", "requeue_orphaned_jobs", "DELIVERY_LEASE_S"]
+__all__ = ["publish_pending_jobs", "publish_due_deliveries", "requeue_orphaned_jobs", "requeue_abandoned_jobs",
+           "DELIVERY_LEASE_S"]
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +90,36 @@ def requeue_orphaned_jobs(session: Session) -> int:
                              detail="requeued at start-up (previous process stopped)"))
     session.commit()
     return len(jobs)
+
+
+def requeue_abandoned_jobs(session: Session, lease_s: float) -> int:
+    """``running`` jobs whose heartbeat is older than ``lease_s``: their worker is gone; back to ``pending``.
+
+    A worker killed in the middle of inference leaves its job ``running``. The broker delivers the
+    task again (after ``queue.visibility_timeout_s``), but when that copy reaches a worker while the
+    dead worker's last heartbeat is still younger than the lease, the claim fails and the copy is
+    acknowledged: without this nothing would ever run the job again. The test is the claim's own
+    (``updated_at`` older than the lease, see :func:`workers.tasks._claim`), made with a conditional
+    UPDATE so a worker that beats at this moment keeps its job; the job is then published again
+    and the claim still gives it to one worker only.
+    """
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=lease_s)
+    candidates = session.execute(
+        select(Job.id, Job.worker).where(Job.state == JobState.RUNNING, Job.updated_at < stale)
+    ).all()
+    requeued = 0
+    for job_id, worker in candidates:
+        taken = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.updated_at < stale)
+            .values(state=JobState.PENDING, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if taken == 1:
+            session.add(JobEvent(job_id=job_id, state=JobState.PENDING.value, at=now,
+                                 detail=f"requeued: no heartbeat from worker {worker} for {lease_s:.0f} s"))
+            log.warning("job %s requeued: worker %s sent no heartbeat for %.0f s", job_id, worker, lease_s)
+            requeued += 1
+    session.commit()
+    return requeued

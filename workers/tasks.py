@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -45,7 +46,11 @@ __all__ = ["process_study", "deliver_document", "run_job", "record_event", "Perm
 
 log = logging.getLogger(__name__)
 
-WORKER_NAME = f"{socket.gethostname()}"
+
+def worker_name() -> str:
+    """Who runs a job: host and process id (several GPU workers share a host, one per GPU)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
 
 _CLAIMABLE = (JobState.PENDING, JobState.QUEUED, JobState.FAILED)
 
@@ -70,16 +75,17 @@ def _claim(job_id: int, lease_s: float) -> bool:
     url = settings().database_url
     now = utcnow()
     stale = now - dt.timedelta(seconds=lease_s)
+    me = worker_name()
     with session_scope(url) as session:
         result = session.execute(
             update(Job)
             .where(Job.id == job_id)
             .where((Job.state.in_(_CLAIMABLE)) | ((Job.state == JobState.RUNNING) & (Job.updated_at < stale)))
-            .values(state=JobState.RUNNING, updated_at=now, worker=WORKER_NAME, attempts=Job.attempts + 1)
+            .values(state=JobState.RUNNING, updated_at=now, worker=me, attempts=Job.attempts + 1)
         )
         if result.rowcount != 1:
             return False
-        session.add(JobEvent(job_id=job_id, state=JobState.RUNNING.value, at=now, detail=f"worker {WORKER_NAME}"))
+        session.add(JobEvent(job_id=job_id, state=JobState.RUNNING.value, at=now, detail=f"worker {me}"))
     return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,15 +25,23 @@ def free_port() -> int:
 
 def write_config(folder: Path, *, node_port: int, destinations: Iterable[dict], backend: str,
                  model_path: str = "", database_url: str = "", broker_url: str = "",
-                 stable_after_s: float = 1.0, extra: str = "") -> Path:
-    lines = [
-        "[node]", 'ae_title = "MEDREGA"', 'host = "127.0.0.1"', f"port = {node_port}",
-        f"stable_after_s = {stable_after_s}", "minimum_free_disk_mb = 1", f"metrics_port = {free_port()}", "",
-        "[storage]", f'data_dir = "{folder / "var"}"', "",
-        "[database]", f'url = "{database_url}"', "",
-        "[queue]", f'broker_url = "{broker_url}"', "",
-        "[model]", f'backend = "{backend}"', f'path = "{model_path}"', "",
-    ]
+                 stable_after_s: float = 1.0, extra: str = "",
+                 sections: dict[str, dict] | None = None) -> Path:
+    """``sections`` sets or adds keys of tables (``{"queue": {"task_time_limit_s": 20}, "sender": {...}}``);
+    ``extra`` is appended as it is (new tables only: TOML forbids declaring a table twice)."""
+    tables: dict[str, dict] = {
+        "node": {"ae_title": "MEDREGA", "host": "127.0.0.1", "port": node_port, "stable_after_s": stable_after_s,
+                 "minimum_free_disk_mb": 1, "metrics_port": free_port()},
+        "storage": {"data_dir": str(folder / "var")},
+        "database": {"url": database_url},
+        "queue": {"broker_url": broker_url},
+        "model": {"backend": backend, "path": model_path},
+    }
+    for name, values in (sections or {}).items():
+        tables[name] = {**tables.get(name, {}), **values}
+    lines = []
+    for name, values in tables.items():
+        lines += [f"[{name}]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()] + [""]
     for dest in destinations:
         lines += ["[[destinations]]"] + [f"{k} = {json.dumps(v)}" for k, v in dest.items()] + [""]
     path = folder / "gateway.toml"
@@ -106,3 +115,34 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, processes
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class StoreSCP(Process):
+    """DCMTK ``storescp`` playing the PACS (TCP_NODELAY=1 is set by Process); may be started again."""
+
+    def __init__(self, folder: Path, port: int, ae_title: str = "PACS") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        exe = shutil.which("storescp") or "storescp"
+        super().__init__([exe, "-aet", ae_title, "-od", str(folder), "+uf", str(port)],
+                         folder.parent / f"storescp-{port}.log")
+        self.folder, self.port = folder, port
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def redis_server(folder: Path, port: int) -> Process:
+    """A private, non-persistent ``redis-server`` on ``port`` (tests isolated from the shared one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = shutil.which("redis-server") or "redis-server"
+    return Process([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--dir", str(folder), "--daemonize", "no"], folder / f"redis-{port}.log")
+
+
+def storescu(port: int, files: Iterable[Path], *, called_ae: str = "MEDREGA", calling_ae: str = "MODALITY",
+             extra_args: Iterable[str] = (), timeout: float = 120) -> subprocess.CompletedProcess:
+    """DCMTK ``storescu`` (TCP_NODELAY=1); the caller checks ``returncode`` (non-zero: something refused)."""
+    exe = shutil.which("storescu") or "storescu"
+    return subprocess.run([exe, "-aet", calling_ae, "-aec", called_ae, *extra_args, "127.0.0.1", str(port),
+                           *map(str, files)], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, TCP_NODELAY="1"))
