@@ -242,7 +242,7 @@ def _count_duplicate(conn: Connection, instance_id: int) -> None:
 
 
 class _SeriesCache:
-    """Series Instance UID -> (study id, series id) for the series being received.
+    """(Study, Series Instance UID) -> (study id, series id) for the series being received.
 
     Saves two queries per instance in the common case (many instances of one series). An entry
     that went stale (study deleted meanwhile) fails the foreign key and is dropped (retry).
@@ -250,26 +250,28 @@ class _SeriesCache:
 
     def __init__(self, size: int = 4096) -> None:
         self._size = size
-        self._data: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+        self._data: OrderedDict[tuple[str, str, str], tuple[int, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, url: str, series_uid: str) -> tuple[int, int] | None:
+    def get(self, url: str, h: InstanceHeader) -> tuple[int, int] | None:
+        key = (url, h.study_instance_uid, h.series_instance_uid)
         with self._lock:
-            hit = self._data.get((url, series_uid))
+            hit = self._data.get(key)
             if hit is not None:
-                self._data.move_to_end((url, series_uid))
+                self._data.move_to_end(key)
             return hit
 
-    def put(self, url: str, series_uid: str, ids: tuple[int, int]) -> None:
+    def put(self, url: str, h: InstanceHeader, ids: tuple[int, int]) -> None:
+        key = (url, h.study_instance_uid, h.series_instance_uid)
         with self._lock:
-            self._data[(url, series_uid)] = ids
-            self._data.move_to_end((url, series_uid))
+            self._data[key] = ids
+            self._data.move_to_end(key)
             while len(self._data) > self._size:
                 self._data.popitem(last=False)
 
-    def drop(self, url: str, series_uid: str) -> None:
+    def drop(self, url: str, h: InstanceHeader) -> None:
         with self._lock:
-            self._data.pop((url, series_uid), None)
+            self._data.pop((url, h.study_instance_uid, h.series_instance_uid), None)
 
 
 _SERIES_CACHE = _SeriesCache()
@@ -335,7 +337,7 @@ def record_instance(
                               synced=data_synced is not None)
 
     last_exc: Exception | None = None
-    cached = _SERIES_CACHE.get(url, header.series_instance_uid) if existing is None else None
+    cached = _SERIES_CACHE.get(url, header) if existing is None else None
     for _ in range(_ATTEMPTS):
         now = utcnow()
         try:
@@ -385,11 +387,15 @@ def record_instance(
                     instance_id = int(existing.id)
                     outcome = IngestOutcome.REPLACED
                 _touch_study(conn, study_id, now)
-            _SERIES_CACHE.put(url, header.series_instance_uid, (study_id, series_id))
+            _SERIES_CACHE.put(url, header, (study_id, series_id))
             return IngestResult(outcome, instance_id, study_id, relpath)
+        except SeriesStudyConflictError:
+            # not filed: give the file back to the caller (it quarantines it)
+            os.replace(stored.path, received)
+            raise
         except IntegrityError as exc:  # a concurrent association filed the same UID first,
             last_exc = exc              # or a cached study/series no longer exists
-            _SERIES_CACHE.drop(url, header.series_instance_uid)
+            _SERIES_CACHE.drop(url, header)
             cached = None
             continue
         except OperationalError as exc:

@@ -68,8 +68,10 @@ from .header import HeaderError, read_header
 from .ingest import IngestError, IngestOutcome, SeriesStudyConflictError, record_instance
 from .policy import (
     DIAG_LOCAL_LIMIT_EXCEEDED,
+    DIAG_NO_REASON,
     RESULT_REJECTED_TRANSIENT,
     SOURCE_PRESENTATION,
+    SOURCE_SERVICE_USER,
     AssociationDecision,
     AssociationPolicy,
 )
@@ -376,7 +378,14 @@ class _Listener:
                 f"node.maximum_associations ({self.settings.node.maximum_associations}) reached",
             )
         else:
-            decision = self._policy.evaluate(called, calling, peer)
+            try:
+                decision = self._policy.evaluate(called, calling, peer)
+            except Exception:  # fail closed: an unexpected error must not let a caller in
+                LOGGER.exception("association policy failed")
+                decision = AssociationDecision(
+                    False, RESULT_REJECTED_TRANSIENT, SOURCE_SERVICE_USER, DIAG_NO_REASON,
+                    "association policy failed",
+                )
         if decision.accepted:
             return
         LOGGER.warning("association from %s (%s) rejected: %s", calling, peer, decision.reason)
@@ -403,7 +412,8 @@ class _Listener:
 
     def _on_c_store(self, event: evt.Event) -> int:
         status = self._store(event)
-        self._count(event, "stored" if status == STATUS_SUCCESS else "refused")
+        if status != STATUS_SUCCESS:
+            self._count(event, "refused")
         return status
 
     def _store(self, event: evt.Event) -> int:
@@ -450,8 +460,7 @@ class _Listener:
             except SeriesStudyConflictError as exc:
                 self._quarantine(received, str(exc), calling, peer, affected_uid)
                 return STATUS_SERIES_CONFLICT
-            if result.outcome is IngestOutcome.DUPLICATE:
-                self._count(event, "duplicate")
+            self._count(event, "duplicate" if result.outcome is IngestOutcome.DUPLICATE else "stored")
             return STATUS_SUCCESS
         except IngestError as exc:
             LOGGER.error("C-STORE refused (0xA701): %s", exc)

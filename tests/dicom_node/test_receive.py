@@ -236,3 +236,22 @@ def test_a_large_multiframe_is_received_without_holding_it_in_memory(node, setti
     assert stored.stat().st_size == inst.size_bytes
     assert inst.size_bytes >= size - 1024  # the whole object (our file meta may differ slightly)
     assert peak - baseline < 64 * 1024 * 1024, f"RSS grew by {(peak - baseline) / 2**20:.0f} MiB"
+
+
+def test_series_filed_under_another_study_is_refused_with_c003(node, settings, tmp_path):
+    (first,) = write_series(tmp_path / "a", 1)
+    storescu("127.0.0.1", node.port, [first], called_ae=NODE_AE)
+    ds = pydicom.dcmread(first)
+    ds.StudyInstanceUID = generate_uid()  # same series, another study
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(tmp_path / "conflict.dcm")
+    proc = storescu("127.0.0.1", node.port, [tmp_path / "conflict.dcm"], called_ae=NODE_AE, check=False,
+                    extra_args=["-d"])
+    assert "0xc003" in (proc.stdout + proc.stderr).lower()
+    with session_scope(settings.database_url) as s:
+        (q,) = s.scalars(select(QuarantinedInstance)).all()
+        assert len(s.scalars(select(Instance)).all()) == 1
+    assert "another study" in q.reason
+    assert (settings.data_dir / q.path).is_file()
+    assert not list((settings.data_dir / "spool").glob(f"{ds.StudyInstanceUID}/**/*.dcm"))

@@ -230,3 +230,36 @@ def test_destination_refusing_comprehensive_3d_sr_gets_the_fallback(settings, tm
     assert ds.SOPClassUID == COMPREHENSIVE_SR
     assert ds.SOPInstanceUID == fallback_uid(original_uid, COMPREHENSIVE_SR)
     assert [a.sop_class_uid for a in attempts(settings, delivery_id)] == [COMPREHENSIVE_SR]
+
+
+def _two_workers_at_once(settings, tmp_path) -> None:
+    import concurrent.futures
+
+    with storescp(tmp_path / "pacs", ae_title="PACS") as pacs:
+        add_destination(settings, "pacs", pacs.port)
+        delivery_id = make_delivery(settings, "pacs")
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: deliver(settings, delivery_id), range(4)))
+        assert sum(r.state is DeliveryState.SENT and r.status == 0 for r in results) == 1
+        assert all(r.state in (DeliveryState.SENT, DeliveryState.PENDING) for r in results)
+        pacs.wait_for_files(1)
+        import time
+
+        time.sleep(0.5)
+        assert len(pacs.files()) == 1
+    assert len(attempts(settings, delivery_id)) == 1
+    assert deliver(settings, delivery_id).state is DeliveryState.SENT
+
+
+def test_workers_delivering_the_same_delivery_at_once_send_one_copy(settings, tmp_path):
+    _two_workers_at_once(settings, tmp_path)
+
+
+@pytest.mark.postgres
+def test_deliver_on_postgresql(postgres_url, tmp_path):
+    from gateway.db import upgrade
+    from tests.dicom_node.conftest import make_settings
+
+    upgrade(postgres_url)
+    settings = make_settings(tmp_path / "data", postgres_url)
+    _two_workers_at_once(settings, tmp_path)
