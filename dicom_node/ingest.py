@@ -1,14 +1,17 @@
 """Record a received instance: durable file first, then Study/Series/Instance rows.
 
 The order is what makes a C-STORE success answer safe (PS3.4 B.2.2): the bytes are durable in the
-spool before the row that points at them exists, and the row is committed before the SCP answers.
-A crash in between leaves at worst a spool file without a row (the sender re-sends it: the SCU got
-no success), never a row without its file.
+spool (data and directory entry flushed) before the row that points at them is committed, and the
+row is committed before the SCP answers. A crash in between leaves at worst a spool file without a
+row (the SCU got no success and sends it again, which replaces it), never a row without its file.
+A new instance is renamed into place before its data flush completes, so that flush and the
+directory flush overlap: no row points at the path until both are done. A changed re-send of a
+filed instance is flushed first and renamed after, since a row already points at the path.
 
-Writers are serialised per database: SQLite takes the write lock at ``BEGIN IMMEDIATE`` (a deferred
-transaction that reads first could not upgrade under WAL and would fail with SQLITE_BUSY);
-PostgreSQL inserts studies and series with ``ON CONFLICT DO NOTHING`` and retries on a conflicting
-instance insert.
+Writers are serialised per database: on SQLite the node's writers queue on a thread lock plus an
+``flock`` (not SQLite's sleeping busy handler) and take the write lock at ``BEGIN IMMEDIATE`` (a
+deferred transaction that reads first could not upgrade under WAL); PostgreSQL inserts studies and
+series with ``ON CONFLICT DO NOTHING`` and retries on a conflicting instance insert.
 """
 
 from __future__ import annotations

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from gateway.db import upgrade
 from gateway.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from dicom_node.scp import StorageSCP
 
 NODE_AE = "MEDREGA"
 
@@ -45,7 +47,7 @@ def settings(settings_factory: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-def node(settings: Settings) -> Iterator["StorageSCP"]:  # noqa: F821
+def node(settings: Settings) -> Iterator["StorageSCP"]:
     from dicom_node.scp import StorageSCP
 
     scp = StorageSCP(settings)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-from pathlib import Path
 
 import pydicom
 import pytest
