@@ -36,7 +36,7 @@ def _broker_idle(url: str) -> bool:
     return client.hlen("unacked") == 0 and all(client.type(k) != b"list" or client.llen(k) == 0 for k in queues)
 
 
-def test_worker_killed_mid_inference_job_completes_once_on_another_worker(make_rig, postgres_url, tmp_path: Path):
+def test_worker_killed_mid_inference_job_completes_once_on_another_worker(postgres_url, make_rig, tmp_path: Path):
     redis_port = free_port()
     broker = f"redis://127.0.0.1:{redis_port}/0"
     rig = make_rig(backend="tiny", database_url=postgres_url, broker_url=broker,
