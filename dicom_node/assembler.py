@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from gateway.models import Instance, Job, JobEvent, JobState, Study, StudyState, utcnow
@@ -43,25 +43,40 @@ def stable_studies(session: Session, stable_after_s: float, now: dt.datetime | N
 def complete_study(session: Session, study: Study, force: bool = False) -> Job | None:
     """Mark ``study`` complete and create the job for its next version (same transaction).
 
-    Returns the new job, or ``None`` when routing says the study is only stored or ignored, or
-    when nothing new arrived since the last version (unless ``force``).
+    Returns the new job, or ``None`` when routing says the study is only stored or ignored, when
+    nothing new arrived since the last version (unless ``force``), or when an instance arrived
+    while we decided (the study is receiving again; a later pass completes it).
+
+    The study row is changed with one conditional UPDATE on the ``last_received_at`` we read, so
+    an instance recorded by the node in the meantime is never folded into a version that was
+    already decided without it.
     """
     from .routing import decide
 
     now = utcnow()
+    seen = study.last_received_at
     decision = decide(session, study)
-    study.completed_at = now
-    if decision.action != "process":
-        study.state = StudyState.STORED
-        return None
     instance_count = session.scalar(select(func.count(Instance.id)).where(Instance.study_id == study.id)) or 0
     last_job = session.scalar(select(Job).where(Job.study_id == study.id).order_by(Job.study_version.desc()))
-    if last_job is not None and last_job.instance_count == instance_count and not force:
-        study.state = StudyState.COMPLETE
+    process = decision.action == "process" and (
+        force or last_job is None or last_job.instance_count != instance_count
+    )
+    values: dict[str, object] = {"completed_at": now}
+    if decision.action != "process":
+        values["state"] = StudyState.STORED
+    else:
+        values["state"] = StudyState.COMPLETE
+    if process:
+        values.update(version=Study.version + 1, urgent=decision.urgent)
+    claimed = session.execute(
+        update(Study)
+        .where(Study.id == study.id, Study.last_received_at == seen)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.expire(study)
+    if claimed != 1 or not process:
         return None
-    study.version += 1
-    study.state = StudyState.COMPLETE
-    study.urgent = decision.urgent
     job = Job(
         study_id=study.id,
         study_version=study.version,
