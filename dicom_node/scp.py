@@ -523,13 +523,13 @@ class StorageSCP:
 
     ``processes`` > 1 runs that many listener processes on the same port (SO_REUSEPORT; the kernel
     spreads connections between them): one Python process is bound by one CPU (GIL), so several
-    associations at once go faster with several processes. Default: ``node.processes`` when the
-    settings have it, else 1. ``node.maximum_associations`` limits the node as a whole.
+    associations at once go faster with several processes. Default: ``node.processes``.
+    ``node.maximum_associations`` limits the node as a whole.
     """
 
     def __init__(self, settings: Settings, *, processes: int | None = None) -> None:
         self.settings = settings
-        self.processes = max(1, int(processes if processes is not None else getattr(settings.node, "processes", 1)))
+        self.processes = max(1, int(processes if processes is not None else settings.node.processes))
         self._listener: _Listener | None = None
         self._children: list[Any] = []
         self._stop_event: Any = None
