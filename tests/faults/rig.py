@@ -176,3 +176,27 @@ class Rig:
     def spool_files(self) -> list[Path]:
         spool = self.data_dir / "spool"
         return sorted(spool.rglob("*.dcm")) if spool.exists() else []
+
+
+def large_multiframe(path: Path, frames: int, rows: int = 1024, columns: int = 1024) -> Path:
+    """A multi-frame CT of frames x rows x columns x 16 bits, written without holding it in memory."""
+    import numpy as np
+    from pydicom.filewriter import dcmwrite
+    from pydicom.uid import generate_uid
+
+    from tests.dicom_node.corpus import sample
+
+    ds = pydicom.dcmread(sample("CT_small.dcm"), stop_before_pixels=True)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    for tag in [e.tag for e in ds if e.tag.group > 0x0028]:
+        del ds[tag]
+    dcmwrite(path, ds, enforce_file_format=True)
+    frame = (np.arange(rows * columns, dtype=np.uint32) % 4096).astype(np.uint16).tobytes()
+    with open(path, "ab") as f:
+        f.write(b"\xe0\x7f\x10\x00OW\x00\x00" + (len(frame) * frames).to_bytes(4, "little"))
+        for _ in range(frames):
+            f.write(frame)
+    return path
