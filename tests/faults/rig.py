@@ -85,19 +85,24 @@ class Rig:
 
     def __post_init__(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
+        given, self.sections = self.sections, {"sender": {"backoff_initial_s": 0.5, "backoff_max_s": 2, "retries": 20}}
+        self.reconfigure(**given)
+        self.pacs = StoreSCP(self.tmp / "pacs", self.pacs_port)
+        cli(self.config, "db", "upgrade")
+
+    def reconfigure(self, **sections: dict) -> Path:
+        """(Re)write the config file, with ``sections`` merged in; processes started later read it."""
+        for name, values in sections.items():
+            self.sections[name] = {**self.sections.get(name, {}), **values}
         model_path = ""
         if self.backend == "replay":
             model_path = str(write_replay(self.tmp / "replay.jsonl", REPLAY_LINES))
         destinations = ([{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": self.pacs_port}]
                         if self.with_pacs else [])
-        sections = {"sender": {"backoff_initial_s": 0.5, "backoff_max_s": 2, "retries": 20}}
-        for name, values in self.sections.items():
-            sections[name] = {**sections.get(name, {}), **values}
         self.config = write_config(self.tmp, node_port=self.node_port, destinations=destinations,
                                    backend=self.backend, model_path=model_path, database_url=self.database_url,
-                                   broker_url=self.broker_url, sections=sections)
-        self.pacs = StoreSCP(self.tmp / "pacs", self.pacs_port)
-        cli(self.config, "db", "upgrade")
+                                   broker_url=self.broker_url, sections=self.sections)
+        return self.config
 
     # -- processes ----------------------------------------------------------------------------
     @property
