@@ -26,7 +26,7 @@ from tests.faults.rig import sr_languages_by_study
 
 pytestmark = [pytest.mark.peers, pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
-LEASE_S = 20  # queue.task_time_limit_s: a RUNNING job without a heartbeat for this long is abandoned
+LEASE_S = 25  # queue.task_time_limit_s: a RUNNING job without a heartbeat for this long is abandoned
 
 
 def _broker_idle(url: str) -> bool:
