@@ -280,6 +280,111 @@ def _parse(path: Path) -> Dataset:
         return read_partial(f, stop_when=stop_when, defer_size=_DEFER_BYTES)
 
 
+class _Walk:
+    """Reads element headers (tag, VR, length) of a file without reading values.
+
+    PS3.5 7.1: explicit VR (2- or 4-byte lengths by VR), implicit VR (4-byte lengths), little or
+    big endian; undefined lengths end with delimitation items (7.5).
+    """
+
+    def __init__(self, f, size: int, explicit: bool, little: bool) -> None:  # type: ignore[no-untyped-def]
+        self.f, self.size, self.explicit = f, size, explicit
+        self.u16 = struct.Struct("<H" if little else ">H")
+        self.u32 = struct.Struct("<I" if little else ">I")
+        self.tag = struct.Struct("<HH" if little else ">HH")
+
+    def element(self, pos: int) -> tuple[int, int, int, bytes | None]:
+        """(tag, length, offset of the value, VR) of the element at ``pos``."""
+        self.f.seek(pos)
+        head = self.f.read(12)
+        if len(head) < 8:
+            raise HeaderError(f"the data set ends inside an element header at byte {pos}")
+        group, elem = self.tag.unpack_from(head, 0)
+        tag = group << 16 | elem
+        if group == 0xFFFE or not self.explicit:
+            return tag, self.u32.unpack_from(head, 4)[0], pos + 8, None
+        vr = head[4:6]
+        if vr in _LONG_VRS:
+            if len(head) < 12:
+                raise HeaderError(f"the data set ends inside an element header at byte {pos}")
+            return tag, self.u32.unpack_from(head, 8)[0], pos + 12, vr
+        return tag, self.u16.unpack_from(head, 6)[0], pos + 8, vr
+
+    def elements(self, pos: int, end: int | None, stop_at_item_end: bool = False) -> int:
+        """Walk elements from ``pos`` to ``end`` (or to an item delimiter); where they end."""
+        limit = self.size if end is None else end
+        while pos < limit:
+            tag, length, value_at, vr = self.element(pos)
+            if stop_at_item_end and tag == _ITEM_END:
+                return value_at
+            if length == _UNDEFINED:
+                pos = self.items(value_at)
+                continue
+            pos = value_at + length
+            if pos > limit:
+                raise HeaderError(
+                    f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {length} bytes, "
+                    f"{pos - limit} more than the data set holds"
+                )
+        if stop_at_item_end:
+            raise HeaderError("an item of undefined length has no delimiter")
+        return pos
+
+    def items(self, pos: int) -> int:
+        """Walk the items of an undefined-length sequence or pixel data; where it ends."""
+        while True:
+            tag, length, value_at, _ = self.element(pos)
+            if tag == _SEQ_END:
+                return value_at
+            if tag != _ITEM:
+                raise HeaderError(f"expected an item at byte {pos}, found ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+            if length == _UNDEFINED:
+                pos = self.elements(value_at, None, stop_at_item_end=True)
+                continue
+            pos = value_at + length
+            if pos > self.size:
+                raise HeaderError(f"an item declares {length} bytes, {pos - self.size} more than the data set holds")
+
+
+def check_structure(path: Path) -> None:
+    """Check that every element of the received data set fits in it (no length runs past the
+    end, no truncated pixel data, delimiters present); values are not read.
+
+    Raises :class:`UnreadableObjectError`. Deflated data sets are checked by pydicom instead
+    (their bytes cannot be walked without inflating them).
+    """
+    try:
+        with open(path, "rb", buffering=65536) as f:
+            size = f.seek(0, 2)
+            f.seek(128)
+            if f.read(4) != b"DICM":
+                raise HeaderError("no DICM prefix")
+            meta_walk = _Walk(f, size, explicit=True, little=True)
+            tag, length, value_at, _ = meta_walk.element(132)
+            if tag != 0x00020000:
+                raise HeaderError("no File Meta Information Group Length")
+            f.seek(value_at)
+            meta_end = value_at + 4 + _U32.unpack_from(f.read(4), 0)[0]
+            ts = ""
+            pos = value_at + 4
+            while pos < meta_end:  # the file meta is always explicit VR little endian (PS3.10 7.1)
+                tag, length, value_at, _ = meta_walk.element(pos)
+                if tag == 0x00020010 and length < 256:
+                    f.seek(value_at)
+                    ts = f.read(length).decode("ascii", "replace").strip("\x00 ")
+                pos = value_at + length
+            if ts in _DEFLATED:
+                return
+            walk = _Walk(f, size, explicit=ts != _IMPLICIT_LE, little=ts != _EXPLICIT_BE)
+            end = walk.elements(meta_end, None)
+            if end != size:
+                raise HeaderError(f"{size - end} bytes after the last element")
+    except HeaderError as exc:
+        raise UnreadableObjectError(f"malformed data set: {exc}") from None
+    except (OSError, struct.error, InvalidDicomError) as exc:
+        raise UnreadableObjectError(f"malformed data set: {type(exc).__name__}: {exc}") from None
+
+
 def read_header(
     path: Path,
     *,
@@ -290,6 +395,7 @@ def read_header(
 
     Raises a :class:`HeaderError` subclass when the object cannot be filed.
     """
+    check_structure(path)
     try:
         ds = _parse(path)
         # Touch the elements we file by: a corrupt data set raises here, not later.
@@ -297,12 +403,17 @@ def read_header(
             kw: str(ds.get(kw, "") or "").strip().rstrip("\x00")
             for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
         }
+        # A UID element encoded with another VR (e.g. US 1 -> "1") decodes to something that
+        # looks like a UID: file by it only when it was really sent as UI (PS3.5 6.2).
+        wrong_vr = [kw for kw in uids if kw in ds and ds[kw].VR != "UI"]
         transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
     except InvalidDicomError as exc:
         raise UnreadableObjectError(f"not a DICOM data set: {exc}") from None
     except Exception as exc:  # pydicom raises many types for corrupt input
         raise UnreadableObjectError(f"cannot decode data set: {type(exc).__name__}: {exc}") from None
 
+    if wrong_vr:
+        raise MissingAttributeError(f"{wrong_vr[0]} is encoded with VR {ds[wrong_vr[0]].VR}, not UI")
     for keyword, value in uids.items():
         if not valid_uid(value):
             what = "missing" if not value else "not a valid UID"

@@ -296,8 +296,11 @@ class _Listener:
 
         _install_receive_hooks()
         ae = AE(ae_title=node.ae_title)
-        # the node-wide limit is enforced in _on_requested; pynetdicom's own check is per process
-        ae.maximum_associations = node.maximum_associations
+        # The node-wide limit is enforced in _on_requested and counts associations from their
+        # A-ASSOCIATE-RQ on. pynetdicom's own check counts every open connection of this process,
+        # including TCP probes that never send a request (they linger until the ARTIM timer,
+        # acse_timeout), so it only bounds threads here.
+        ae.maximum_associations = 4 * node.maximum_associations
         ae.maximum_pdu_size = node.maximum_pdu_size
         ae.acse_timeout = node.acse_timeout_s
         ae.dimse_timeout = node.dimse_timeout_s
@@ -307,7 +310,6 @@ class _Listener:
         _INCOMING_BY_AE[ae] = str(incoming)
 
         handlers = [
-            (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_c_store),
@@ -352,8 +354,12 @@ class _Listener:
         self._io.shutdown(wait=True)
 
     # -- association accounting -------------------------------------------------------------
-    def _on_conn_open(self, event: evt.Event) -> None:
+    # An association counts from its A-ASSOCIATE-RQ (EVT_REQUESTED) until its connection closes.
+    # A bare TCP connection (a port probe, a load balancer's health check) holds no slot.
+    def _count_requested(self, event: evt.Event) -> None:
         with self._counted_lock:
+            if id(event.assoc) in self._counted:
+                return
             self._counted.add(id(event.assoc))
         self._counter.opened()
 
@@ -372,6 +378,7 @@ class _Listener:
         calling = str(rq.calling_ae_title or "")
         peer = str(assoc.requestor.address)
         assert self._policy is not None
+        self._count_requested(event)
         if self._counter.value > self.settings.node.maximum_associations:
             decision = AssociationDecision(
                 False, RESULT_REJECTED_TRANSIENT, SOURCE_PRESENTATION, DIAG_LOCAL_LIMIT_EXCEEDED,
