@@ -110,6 +110,9 @@ class QueueSettings(_Section):
     #: Seconds before an unacknowledged task is redelivered (Redis visibility timeout).
     visibility_timeout_s: int = Field(4 * 3600, gt=0)
     task_time_limit_s: int = Field(3 * 3600, gt=0)
+    #: A running job whose worker sent no heartbeat (one between model batches) for this long is
+    #: taken as abandoned (worker killed, host lost) and queued again. Longer than one batch.
+    job_lease_s: int = Field(900, ge=30)
 
 
 class ModelSettings(_Section):

@@ -60,7 +60,7 @@ class Dispatcher:
             jobs = complete_stable_studies(session, self.settings.node.stable_after_s)
             session.commit()
             result.jobs_created = len(jobs)
-            result.jobs_requeued = requeue_abandoned_jobs(session, self.settings.queue.task_time_limit_s)
+            result.jobs_requeued = requeue_abandoned_jobs(session, self.settings.queue.job_lease_s)
             try:
                 result.jobs_published = publish_pending_jobs(session, self._publish_job)
                 result.deliveries_published = publish_due_deliveries(session, self._publish_delivery,

@@ -55,6 +55,10 @@ def worker_name() -> str:
 _CLAIMABLE = (JobState.PENDING, JobState.QUEUED, JobState.FAILED)
 
 
+class LostClaimError(RuntimeError):
+    """The job was given to another worker while this one worked on it (its lease expired)."""
+
+
 class PermanentJobError(RuntimeError):
     """Retrying cannot help (missing model, unreadable study): the job goes to ``dead``."""
 
@@ -146,6 +150,10 @@ def _infer(job_id: int) -> None:
     identity = backend.identity
 
     with session_scope(cfg.database_url) as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job.state != JobState.RUNNING or job.worker != worker_name():
+            # This worker stalled past its lease and the job went to another one: drop our work.
+            raise LostClaimError(f"job {job_id} is now {job.state.value} with worker {job.worker}")
         # Remove what an interrupted earlier attempt may have written, then record afresh.
         session.execute(delete(Finding).where(Finding.job_id == job_id))
         session.execute(delete(ModelRun).where(ModelRun.job_id == job_id))
@@ -227,7 +235,7 @@ def run_job(job_id: int) -> str:
     if state in (JobState.SR_WRITTEN, JobState.DELIVERED, JobState.CANCELLED, JobState.DEAD):
         return f"skipped ({state.value})"
     if state != JobState.INFERRED:
-        if not _claim(job_id, lease_s=cfg.queue.task_time_limit_s):
+        if not _claim(job_id, lease_s=cfg.queue.job_lease_s):
             return "skipped (claimed by another worker)"
         _infer(job_id)
     delivery_ids = _write_results(job_id)
@@ -263,6 +271,9 @@ def process_study(self: Task, job_id: int) -> str:
 
     try:
         return run_job(job_id)
+    except LostClaimError as exc:
+        log.warning("%s; this copy stops", exc)
+        return "skipped (claim lost)"
     except (ModelLoadError, PermanentJobError) as exc:
         log.error("job %s is dead: %s", job_id, exc)
         _fail(job_id, exc, permanent=True)

@@ -26,7 +26,7 @@ from tests.faults.rig import sr_languages_by_study
 
 pytestmark = [pytest.mark.peers, pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
-LEASE_S = 25  # queue.task_time_limit_s: a RUNNING job without a heartbeat for this long is abandoned
+LEASE_S = 30  # queue.job_lease_s: a RUNNING job without a heartbeat for this long is abandoned
 
 
 def _broker_idle(url: str) -> bool:
@@ -41,7 +41,7 @@ def test_worker_killed_mid_inference_job_completes_once_on_another_worker(postgr
     broker = f"redis://127.0.0.1:{redis_port}/0"
     rig = make_rig(backend="tiny", database_url=postgres_url, broker_url=broker,
                    sections={"model": {"max_new_tokens": 200},
-                             "queue": {"visibility_timeout_s": 5, "task_time_limit_s": LEASE_S}})
+                             "queue": {"visibility_timeout_s": 5, "job_lease_s": LEASE_S}})
     rig.redis(redis_port)
     rig.start_pacs()
     serve = rig.serve()

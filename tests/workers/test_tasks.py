@@ -194,3 +194,21 @@ def test_an_unreadable_image_makes_the_srs_partial(gateway, monkeypatch) -> None
         docs = s.scalars(select(Document).where(Document.job_id == job_id)).all()
         flags = {pydicom.dcmread(settings.data_dir / d.path).CompletionFlag for d in docs}
     assert flags == {"PARTIAL"}
+
+
+def test_a_worker_that_lost_its_claim_writes_nothing(gateway, monkeypatch) -> None:
+    """A worker that stalled past its lease finds the job taken over and drops its results."""
+    import workers.tasks as tasks
+    from model.analysis import analyse_study as real_analyse
+
+    settings, job_id = gateway
+
+    def slow_analyse(*args, **kwargs):
+        results = real_analyse(*args, **kwargs)
+        with session_scope(settings.database_url) as s:  # meanwhile another worker took the job
+            s.get(Job, job_id).worker = "other-host:1"
+        return results
+
+    monkeypatch.setattr("model.analysis.analyse_study", slow_analyse)
+    assert tasks.process_study.run(job_id) == "skipped (claim lost)"
+    assert _counts(settings.database_url, job_id)[:3] == (0, 0, 0)
