@@ -19,7 +19,7 @@ from gateway.models import Delivery, Job
 from gateway.settings import Settings
 
 from .app import CPU_QUEUE, gpu_queue
-from .outbox import publish_due_deliveries, publish_pending_jobs, requeue_abandoned_jobs
+from .outbox import publish_due_deliveries, publish_pending_jobs, requeue_abandoned_jobs, requeue_lost_messages
 
 __all__ = ["Dispatcher", "DispatchPass"]
 
@@ -60,7 +60,9 @@ class Dispatcher:
             jobs = complete_stable_studies(session, self.settings.node.stable_after_s)
             session.commit()
             result.jobs_created = len(jobs)
-            result.jobs_requeued = requeue_abandoned_jobs(session, self.settings.queue.job_lease_s)
+            queue = self.settings.queue
+            result.jobs_requeued = requeue_abandoned_jobs(session, queue.job_lease_s)
+            result.jobs_requeued += requeue_lost_messages(session, queue.visibility_timeout_s + queue.job_lease_s)
             try:
                 result.jobs_published = publish_pending_jobs(session, self._publish_job)
                 result.deliveries_published = publish_due_deliveries(session, self._publish_delivery,

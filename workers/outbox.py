@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from gateway.models import Delivery, DeliveryState, Job, JobEvent, JobState, utcnow
 
-__all__ = ["publish_pending_jobs", "publish_due_deliveries", "requeue_orphaned_jobs", "requeue_abandoned_jobs",
+__all__ = [
+    "requeue_lost_messages","publish_pending_jobs", "publish_due_deliveries", "requeue_orphaned_jobs", "requeue_abandoned_jobs",
            "DELIVERY_LEASE_S"]
 
 log = logging.getLogger(__name__)
@@ -103,23 +104,39 @@ def requeue_abandoned_jobs(session: Session, lease_s: float) -> int:
     UPDATE so a worker that beats at this moment keeps its job; the job is then published again
     and the claim still gives it to one worker only.
     """
+    return _requeue(session, JobState.RUNNING, Job.updated_at, lease_s,
+                    lambda worker: f"requeued: no heartbeat from worker {worker} for {lease_s:.0f} s")
+
+
+def requeue_lost_messages(session: Session, older_than_s: float) -> int:
+    """``queued`` jobs published longer ago than ``older_than_s`` and never claimed: publish again.
+
+    A broker that lost its data (Redis restarted without persistence) loses the messages of
+    jobs already published; their rows stay ``queued``. A copy published again is harmless if the
+    first one still exists: the claim gives the job to one worker, the other copy is skipped.
+    """
+    return _requeue(session, JobState.QUEUED, Job.published_at, older_than_s,
+                    lambda _: f"published again: not picked up within {older_than_s:.0f} s")
+
+
+def _requeue(session: Session, state: JobState, column, older_than_s: float, why) -> int:  # type: ignore[no-untyped-def]
+    """Move ``state`` jobs whose ``column`` is older than ``older_than_s`` back to ``pending``,
+    each with one conditional UPDATE (a worker that claims or beats at this moment wins)."""
     now = utcnow()
-    stale = now - dt.timedelta(seconds=lease_s)
-    candidates = session.execute(
-        select(Job.id, Job.worker).where(Job.state == JobState.RUNNING, Job.updated_at < stale)
-    ).all()
+    stale = now - dt.timedelta(seconds=older_than_s)
+    candidates = session.execute(select(Job.id, Job.worker).where(Job.state == state, column < stale)).all()
     requeued = 0
     for job_id, worker in candidates:
         taken = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.updated_at < stale)
+            .where(Job.id == job_id, Job.state == state, column < stale)
             .values(state=JobState.PENDING, updated_at=now)
             .execution_options(synchronize_session=False)
         ).rowcount
         if taken == 1:
-            session.add(JobEvent(job_id=job_id, state=JobState.PENDING.value, at=now,
-                                 detail=f"requeued: no heartbeat from worker {worker} for {lease_s:.0f} s"))
-            log.warning("job %s requeued: worker %s sent no heartbeat for %.0f s", job_id, worker, lease_s)
+            detail = why(worker)
+            session.add(JobEvent(job_id=job_id, state=JobState.PENDING.value, at=now, detail=detail))
+            log.warning("job %s %s", job_id, detail)
             requeued += 1
     session.commit()
     return requeued

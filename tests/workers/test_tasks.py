@@ -212,3 +212,25 @@ def test_a_worker_that_lost_its_claim_writes_nothing(gateway, monkeypatch) -> No
     monkeypatch.setattr("model.analysis.analyse_study", slow_analyse)
     assert tasks.process_study.run(job_id) == "skipped (claim lost)"
     assert _counts(settings.database_url, job_id)[:3] == (0, 0, 0)
+
+
+def test_jobs_whose_message_was_lost_are_published_again(gateway) -> None:
+    """A broker that lost its data loses published messages: a queued job never claimed within
+    visibility timeout + lease goes back to pending; a recently published one stays queued."""
+    import datetime as dt
+
+    from gateway.models import utcnow
+    from workers.outbox import requeue_lost_messages
+
+    settings, job_id = gateway
+    with session_scope(settings.database_url) as s:
+        job = s.get(Job, job_id)
+        job.state, job.published_at = JobState.QUEUED, utcnow() - dt.timedelta(seconds=120)
+    with session_scope(settings.database_url) as s:
+        assert requeue_lost_messages(s, older_than_s=600) == 0
+    with session_scope(settings.database_url) as s:
+        assert requeue_lost_messages(s, older_than_s=60) == 1
+    with session_scope(settings.database_url) as s:
+        job = s.get(Job, job_id)
+        assert job.state == JobState.PENDING
+        assert "published again" in job.events[-1].detail
