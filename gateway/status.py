@@ -82,21 +82,24 @@ def check_node(settings: Settings) -> Check:
 
 
 def check_destinations(settings: Settings) -> list[Check]:
+    """C-ECHO every enabled destination, as ``dest test`` does (PS3.4 A)."""
     from sqlalchemy import select
+
+    from dicom_node.sender import SenderError, echo
 
     from .db import session_scope
     from .models import Destination
 
     with session_scope(settings.database_url) as session:
-        destinations = [(d.name, d.ae_title, d.host, d.port) for d in
+        destinations = [(d.name, f"{d.ae_title}@{d.host}:{d.port}") for d in
                         session.scalars(select(Destination).where(Destination.enabled.is_(True))).all()]
     checks = []
-    for name, ae_title, host, port in destinations:
+    for name, where in destinations:
         try:
-            status = _echo(host, port, ae_title, settings.sender.calling_ae_title or settings.node.ae_title)
-            checks.append(Check(f"destination {name}", status == 0, f"C-ECHO {ae_title}@{host}:{port} 0x{status:04X}"))
-        except Exception as exc:  # noqa: BLE001
-            checks.append(Check(f"destination {name}", False, f"C-ECHO {ae_title}@{host}:{port} failed: {exc}"))
+            status = echo(settings, name)
+            checks.append(Check(f"destination {name}", status == 0, f"C-ECHO {where} 0x{status:04X}"))
+        except (SenderError, OSError) as exc:
+            checks.append(Check(f"destination {name}", False, f"C-ECHO {where} failed: {exc}"))
     return checks
 
 

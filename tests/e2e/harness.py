@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +12,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -122,8 +123,7 @@ class StoreSCP(Process):
 
     def __init__(self, folder: Path, port: int, ae_title: str = "PACS") -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        exe = shutil.which("storescp") or "storescp"
-        super().__init__([exe, "-aet", ae_title, "-od", str(folder), "+uf", str(port)],
+        super().__init__([require_tool("storescp"), "-aet", ae_title, "-od", str(folder), "+uf", str(port)],
                          folder.parent / f"storescp-{port}.log")
         self.folder, self.port = folder, port
 
@@ -134,15 +134,13 @@ class StoreSCP(Process):
 def redis_server(folder: Path, port: int) -> Process:
     """A private, non-persistent ``redis-server`` on ``port`` (tests isolated from the shared one)."""
     folder.mkdir(parents=True, exist_ok=True)
-    exe = shutil.which("redis-server") or "redis-server"
-    return Process([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    return Process([require_tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                     "--dir", str(folder), "--daemonize", "no"], folder / f"redis-{port}.log")
 
 
 def storescu(port: int, files: Iterable[Path], *, called_ae: str = "MEDREGA", calling_ae: str = "MODALITY",
              extra_args: Iterable[str] = (), timeout: float = 120) -> subprocess.CompletedProcess:
     """DCMTK ``storescu`` (TCP_NODELAY=1); the caller checks ``returncode`` (non-zero: something refused)."""
-    exe = shutil.which("storescu") or "storescu"
-    return subprocess.run([exe, "-aet", calling_ae, "-aec", called_ae, *extra_args, "127.0.0.1", str(port),
+    return subprocess.run([require_tool("storescu"), "-aet", calling_ae, "-aec", called_ae, *extra_args, "127.0.0.1", str(port),
                            *map(str, files)], capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, TCP_NODELAY="1"))

@@ -17,20 +17,23 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from sqlalchemy import select
 
-from gateway.db import session_scope, upgrade
+from gateway.db import session_scope
 from gateway.models import Delivery, DeliveryState, Finding, Instance, Job, JobState
 from gateway.samples import make_sample_study
+from gateway.settings import load_settings
 from tests.conftest import SHARED, require_tool
 from tests.e2e.harness import (
-    Process,
+    StoreSCP,
     cli,
     free_port,
     gateway_process,
     port_open,
+    storescu,
     wait_for,
     write_config,
     write_replay,
@@ -64,23 +67,8 @@ def _replay_lines(ct_uid: str, cr_uid: str) -> list[dict]:
     ]
 
 
-class StoreSCP(Process):
-    """DCMTK ``storescp`` as the PACS (TCP_NODELAY=1 is set by Process)."""
-
-    def __init__(self, folder: Path, port: int, ae_title: str = "PACS") -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        super().__init__([require_tool("storescp"), "-aet", ae_title, "-od", str(folder), "+uf", str(port)],
-                         folder.parent / "storescp.log")
-        self.folder, self.port = folder, port
-
-    def files(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir() if p.is_file())
-
-
 def _storescu(port: int, files: list[Path]) -> None:
-    result = subprocess.run([require_tool("storescu"), "-aet", "MODALITY", "-aec", "MEDREGA", "127.0.0.1", str(port),
-                             *map(str, files)], capture_output=True, text=True, timeout=60,
-                            env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
+    result = storescu(port, files)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -140,6 +128,9 @@ def _run_scenario(tmp_path: Path, *, backend: str, database_url: str = "", broke
 
         wait_for(delivered, timeout, "the job to be delivered", procs)
         time.sleep(2.0)  # a duplicate send, if any, would arrive now
+        metrics_port = load_settings(config, environ={}).node.metrics_port
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        status = cli(config, "status", check=False)
         with session_scope(settings_url) as s:
             received = {i.sop_instance_uid: i for i in s.scalars(select(Instance)).all()}
             findings = s.scalars(select(Finding).where(Finding.kind == "region")).all()
@@ -152,7 +143,7 @@ def _run_scenario(tmp_path: Path, *, backend: str, database_url: str = "", broke
                 "deliveries": [(d.state, d.attempts) for d in deliveries],
                 "jobs": len(jobs),
             }
-        return {"pacs_files": pacs.files(), "viewer_files": viewer.files() if viewer else [], "state": state, "sample": sample, "ct_uid": ct_uid, "cr_uid": cr_uid}
+        return {"metrics": metrics, "status": status, "pacs_files": pacs.files(), "viewer_files": viewer.files() if viewer else [], "state": state, "sample": sample, "ct_uid": ct_uid, "cr_uid": cr_uid}
     finally:
         for p in procs:
             p.stop()
@@ -215,6 +206,13 @@ def test_embedded_defaults_replay(tmp_path: Path) -> None:
     # Reference line 9 (2 regions) + line 8 (1 label, 2 boxes) in English; line 10 (1 region) in Chinese.
     assert _check_scoords(result, srs) == 5
     assert [s for s, _ in result["state"]["deliveries"]] == [DeliveryState.SENT] * 2
+    # Observability of the running service: /metrics from serve, and `status` (all up: exit 0).
+    assert "medrega_instances_received_total 3.0" in result["metrics"]
+    assert 'medrega_jobs{state="delivered"} 1.0' in result["metrics"]
+    status = result["status"]
+    assert status.returncode == 0, status.stdout + status.stderr
+    for component in ("database", "broker", "workers", "node", "destination pacs"):
+        assert any(line.startswith("ok") and component in line for line in status.stdout.splitlines()), status.stdout
     dump = subprocess.run([require_tool("dsrdump"), "+U8", "+Pl", str(srs["zh"].filename)], capture_output=True, timeout=30)
     text = dump.stdout.decode("utf-8")
     assert "胰腺癌" in text and "胰尾部见一稍低密度肿块" in text, text[:2000]

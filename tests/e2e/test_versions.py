@@ -13,8 +13,8 @@ from sqlalchemy import select
 from gateway.db import session_scope
 from gateway.models import Job, JobState
 from gateway.samples import make_sample_study
-from tests.e2e.harness import cli, free_port, gateway_process, port_open, wait_for, write_config, write_replay
-from tests.e2e.test_end_to_end import StoreSCP, _storescu
+from tests.e2e.harness import StoreSCP, cli, free_port, gateway_process, port_open, wait_for, write_config, write_replay
+from tests.e2e.test_end_to_end import _storescu
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
