@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -114,6 +116,14 @@ def study_process(ctx: typer.Context, study_instance_uid: str) -> None:
             typer.echo(f"job {job.id} created for version {job.study_version}; `serve` publishes it")
 
 
+def _wait_for_signal() -> None:
+    """Block until SIGTERM or SIGINT (the node and the dispatcher run in their own threads)."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
 @app.command("serve")
 def serve(
     ctx: typer.Context,
@@ -144,24 +154,15 @@ def serve(
     log = logging.getLogger("gateway")
     log.info("DICOM node %s listening on %s:%s", settings.node.ae_title, settings.node.host, scp.port)
     try:
-        if no_worker or not settings.embedded_broker:
-            import threading
-
-            if not settings.embedded_broker:
-                log.info("workers: separate `medrega-gateway worker` processes (broker %s)",
-                         settings.broker_url.split("@")[-1])
-            stop = threading.Event()
-            import signal
-
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            try:
-                stop.wait()
-            except KeyboardInterrupt:
-                pass
-        else:
+        if settings.embedded_broker and not no_worker:
             from workers.embedded import make_worker
 
             make_worker(settings, loglevel=log_level or settings.logging.level).start()
+        else:
+            if not settings.embedded_broker:
+                log.info("workers: separate `medrega-gateway worker` processes (broker %s)",
+                         settings.broker_url.split("@")[-1])
+            _wait_for_signal()
     finally:
         dispatcher.stop()
         scp.stop()
