@@ -1,7 +1,7 @@
 """The node's Storage SCP: Verification (PS3.4 A) and Storage (PS3.4 B) service classes.
 
-Every C-STORE is received straight to a file in ``data_dir/incoming`` (pynetdicom
-``STORE_RECV_CHUNKED_DATASET``: a 1 GB multi-frame never sits in memory), its header is parsed
+Every C-STORE is received straight to a file in ``data_dir/incoming`` by the node's own Upper
+Layer acceptor (:mod:`dicom_node.upper_layer`: a 1 GB multi-frame never sits in memory), its header is parsed
 (not its pixel data), the bytes are made durable under the spool exactly as received, the database
 rows are committed, and only then is the C-STORE-RSP sent. Status codes (PS3.4 B.2.3):
 
@@ -29,10 +29,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import socketserver
-import tempfile
+import ssl
 import threading
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -55,10 +53,8 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 
 from gateway.db import make_engine
@@ -81,10 +77,10 @@ from .spool import (
     SpoolError,
     check_free_disk,
     fsync_fd,
-    sha256_fd,
     incoming_dir,
 )
 from .tls import server_context
+from .upper_layer import AcceptorAssociation, AssociationRequest, StoreRequest
 
 __all__ = [
     "TRANSFER_SYNTAXES",
@@ -153,80 +149,6 @@ def supported_contexts() -> list[PresentationContext]:
     return contexts
 
 
-# -- receiving into data_dir/incoming ---------------------------------------------------------
-#
-# pynetdicom creates the file for a chunked C-STORE data set with ``NamedTemporaryFile()`` in the
-# system temporary folder, from the association's DUL thread. We route it to the node's
-# ``incoming`` folder (same file system as the spool: the final rename is atomic and copies
-# nothing). When the lookup fails the file lands in the system folder and the spool copies it.
-
-_INCOMING_BY_AE: "weakref.WeakKeyDictionary[AE, str]" = weakref.WeakKeyDictionary()
-_HOOK_LOCK = threading.Lock()
-_original_named_temporary_file = tempfile.NamedTemporaryFile
-
-
-def _incoming_named_temporary_file(*args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
-    if kwargs.get("dir") is None:
-        assoc = getattr(threading.current_thread(), "assoc", None)  # DULServiceProvider.assoc
-        ae = getattr(assoc, "ae", None)
-        directory = _INCOMING_BY_AE.get(ae) if ae is not None else None
-        if directory is not None:
-            kwargs["dir"] = directory
-            kwargs.setdefault("prefix", "rx-")
-    return _original_named_temporary_file(*args, **kwargs)
-
-
-def _install_receive_hooks() -> None:
-    import pynetdicom.dimse_messages as dimse_messages
-
-    with _HOOK_LOCK:
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        # The standard handlers log every PDU/DIMSE message at debug level and cost CPU per
-        # message; the node logs one line per association instead.
-        _config.LOG_HANDLER_LEVEL = "none"
-        if dimse_messages.NamedTemporaryFile is not _incoming_named_temporary_file:
-            dimse_messages.NamedTemporaryFile = _incoming_named_temporary_file
-
-
-class _NodeServer(ThreadedAssociationServer):
-    """pynetdicom's server with TCP_NODELAY on each connection and optional SO_REUSEPORT.
-
-    SO_REUSEPORT lets several node processes share one listening port (the kernel spreads
-    connections between them); it must be set before ``bind``.
-    """
-
-    reuse_port = False
-    daemon_threads = True
-
-    def server_bind(self) -> None:
-        if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-    def shutdown(self) -> None:
-        """Stop ``serve_forever`` and close the socket (the server is not in ``AE._servers``)."""
-        socketserver.BaseServer.shutdown(self)
-        self.server_close()
-
-    def get_request(self):  # type: ignore[no-untyped-def]
-        client, address = self.socket.accept()
-        try:
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        if self.ssl_context:
-            # The handshake happens on the association's first read, in its own thread: a slow
-            # or hostile client must not hold up accepting other connections.
-            client = self.ssl_context.wrap_socket(
-                client, server_side=True, do_handshake_on_connect=False
-            )
-        return client, address
-
-
-class _ReusePortServer(_NodeServer):
-    reuse_port = True
-
-
 class _AssociationCounter:
     """Associations in progress across all listener processes (``node.maximum_associations`` is
     a limit for the node, not per process)."""
@@ -258,7 +180,9 @@ class _LocalValue:
 
 
 class _Listener:
-    """One listening socket served by threads in this process (pynetdicom's server)."""
+    """One listening socket in this process: a thread accepts connections and each connection
+    runs in a thread of its own (:class:`~dicom_node.upper_layer.AcceptorAssociation`); this
+    object is their :class:`~dicom_node.upper_layer.ServiceUser`."""
 
     def __init__(
         self,
@@ -273,201 +197,200 @@ class _Listener:
         self._reuse_port = reuse_port
         self._counter = counter
         self._engine: Engine | None = None
-        self._ae: AE | None = None
-        self._server: ThreadedAssociationServer | None = None
+        self._socket: socket.socket | None = None
+        self._ssl_context: ssl.SSLContext | None = None
         self._thread: threading.Thread | None = None
         self._policy: AssociationPolicy | None = None
-        self._stats: dict[int, dict[str, int]] = {}
-        self._counted: set[int] = set()
+        self._contexts = supported_contexts()
+        self._incoming = incoming_dir(settings.data_dir)
+        self._connections: set[AcceptorAssociation] = set()
+        self._counted: set[AcceptorAssociation] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._io = ThreadPoolExecutor(
             max_workers=2 * settings.node.maximum_associations, thread_name_prefix="dicom-node-fsync"
         )
-        self._counted_lock = threading.Lock()
 
     def start(self) -> None:
         node = self.settings.node
-        data_dir = self.settings.data_dir
-        incoming = incoming_dir(data_dir)
-        ssl_context = server_context(node)
+        self._ssl_context = server_context(node)
         self._engine = make_engine(self.settings.database_url)
         self._policy = AssociationPolicy(
             self._engine, ae_title=node.ae_title, require_known_callers=node.require_known_callers
         )
-
-        _install_receive_hooks()
-        ae = AE(ae_title=node.ae_title)
-        # The node-wide limit is enforced in _on_requested and counts associations from their
-        # A-ASSOCIATE-RQ on. pynetdicom's own check counts every open connection of this process,
-        # including TCP probes that never send a request (they linger until the ARTIM timer,
-        # acse_timeout), so it only bounds threads here.
-        ae.maximum_associations = 4 * node.maximum_associations
-        ae.maximum_pdu_size = node.maximum_pdu_size
-        ae.acse_timeout = node.acse_timeout_s
-        ae.dimse_timeout = node.dimse_timeout_s
-        ae.network_timeout = node.network_timeout_s
-        ae.require_called_aet = True
-        ae.supported_contexts = supported_contexts()
-        _INCOMING_BY_AE[ae] = str(incoming)
-
-        handlers = [
-            (evt.EVT_CONN_CLOSE, self._on_conn_close),
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_C_STORE, self._on_c_store),
-            (evt.EVT_C_ECHO, self._on_c_echo),
-            (evt.EVT_RELEASED, self._on_closed, ["released"]),
-            (evt.EVT_ABORTED, self._on_closed, ["aborted"]),
-        ]
-        server_class = _ReusePortServer if self._reuse_port else _NodeServer
+        family = socket.AF_INET6 if ":" in node.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            server = ae.make_server(
-                (node.host, self._bind_port),
-                ssl_context=ssl_context,
-                evt_handlers=handlers,
-                server_class=server_class,
-            )
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._reuse_port:
+                # several node processes share the port; the kernel spreads connections
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((node.host, self._bind_port))
+            sock.listen(128)
         except OSError as exc:
+            sock.close()
             raise NodeError(f"cannot listen on {node.host}:{self._bind_port}: {exc.strerror}") from None
-        self._ae, self._server = ae, server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2},
-            name=f"dicom-node:{self.port}", daemon=True,
-        )
+        sock.settimeout(0.2)
+        self._socket = sock
+        self._thread = threading.Thread(target=self._accept_loop, name=f"dicom-node:{self.port}", daemon=True)
         self._thread.start()
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._socket is None:
             raise NodeNotRunningError("the node is not running")
-        return int(self._server.server_address[1])
+        return int(self._socket.getsockname()[1])
+
+    def _accept_loop(self) -> None:
+        assert self._socket is not None
+        node = self.settings.node
+        while not self._stopping.is_set():
+            try:
+                client, address = self._socket.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                LOGGER.exception("accept failed")
+                continue
+            try:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            with self._lock:
+                # connections that have not sent an A-ASSOCIATE-RQ yet do not count against
+                # node.maximum_associations; this only bounds the threads a flood can start
+                if len(self._connections) >= 4 * node.maximum_associations:
+                    client.close()
+                    LOGGER.warning("connection from %s refused: too many open connections", address[0])
+                    continue
+            client.settimeout(node.acse_timeout_s)
+            if self._ssl_context is not None:
+                # the handshake happens in the connection's thread: a slow or hostile client
+                # must not hold up accepting other connections
+                client = self._ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+            association = AcceptorAssociation(
+                client, address, self,
+                ae_title=node.ae_title,
+                supported_contexts=self._contexts,
+                incoming=self._incoming,
+                maximum_pdu_size=node.maximum_pdu_size,
+                acse_timeout=node.acse_timeout_s,
+                dimse_timeout=node.dimse_timeout_s,
+                network_timeout=node.network_timeout_s,
+            )
+            with self._lock:
+                self._connections.add(association)
+            threading.Thread(
+                target=association.run, name=f"dicom-assoc:{address[0]}:{address[1]}", daemon=True
+            ).start()
 
     def stop(self) -> None:
-        server, ae = self._server, self._ae
-        if server is None or ae is None:
+        sock, self._socket = self._socket, None
+        if sock is None:
             return
-        self._server = None
-        server.shutdown()
-        for assoc in list(server.active_associations):
-            assoc.abort()
-        ae.shutdown()
+        self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        sock.close()
+        with self._lock:
+            connections = list(self._connections)
+        for association in connections:
+            association.abort()
         self._io.shutdown(wait=True)
 
-    # -- association accounting -------------------------------------------------------------
-    # An association counts from its A-ASSOCIATE-RQ (EVT_REQUESTED) until its connection closes.
-    # A bare TCP connection (a port probe, a load balancer's health check) holds no slot.
-    def _count_requested(self, event: evt.Event) -> None:
-        with self._counted_lock:
-            if id(event.assoc) in self._counted:
-                return
-            self._counted.add(id(event.assoc))
-        self._counter.opened()
-
-    def _on_conn_close(self, event: evt.Event) -> None:
-        with self._counted_lock:
-            if id(event.assoc) not in self._counted:
-                return
-            self._counted.discard(id(event.assoc))
-        self._counter.closed()
-
-    # -- association control ----------------------------------------------------------------
-    def _on_requested(self, event: evt.Event) -> None:
-        assoc = event.assoc
-        rq = assoc.requestor.primitive
-        called = str(rq.called_ae_title or "")
-        calling = str(rq.calling_ae_title or "")
-        peer = str(assoc.requestor.address)
+    # -- association control (ServiceUser) --------------------------------------------------
+    # An association counts from its A-ASSOCIATE-RQ until its connection closes. A bare TCP
+    # connection (a port probe, a load balancer's health check) holds no slot.
+    def associate(self, association: AcceptorAssociation, request: AssociationRequest) -> AssociationDecision:
         assert self._policy is not None
-        self._count_requested(event)
+        with self._lock:
+            self._counted.add(association)
+        self._counter.opened()
         if self._counter.value > self.settings.node.maximum_associations:
-            decision = AssociationDecision(
+            return AssociationDecision(
                 False, RESULT_REJECTED_TRANSIENT, SOURCE_PRESENTATION, DIAG_LOCAL_LIMIT_EXCEEDED,
                 f"node.maximum_associations ({self.settings.node.maximum_associations}) reached",
             )
-        else:
-            try:
-                decision = self._policy.evaluate(called, calling, peer)
-            except Exception:  # fail closed: an unexpected error must not let a caller in
-                LOGGER.exception("association policy failed")
-                decision = AssociationDecision(
-                    False, RESULT_REJECTED_TRANSIENT, SOURCE_SERVICE_USER, DIAG_NO_REASON,
-                    "association policy failed",
-                )
-        if decision.accepted:
-            return
-        LOGGER.warning("association from %s (%s) rejected: %s", calling, peer, decision.reason)
-        assoc.acse.send_reject(decision.result, decision.source, decision.diagnostic)
-        assoc.kill()
+        try:
+            return self._policy.evaluate(request.called_ae_title, request.calling_ae_title, request.peer_address)
+        except Exception:  # fail closed: an unexpected error must not let a caller in
+            LOGGER.exception("association policy failed")
+            return AssociationDecision(
+                False, RESULT_REJECTED_TRANSIENT, SOURCE_SERVICE_USER, DIAG_NO_REASON,
+                "association policy failed",
+            )
 
-    def _on_closed(self, event: evt.Event, how: str) -> None:
-        stats = self._stats.pop(id(event.assoc), None)
+    def closed(self, association: AcceptorAssociation, how: str) -> None:
+        with self._lock:
+            self._connections.discard(association)
+            counted = association in self._counted
+            self._counted.discard(association)
+        if counted:
+            self._counter.closed()
+        stats = association.stats
         if stats:
             LOGGER.info(
                 "association from %s %s: %d stored, %d duplicates, %d refused",
-                event.assoc.requestor.ae_title, how,
+                association.calling_ae_title, how,
                 stats.get("stored", 0), stats.get("duplicate", 0), stats.get("refused", 0),
             )
 
-    def _count(self, event: evt.Event, what: str) -> None:
-        stats = self._stats.setdefault(id(event.assoc), {})
-        stats[what] = stats.get(what, 0) + 1
-
-    # -- services ---------------------------------------------------------------------------
     @staticmethod
-    def _on_c_echo(event: evt.Event) -> int:
-        return STATUS_SUCCESS
+    def _count(association: AcceptorAssociation, what: str) -> None:
+        association.stats[what] = association.stats.get(what, 0) + 1
 
-    def _on_c_store(self, event: evt.Event) -> int:
-        status = self._store(event)
+    # -- Storage service (ServiceUser) ------------------------------------------------------
+    def store(self, association: AcceptorAssociation, request: StoreRequest) -> int:
+        status = self._store(association, request)
         if status != STATUS_SUCCESS:
-            self._count(event, "refused")
+            self._count(association, "refused")
         return status
 
-    def _store(self, event: evt.Event) -> int:
+    def _store(self, association: AcceptorAssociation, request: StoreRequest) -> int:
         assert self._engine is not None
         data_dir = self.settings.data_dir
-        received = Path(event.dataset_path)
-        request = event.request
-        calling = str(event.assoc.requestor.ae_title).strip() or None
-        peer = str(event.assoc.requestor.address)
-        affected_uid = str(request.AffectedSOPInstanceUID or "") or None
+        received = request.path
+        command = request.command
+        calling = association.calling_ae_title or None
+        peer = association.peer_address
+        affected_uid = command.affected_sop_instance_uid or None
         try:
             check_free_disk(data_dir, self.settings.node.minimum_free_disk_mb)
         except InsufficientDiskSpaceError as exc:
             received.unlink(missing_ok=True)
             LOGGER.error("C-STORE refused (0xA700): %s", exc)
             return STATUS_OUT_OF_RESOURCES
-        # Hashing and the data flush run in worker threads (both release the GIL) while the
-        # header is parsed; the flush goes on while the file is renamed into place.
+        # The data flush runs in a worker thread (it releases the GIL) while the header is
+        # parsed; it goes on while the file is renamed into place.
         try:
             fd = os.open(received, os.O_RDONLY)
-            fd2 = os.dup(fd)
         except OSError as exc:
             LOGGER.error("C-STORE refused (0xA702): received data unreadable: %s", exc)
+            received.unlink(missing_ok=True)
             return STATUS_SPOOL_ERROR
-        hashed = self._io.submit(sha256_fd, fd)
-        synced = self._io.submit(fsync_fd, fd2)
+        synced = self._io.submit(fsync_fd, fd)
         try:
             try:
                 header = read_header(
                     received,
-                    affected_sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                    affected_sop_class_uid=command.affected_sop_class_uid,
                     affected_sop_instance_uid=affected_uid,
                 )
             except HeaderError as exc:
                 self._quarantine(received, str(exc), calling, peer, affected_uid)
                 return exc.status
-            digest, size = hashed.result()
             try:
                 result = record_instance(
                     self._engine, data_dir, header, received,
-                    sha256=digest, size_bytes=size, calling_ae_title=calling,
+                    sha256=request.sha256, size_bytes=request.size_bytes, calling_ae_title=calling,
                     data_synced=synced.result,
                 )
             except SeriesStudyConflictError as exc:
                 self._quarantine(received, str(exc), calling, peer, affected_uid)
                 return STATUS_SERIES_CONFLICT
-            self._count(event, "duplicate" if result.outcome is IngestOutcome.DUPLICATE else "stored")
+            self._count(association, "duplicate" if result.outcome is IngestOutcome.DUPLICATE else "stored")
             return STATUS_SUCCESS
         except IngestError as exc:
             LOGGER.error("C-STORE refused (0xA701): %s", exc)
@@ -476,11 +399,10 @@ class _Listener:
             LOGGER.error("C-STORE refused (0xA702): spool write failed: %s", exc)
             return STATUS_SPOOL_ERROR
         finally:
-            for pending in (hashed, synced):
-                try:
-                    pending.result()
-                except OSError:
-                    pass
+            try:
+                synced.result()
+            except OSError:
+                pass
             received.unlink(missing_ok=True)
 
     def _quarantine(
