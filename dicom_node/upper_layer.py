@@ -30,18 +30,16 @@ import logging
 import os
 import socket
 import ssl
+import itertools
 import struct
-import tempfile
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom._globals import APPLICATION_CONTEXT_NAME
-from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -289,6 +287,7 @@ class AcceptorAssociation:
         self._stream = _Stream(sock)
         self._send_lock = threading.Lock()
         self._closing = False
+        self._spare: Future[tuple[int, str]] | None = None
 
     @property
     def calling_ae_title(self) -> str:
@@ -329,10 +328,25 @@ class AcceptorAssociation:
             how = "aborted"
         finally:
             self._close()
+            self._drop_spare()
             try:
                 self.user.closed(self, how)
             except Exception:
                 LOGGER.exception("association close handler failed")
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        try:
+            fd, name = spare.result()
+        except OSError:
+            return
+        os.close(fd)
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
 
     def abort(self) -> None:
         """A-ABORT from this side (node shutdown); the thread in :meth:`run` then ends."""
@@ -541,7 +555,7 @@ class AcceptorAssociation:
         transfer_syntax = self.accepted[context_id]
         fd = -1
         try:
-            fd, name = _mkstemp(self.incoming)
+            fd, name = self._next_file()
             reception = _Reception(command, context_id, transfer_syntax, Path(name), fd)
             meta = _file_meta(command, transfer_syntax)
             reception.write(meta)
@@ -551,6 +565,13 @@ class AcceptorAssociation:
                 os.close(fd)
             return None
         return reception
+
+    def _next_file(self) -> tuple[int, str]:
+        """The file for this reception, created while the previous one was being received:
+        creating a file costs up to 0.5 ms of kernel time here, which then overlaps with
+        receiving instead of delaying it."""
+        spare, self._spare = self._spare, _FILES.submit(_mkstemp, self.incoming)
+        return spare.result() if spare is not None else _mkstemp(self.incoming)
 
     def _finish(self, reception: _Reception, command: Command) -> int:
         try:
@@ -595,21 +616,51 @@ def _discard(_chunk: memoryview) -> None:
     return None
 
 
+_RECEPTIONS = itertools.count()
+_FILES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dicom-node-files")
+
+
 def _mkstemp(directory: Path) -> tuple[int, str]:
-    return tempfile.mkstemp(prefix="rx-", suffix=".dcm", dir=directory)
+    """A new file for a reception, ``rx-<pid>-<n>.dcm`` (``StorageSCP`` clears ``rx-*`` at
+    start); cheaper than :func:`tempfile.mkstemp`, which is not needed for a private folder."""
+    while True:
+        name = os.path.join(directory, f"rx-{os.getpid()}-{next(_RECEPTIONS)}.dcm")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), name
+        except FileExistsError:  # left by an earlier process with the same PID
+            continue
+
+
+_EXPLICIT_SHORT = struct.Struct("<HH2sH")
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":  # OB has a 4-byte length after two reserved bytes (PS3.5 7.1.2)
+        return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
+    return _EXPLICIT_SHORT.pack(0x0002, element, vr, len(value)) + value
+
+
+def _even(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+_IMPLEMENTATION = _meta_element(0x0012, b"UI", _even(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")) + _meta_element(
+    0x0013, b"SH", _even(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")
+)
+_VERSION = _meta_element(0x0001, b"OB", b"\x00\x01")
 
 
 def _file_meta(command: Command, transfer_syntax_uid: str) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information (PS3.10 7.1) for a received data set;
-    the same bytes pynetdicom writes for a chunked reception."""
-    buffer = DicomBytesIO()
-    buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(
-        buffer,  # type: ignore[arg-type]
-        create_file_meta(
-            sop_class_uid=UID(command.affected_sop_class_uid),
-            sop_instance_uid=UID(command.affected_sop_instance_uid),
-            transfer_syntax=UID(transfer_syntax_uid),
-        ),
+    """Preamble, ``DICM`` and the File Meta Information (PS3.10 7.1, explicit VR little endian)
+    for a received data set: the bytes pydicom's ``write_file_meta_info`` writes for
+    pynetdicom's ``create_file_meta`` (checked in ``tests/dicom_node/test_upper_layer.py``),
+    built directly because pydicom takes 0.4 ms per instance for it."""
+    body = (
+        _VERSION
+        + _meta_element(0x0002, b"UI", _even(command.affected_sop_class_uid, b"\x00"))
+        + _meta_element(0x0003, b"UI", _even(command.affected_sop_instance_uid, b"\x00"))
+        + _meta_element(0x0010, b"UI", _even(transfer_syntax_uid, b"\x00"))
+        + _IMPLEMENTATION
     )
-    return buffer.getvalue()
+    return b"\x00" * 128 + b"DICM" + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body

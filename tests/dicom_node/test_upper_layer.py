@@ -1,0 +1,369 @@
+"""The node's own Upper Layer acceptor (PS3.8) and DIMSE command coding (PS3.7), driven over a
+real socket: what a broken or hostile peer sends must end its association with A-ABORT, leave
+nothing behind, and never stop the node."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.data import get_testdata_file
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.dsutils import create_file_meta, decode, encode
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import CTImageStorage, PatientRootQueryRetrieveInformationModelFind, Verification
+from sqlalchemy import create_engine, func, select
+
+from dicom_node.dimse import Command, decode_command, encode_response
+from dicom_node.upper_layer import _file_meta
+from gateway.models import Instance
+
+from .conftest import NODE_AE
+from .test_scp import echoscu
+
+CT = get_testdata_file("CT_small.dcm", download=False)
+
+
+# -- command sets and file meta against pydicom's codec -------------------------------------------
+def test_command_set_decoding_matches_pydicom():
+    cs = Dataset()
+    cs.CommandGroupLength = 0
+    cs.AffectedSOPClassUID = CTImageStorage
+    cs.CommandField = 0x0001
+    cs.MessageID = 513
+    cs.Priority = 2
+    cs.CommandDataSetType = 0x0000
+    cs.AffectedSOPInstanceUID = "1.2.3.45"  # odd length: NUL padded
+    cs.MoveOriginatorApplicationEntityTitle = "MOVER"
+    cs.MoveOriginatorMessageID = 9
+    command = decode_command(encode(cs, True, True))
+    assert command == Command(
+        command_field=1, message_id=513, has_data_set=True, affected_sop_class_uid=CTImageStorage,
+        affected_sop_instance_uid="1.2.3.45", priority=2, move_originator_ae_title="MOVER",
+        move_originator_message_id=9,
+    )
+
+
+def test_response_encoding_is_what_pydicom_decodes():
+    request = Command(1, 77, True, CTImageStorage, "1.2.3.45")
+    rsp = decode(BytesIO(encode_response(request, 0xA700)), True, True)
+    assert rsp.CommandField == 0x8001
+    assert rsp.MessageIDBeingRespondedTo == 77
+    assert rsp.Status == 0xA700
+    assert rsp.CommandDataSetType == 0x0101
+    assert rsp.AffectedSOPClassUID == CTImageStorage
+    assert rsp.AffectedSOPInstanceUID == "1.2.3.45"
+    # Command Group Length counts the bytes after it (PS3.7 6.3.1)
+    raw = encode_response(request, 0)
+    assert struct.unpack_from("<I", raw, 8)[0] == len(raw) - 12
+
+
+@pytest.mark.parametrize("sop_instance", ["1.2.3", "1.2.34", "1.2.840.113619.2.55.3.604688119.969.1268071029.320"])
+@pytest.mark.parametrize("transfer_syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+def test_file_meta_is_byte_identical_to_pydicom(sop_instance, transfer_syntax):
+    buffer = DicomBytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, create_file_meta(
+        sop_class_uid=UID(CTImageStorage), sop_instance_uid=UID(sop_instance),
+        transfer_syntax=UID(transfer_syntax),
+    ))
+    assert _file_meta(Command(1, 1, True, CTImageStorage, sop_instance), transfer_syntax) == buffer.getvalue()
+
+
+def test_truncated_command_set_is_refused():
+    with pytest.raises(ValueError):
+        decode_command(b"\x00\x00\x00\x01\x02\x00\x00\x00\x01")
+    with pytest.raises(ValueError):
+        decode_command(struct.pack("<HHI", 0, 0x0100, 50) + b"\x01\x00")
+
+
+# -- a raw peer ------------------------------------------------------------------------------------
+def _pdu(pdu_type: int, body: bytes) -> bytes:
+    return struct.pack(">BxI", pdu_type, len(body)) + body
+
+
+def _pdv(context_id: int, control: int, data: bytes) -> bytes:
+    return struct.pack(">IBB", len(data) + 2, context_id, control) + data
+
+
+def _associate_rq(abstract_syntaxes=(CTImageStorage, Verification), called=NODE_AE, calling="RAWPEER") -> bytes:
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    contexts = []
+    for n, abstract in enumerate(abstract_syntaxes):
+        cx = build_context(abstract, [ExplicitVRLittleEndian])
+        cx.context_id = 1 + 2 * n
+        contexts.append(cx)
+    primitive.presentation_context_definition_list = contexts
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16384
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.3.4"
+    primitive.user_information = [max_length, implementation]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return pdu.encode()
+
+
+def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    head = _recv_exact(sock, 6)
+    pdu_type, length = struct.unpack(">BxI", head)
+    return pdu_type, _recv_exact(sock, length)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def _connect(node) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+    return sock
+
+
+def _associated(node, **kw) -> socket.socket:
+    sock = _connect(node)
+    sock.sendall(_associate_rq(**kw))
+    pdu_type, _ = _read_pdu(sock)
+    assert pdu_type == 0x02, "A-ASSOCIATE-AC expected"
+    return sock
+
+
+def _expect_abort(sock: socket.socket) -> bytes:
+    pdu_type, body = _read_pdu(sock)
+    assert pdu_type == 0x07, f"A-ABORT expected, got PDU type 0x{pdu_type:02X}"
+    assert sock.recv(1) == b"", "the node closes the connection after A-ABORT"
+    return body
+
+
+def _store_command(sop_instance: str, message_id: int = 1) -> bytes:
+    cs = Dataset()
+    cs.CommandGroupLength = 0
+    cs.AffectedSOPClassUID = CTImageStorage
+    cs.CommandField = 0x0001
+    cs.MessageID = message_id
+    cs.Priority = 0
+    cs.CommandDataSetType = 0x0000
+    cs.AffectedSOPInstanceUID = sop_instance
+    return encode(cs, True, True)
+
+
+def _dataset_bytes(ds: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def _node_still_answers(node) -> None:
+    proc = echoscu("127.0.0.1", node.port, called_ae=NODE_AE)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _instances(settings) -> int:
+    engine = create_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(Instance)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _incoming_empty(settings, timeout: float = 5.0) -> bool:
+    incoming = Path(settings.data_dir) / "incoming"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not [p for p in incoming.glob("rx-*")]:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# -- protocol errors end the association, not the node ----------------------------------------------
+def test_data_before_association_is_aborted(node):
+    sock = _connect(node)
+    sock.sendall(_pdu(0x04, _pdv(1, 0x03, b"\x00" * 8)))
+    body = _expect_abort(sock)
+    assert body[2:4] == bytes((0x02, 0x02))  # source: service provider, reason: unexpected PDU
+    _node_still_answers(node)
+
+
+def test_unknown_pdu_type_is_aborted_as_unrecognized(node):
+    sock = _associated(node)
+    sock.sendall(_pdu(0x09, b"\x00\x00\x00\x00"))
+    body = _expect_abort(sock)
+    assert body[2:4] == bytes((0x02, 0x01))  # unrecognized PDU
+    _node_still_answers(node)
+
+
+def test_pdv_on_a_context_that_was_not_accepted_is_aborted(node):
+    sock = _associated(node)
+    sock.sendall(_pdu(0x04, _pdv(99, 0x03, _store_command("1.2.3"))))
+    body = _expect_abort(sock)
+    assert body[2:4] == bytes((0x02, 0x06))  # invalid PDU parameter value
+    _node_still_answers(node)
+
+
+def test_oversized_association_request_is_aborted(node):
+    sock = _connect(node)
+    sock.sendall(struct.pack(">BxI", 0x01, 64 << 20))
+    _expect_abort(sock)
+    _node_still_answers(node)
+
+
+def test_garbage_command_set_is_aborted(node):
+    sock = _associated(node)
+    sock.sendall(_pdu(0x04, _pdv(1, 0x03, b"\x08\x00\x16\x00" + b"\xff" * 20)))
+    _expect_abort(sock)
+    _node_still_answers(node)
+
+
+def test_peer_abort_in_the_middle_of_a_data_set_leaves_nothing(node, settings):
+    ds = pydicom.dcmread(CT)
+    data = _dataset_bytes(ds)
+    sock = _associated(node)
+    sock.sendall(_pdu(0x04, _pdv(1, 0x03, _store_command(ds.SOPInstanceUID))))
+    sock.sendall(_pdu(0x04, _pdv(1, 0x00, data[: len(data) // 2])))  # not the last fragment
+    sock.sendall(_pdu(0x07, b"\x00\x00\x00\x00"))
+    assert sock.recv(1) == b""
+    assert _incoming_empty(settings), "the partial reception is removed"
+    assert _instances(settings) == 0
+    _node_still_answers(node)
+
+
+def test_connection_lost_in_the_middle_of_a_data_set_leaves_nothing(node, settings):
+    ds = pydicom.dcmread(CT)
+    data = _dataset_bytes(ds)
+    sock = _associated(node)
+    sock.sendall(_pdu(0x04, _pdv(1, 0x03, _store_command(ds.SOPInstanceUID))))
+    sock.sendall(_pdu(0x04, _pdv(1, 0x00, data[:1000])))
+    sock.close()
+    assert _incoming_empty(settings)
+    assert _instances(settings) == 0
+    _node_still_answers(node)
+
+
+def test_store_in_many_small_fragments_then_release(node, settings):
+    """Command and data set split over several PDVs and PDUs (PS3.8 Annex E), then A-RELEASE."""
+    ds = pydicom.dcmread(CT)
+    data = _dataset_bytes(ds)
+    command = _store_command(ds.SOPInstanceUID, message_id=42)
+    sock = _associated(node)
+    sock.sendall(_pdu(0x04, _pdv(1, 0x01, command[:30]) + _pdv(1, 0x03, command[30:])))
+    pieces = [data[i:i + 1000] for i in range(0, len(data), 1000)]
+    for n, piece in enumerate(pieces):
+        sock.sendall(_pdu(0x04, _pdv(1, 0x02 if n == len(pieces) - 1 else 0x00, piece)))
+    pdu_type, body = _read_pdu(sock)
+    assert pdu_type == 0x04
+    length, context_id, control = struct.unpack_from(">IBB", body)
+    assert (context_id, control) == (1, 0x03)
+    rsp = decode(BytesIO(body[6:6 + length - 2]), True, True)
+    assert (rsp.CommandField, rsp.MessageIDBeingRespondedTo, rsp.Status) == (0x8001, 42, 0x0000)
+    sock.sendall(_pdu(0x05, b"\x00\x00\x00\x00"))
+    pdu_type, _ = _read_pdu(sock)
+    assert pdu_type == 0x06  # A-RELEASE-RP
+    assert sock.recv(1) == b""
+    assert _instances(settings) == 1
+
+
+def test_idle_association_is_aborted_after_the_network_timeout(settings_factory):
+    from dicom_node.scp import StorageSCP
+
+    scp = StorageSCP(settings_factory(node={"network_timeout_s": 1}))
+    scp.start()
+    try:
+        sock = _associated(scp)
+        started = time.monotonic()
+        _expect_abort(sock)
+        assert 0.5 < time.monotonic() - started < 8
+        _node_still_answers(scp)
+    finally:
+        scp.stop()
+
+
+def test_connection_without_a_request_is_closed_after_the_acse_timeout(settings_factory):
+    from dicom_node.scp import StorageSCP
+
+    scp = StorageSCP(settings_factory(node={"acse_timeout_s": 1}))
+    scp.start()
+    try:
+        sock = _connect(scp)
+        started = time.monotonic()
+        assert sock.recv(1) == b""
+        assert time.monotonic() - started < 8
+    finally:
+        scp.stop()
+
+
+# -- what pynetdicom as a peer sees ----------------------------------------------------------------------
+def test_pynetdicom_scu_with_a_small_pdu_stores_and_query_contexts_are_rejected(node, settings):
+    ae = AE(ae_title="PYSCU")
+    ae.maximum_pdu_size = 4096  # the node sends nothing bigger than our limit
+    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    try:
+        assert assoc.is_established
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        assert accepted == {CTImageStorage}, "only storage and verification are offered"
+        ds = pydicom.dcmread(CT)
+        status = assoc.send_c_store(ds)
+        assert status.Status == 0x0000
+    finally:
+        assoc.release()
+    assert _instances(settings) == 1
+
+
+def test_an_operation_other_than_store_or_echo_is_refused_with_0211(node, settings):
+    """A C-FIND-RQ sent on a storage context: its identifier is read and dropped, and the
+    response says unrecognized operation (PS3.7 C.4.2); the association goes on."""
+    cs = Dataset()
+    cs.CommandGroupLength = 0
+    cs.AffectedSOPClassUID = CTImageStorage
+    cs.CommandField = 0x0020
+    cs.MessageID = 5
+    cs.Priority = 0
+    cs.CommandDataSetType = 0x0000
+    identifier = Dataset()
+    identifier.PatientID = "*"
+    sock = _associated(node)
+    sock.sendall(_pdu(0x04, _pdv(1, 0x03, encode(cs, True, True))))
+    sock.sendall(_pdu(0x04, _pdv(1, 0x02, _dataset_bytes(identifier))))
+    pdu_type, body = _read_pdu(sock)
+    assert pdu_type == 0x04
+    rsp = decode(BytesIO(body[6:]), True, True)
+    assert (rsp.CommandField, rsp.MessageIDBeingRespondedTo, rsp.Status) == (0x8020, 5, 0x0211)
+    # then a C-ECHO on the same association still works
+    echo = Dataset()
+    echo.CommandGroupLength = 0
+    echo.AffectedSOPClassUID = Verification
+    echo.CommandField = 0x0030
+    echo.MessageID = 6
+    echo.CommandDataSetType = 0x0101
+    sock.sendall(_pdu(0x04, _pdv(3, 0x03, encode(echo, True, True))))
+    pdu_type, body = _read_pdu(sock)
+    rsp = decode(BytesIO(body[6:]), True, True)
+    assert (rsp.CommandField, rsp.Status) == (0x8030, 0x0000)
+    assert _instances(settings) == 0
