@@ -26,6 +26,8 @@ def _slow(monkeypatch):
         raise header._Unusual
 
     monkeypatch.setattr(header, "_fast_parse", refuse)
+    # and every value decoded by pydicom, not by the direct UI/IS/DS decoding
+    monkeypatch.setattr(header, "_raw_text", lambda ds, keyword, vrs: None)
 
 
 @pytest.mark.parametrize("name", SAMPLES)
