@@ -457,14 +457,46 @@ def _check_structure(f, head: bytes) -> None:  # type: ignore[no-untyped-def]
         raise UnreadableObjectError(f"malformed data set: {type(exc).__name__}: {exc}") from None
 
 
+#: How many first bytes of a file :func:`parse_head` needs.
+HEAD_BYTES = _HEAD_BYTES
+
+
+def parse_head(
+    head: bytes,
+    *,
+    affected_sop_class_uid: str | None = None,
+    affected_sop_instance_uid: str | None = None,
+) -> "InstanceHeader | HeaderError | None":
+    """The header from the first :data:`HEAD_BYTES` of a file whose remaining bytes are still
+    arriving, so that the SCP parses it while the pixel data are in transit.
+
+    Returns ``None`` when the fast Little Endian scan cannot decide from these bytes alone (the
+    full :func:`read_header` then does the work), the :class:`HeaderError` the object will be
+    refused with, or the header. Pass the result to :func:`read_header` as ``early``.
+    """
+    if len(head) < HEAD_BYTES:
+        return None
+    try:
+        ds = _fast_parse(head[:HEAD_BYTES], complete=False)
+    except Exception:
+        return None
+    try:
+        return _decode(ds, affected_sop_class_uid, affected_sop_instance_uid)
+    except HeaderError as exc:
+        return exc
+
+
 def read_header(
     path: Path,
     *,
     affected_sop_class_uid: str | None = None,
     affected_sop_instance_uid: str | None = None,
+    early: "InstanceHeader | HeaderError | None" = None,
 ) -> InstanceHeader:
     """Parse the header of a received file (PS3.10 format, as written by the SCP).
 
+    ``early`` is what :func:`parse_head` found in the file's first bytes (for the same affected
+    UIDs); the structure of the whole file is checked here in any case.
     Raises a :class:`HeaderError` subclass when the object cannot be filed.
     """
     try:
@@ -474,12 +506,25 @@ def read_header(
     with f:
         head = f.read(_HEAD_BYTES)
         _check_structure(f, head)
+        if isinstance(early, InstanceHeader):
+            return early
+        if isinstance(early, HeaderError):
+            raise early
         return _header(f, head, affected_sop_class_uid, affected_sop_instance_uid)
 
 
 def _header(f, head: bytes, affected_sop_class_uid: str | None, affected_sop_instance_uid: str | None) -> InstanceHeader:  # type: ignore[no-untyped-def]
     try:
         ds = _parse(f, head)
+    except InvalidDicomError as exc:
+        raise UnreadableObjectError(f"not a DICOM data set: {exc}") from None
+    except Exception as exc:  # pydicom raises many types for corrupt input
+        raise UnreadableObjectError(f"cannot decode data set: {type(exc).__name__}: {exc}") from None
+    return _decode(ds, affected_sop_class_uid, affected_sop_instance_uid)
+
+
+def _decode(ds: Dataset, affected_sop_class_uid: str | None, affected_sop_instance_uid: str | None) -> InstanceHeader:
+    try:
         # Touch the elements we file by: a corrupt data set raises here, not later.
         uids = {
             kw: _uid(ds, kw)

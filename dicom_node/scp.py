@@ -60,7 +60,8 @@ from sqlalchemy import Engine
 from gateway.db import make_engine
 from gateway.settings import Settings
 
-from .header import HeaderError, read_header
+from .dimse import Command
+from .header import HEAD_BYTES, HeaderError, parse_head, read_header
 from .ingest import IngestError, IngestOutcome, SeriesStudyConflictError, record_instance
 from .policy import (
     DIAG_LOCAL_LIMIT_EXCEEDED,
@@ -279,6 +280,7 @@ class _Listener:
                 acse_timeout=node.acse_timeout_s,
                 dimse_timeout=node.dimse_timeout_s,
                 network_timeout=node.network_timeout_s,
+                head_bytes=HEAD_BYTES,
             )
             with self._lock:
                 self._connections.add(association)
@@ -342,6 +344,13 @@ class _Listener:
         association.stats[what] = association.stats.get(what, 0) + 1
 
     # -- Storage service (ServiceUser) ------------------------------------------------------
+    def parse_head(self, association: AcceptorAssociation, command: Command, head: bytes) -> object:
+        return parse_head(
+            head,
+            affected_sop_class_uid=command.affected_sop_class_uid,
+            affected_sop_instance_uid=command.affected_sop_instance_uid or None,
+        )
+
     def store(self, association: AcceptorAssociation, request: StoreRequest) -> int:
         status = self._store(association, request)
         if status != STATUS_SUCCESS:
@@ -377,6 +386,7 @@ class _Listener:
                     received,
                     affected_sop_class_uid=command.affected_sop_class_uid,
                     affected_sop_instance_uid=affected_uid,
+                    early=request.early,  # type: ignore[arg-type]
                 )
             except HeaderError as exc:
                 self._quarantine(received, str(exc), calling, peer, affected_uid)

@@ -144,6 +144,8 @@ class StoreRequest:
     path: Path
     sha256: str
     size_bytes: int
+    #: what :meth:`ServiceUser.parse_head` returned, if the data set was long enough for it
+    early: object = None
 
 
 class ServiceUser(Protocol):
@@ -151,6 +153,10 @@ class ServiceUser(Protocol):
 
     def associate(self, association: "AcceptorAssociation", request: AssociationRequest) -> AssociationDecision:
         """Accept or reject an A-ASSOCIATE-RQ (called before presentation negotiation)."""
+
+    def parse_head(self, association: "AcceptorAssociation", command: Command, head: bytes) -> object:
+        """Look at the first ``head_bytes`` of a C-STORE data set's file (file meta included)
+        while the rest is still arriving; the result comes back as ``StoreRequest.early``."""
 
     def store(self, association: "AcceptorAssociation", request: StoreRequest) -> int:
         """File ``request.path`` and return the C-STORE status; the file is the callee's."""
@@ -168,11 +174,17 @@ class _Reception:
     transfer_syntax_uid: str
     path: Path
     fd: int
+    head_bytes: int = 0
     sha256: "hashlib._Hash" = field(default_factory=hashlib.sha256)
     size: int = 0
+    head: bytearray = field(default_factory=bytearray)
+    early: object = None
+    looked: bool = False
 
     def write(self, chunk: memoryview | bytes) -> None:
         self.sha256.update(chunk)
+        if len(self.head) < self.head_bytes:
+            self.head += chunk[: self.head_bytes - len(self.head)]
         view = memoryview(chunk)
         while view:
             n = os.write(self.fd, view)
@@ -253,7 +265,9 @@ class AcceptorAssociation:
 
     ``supported_contexts`` are the presentation contexts the node accepts (abstract syntax and
     transfer syntaxes in order of preference); ``maximum_pdu_size`` is the Maximum Length
-    announced in the A-ASSOCIATE-AC (0: no limit, PS3.7 D.1).
+    announced in the A-ASSOCIATE-AC (0: no limit, PS3.7 D.1). Once ``head_bytes`` of a data set's
+    file are written and more fragments are due, :meth:`ServiceUser.parse_head` looks at them, so
+    that parsing overlaps with the transfer of the rest (the pixel data).
     """
 
     def __init__(
@@ -269,6 +283,7 @@ class AcceptorAssociation:
         acse_timeout: float,
         dimse_timeout: float,
         network_timeout: float,
+        head_bytes: int = 0,
     ) -> None:
         self.sock = sock
         self.peer_address, self.peer_port = str(address[0]), int(address[1])
@@ -280,6 +295,8 @@ class AcceptorAssociation:
         self.acse_timeout = acse_timeout
         self.dimse_timeout = dimse_timeout
         self.network_timeout = network_timeout
+        #: size of the head handed to ServiceUser.parse_head (0: never)
+        self.head_bytes = head_bytes
         self.request: AssociationRequest | None = None
         #: accepted presentation context ID -> transfer syntax UID
         self.accepted: dict[int, str] = {}
@@ -537,6 +554,9 @@ class AcceptorAssociation:
                                                   ABORT_INVALID_PARAMETER)
                         if reception is not None:
                             self._stream.pass_on(fragment, reception.write)
+                            if not last and not reception.looked and len(reception.head) >= self.head_bytes > 0:
+                                reception.looked = True
+                                reception.early = self._parse_head(pending, reception)
                         else:
                             self._stream.pass_on(fragment, _discard)
                         if last:
@@ -556,7 +576,8 @@ class AcceptorAssociation:
         fd = -1
         try:
             fd, name = self._next_file()
-            reception = _Reception(command, context_id, transfer_syntax, Path(name), fd)
+            reception = _Reception(command, context_id, transfer_syntax, Path(name), fd,
+                                   head_bytes=self.head_bytes)
             meta = _file_meta(command, transfer_syntax)
             reception.write(meta)
         except OSError as exc:
@@ -565,6 +586,13 @@ class AcceptorAssociation:
                 os.close(fd)
             return None
         return reception
+
+    def _parse_head(self, command: Command, reception: _Reception) -> object:
+        try:
+            return self.user.parse_head(self, command, bytes(reception.head))
+        except Exception:  # only an optimisation: the store handler parses the file anyway
+            LOGGER.exception("parsing the head of a reception failed")
+            return None
 
     def _next_file(self) -> tuple[int, str]:
         """The file for this reception, created while the previous one was being received:
@@ -584,6 +612,7 @@ class AcceptorAssociation:
             path=reception.path,
             sha256=reception.sha256.hexdigest(),
             size_bytes=reception.size,
+            early=reception.early,
         )
         try:
             return int(self.user.store(self, request))
