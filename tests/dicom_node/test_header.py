@@ -68,3 +68,52 @@ def test_character_sets_are_decoded(tmp_path):
     h = read_header(tmp_path / "utf8.dcm")
     assert h.patient_name == "Müller^Jürgen"
     assert h.study_description == "胸部CT"
+
+
+# -- parse_head: the header from the first bytes while the rest is in transit ----------------------
+def _big_ct(tmp_path: Path, **changes) -> Path:
+    """A CT over 64 KiB (the head holds the whole header, the pixel data go on beyond it)."""
+    import numpy as np
+
+    ds = pydicom.dcmread(sample("CT_small.dcm"))
+    ds.Rows, ds.Columns = 256, 256
+    ds.PixelData = np.arange(256 * 256, dtype=np.int16).tobytes()
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    path = tmp_path / "big.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert path.stat().st_size > header.HEAD_BYTES
+    return path
+
+
+def test_parse_head_gives_what_read_header_gives_for_the_whole_file(tmp_path):
+    path = _big_ct(tmp_path)
+    early = header.parse_head(path.read_bytes()[: header.HEAD_BYTES])
+    assert isinstance(early, header.InstanceHeader)
+    assert early == read_header(path)
+    assert read_header(path, early=early) == early
+
+
+def test_parse_head_needs_the_whole_head():
+    assert header.parse_head(b"\x00" * 128 + b"DICM") is None
+
+
+def test_parse_head_finds_a_mismatch_that_read_header_raises_after_the_structure_check(tmp_path):
+    path = _big_ct(tmp_path)
+    head = path.read_bytes()[: header.HEAD_BYTES]
+    early = header.parse_head(head, affected_sop_instance_uid="1.2.3.4")
+    assert isinstance(early, header.SOPInstanceMismatchError)
+    with pytest.raises(header.SOPInstanceMismatchError):
+        read_header(path, early=early)
+    # a file cut short is refused as malformed, whatever its head said
+    truncated = tmp_path / "short.dcm"
+    truncated.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(header.UnreadableObjectError):
+        read_header(truncated, early=header.parse_head(head))
+
+
+def test_parse_head_leaves_a_header_beyond_the_head_to_read_header(tmp_path):
+    ds = pydicom.dcmread(sample("CT_small.dcm"))
+    ds.ImageComments = "x" * 70000  # (0020,4000) pushes Rows/Columns past the first 64 KiB
+    ds.save_as(tmp_path / "long.dcm")
+    assert header.parse_head((tmp_path / "long.dcm").read_bytes()[: header.HEAD_BYTES]) is None

@@ -253,3 +253,21 @@ def test_series_filed_under_another_study_is_refused_with_c003(node, settings, t
     assert "another study" in q.reason
     assert (settings.data_dir / q.path).is_file()
     assert not list((settings.data_dir / "spool").glob(f"{ds.StudyInstanceUID}/**/*.dcm"))
+
+
+def test_instances_over_64_kib_are_filed_from_the_head_parsed_in_transit(node, settings, tmp_path):
+    """Data sets larger than the head are parsed while their pixel data arrive; what is filed
+    must be what the whole file says (the refusal on this path: test_upper_layer.py)."""
+    ds = pydicom.dcmread(sample("CT_small.dcm"))
+    ds.Rows, ds.Columns = 256, 256
+    ds.PixelData = np.arange(256 * 256, dtype=np.int16).tobytes()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    good = tmp_path / "big.dcm"
+    ds.save_as(good, enforce_file_format=True)
+    assert good.stat().st_size > 64 * 1024
+    assert _raw_store(node.port, good) == 0x0000
+    with session_scope(settings.database_url) as session:
+        row = session.scalars(select(Instance).where(Instance.sop_instance_uid == ds.SOPInstanceUID)).one()
+        assert (row.rows, row.columns, row.instance_number) == (256, 256, int(ds.InstanceNumber))
+

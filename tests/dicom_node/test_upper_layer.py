@@ -367,3 +367,42 @@ def test_an_operation_other_than_store_or_echo_is_refused_with_0211(node, settin
     rsp = decode(BytesIO(body[6:]), True, True)
     assert (rsp.CommandField, rsp.Status) == (0x8030, 0x0000)
     assert _instances(settings) == 0
+
+
+def test_mismatch_found_in_the_head_of_a_large_data_set_is_refused_with_c002(node, settings):
+    """The header of a data set over 64 KiB is parsed while its pixel data are in transit;
+    a data set whose SOP Instance UID differs from the command's is still refused (0xC002,
+    PS3.4 B.2.3) and quarantined, and the next instance on the association is filed."""
+    import numpy as np
+    from gateway.models import QuarantinedInstance
+
+    ds = pydicom.dcmread(CT)
+    ds.Rows, ds.Columns = 256, 256
+    ds.PixelData = np.arange(256 * 256, dtype=np.int16).tobytes()
+    data = _dataset_bytes(ds)
+    assert len(data) > 64 * 1024
+    sock = _associated(node)
+
+    def store(command_uid: str, message_id: int) -> int:
+        sock.sendall(_pdu(0x04, _pdv(1, 0x03, _store_command(command_uid, message_id))))
+        pieces = [data[i:i + 16000] for i in range(0, len(data), 16000)]
+        for n, piece in enumerate(pieces):
+            sock.sendall(_pdu(0x04, _pdv(1, 0x02 if n == len(pieces) - 1 else 0x00, piece)))
+        pdu_type, body = _read_pdu(sock)
+        assert pdu_type == 0x04
+        rsp = decode(BytesIO(body[6:]), True, True)
+        assert rsp.MessageIDBeingRespondedTo == message_id
+        return int(rsp.Status)
+
+    assert store("1.2.3.4.5.6", 1) == 0xC002
+    assert store(ds.SOPInstanceUID, 2) == 0x0000
+    sock.sendall(_pdu(0x05, b"\x00\x00\x00\x00"))
+    assert _read_pdu(sock)[0] == 0x06
+    assert _instances(settings) == 1
+    engine = create_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            quarantined = conn.execute(select(func.count()).select_from(QuarantinedInstance)).scalar_one()
+    finally:
+        engine.dispose()
+    assert quarantined == 1
