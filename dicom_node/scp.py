@@ -26,6 +26,7 @@ Association control is :mod:`dicom_node.policy` (evaluated on each A-ASSOCIATE-R
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -180,34 +181,65 @@ class _LocalValue:
         return self._lock
 
 
+class _Loads:
+    """Connections in progress per listener process (slot 0 is the accepting process), shared
+    between the processes so that each new connection goes to the least busy one."""
+
+    def __init__(self, shared: Any | None = None) -> None:
+        self._array = shared if shared is not None else _LocalArray(1)
+
+    def take_least_busy(self) -> int:
+        """The slot of the least busy process, counted busier by one."""
+        with self._array.get_lock():
+            loads = list(self._array)
+            slot = loads.index(min(loads))
+            self._array[slot] += 1
+            return slot
+
+    def take(self, slot: int) -> None:
+        with self._array.get_lock():
+            self._array[slot] += 1
+
+    def done(self, slot: int) -> None:
+        with self._array.get_lock():
+            self._array[slot] -= 1
+
+
+class _LocalArray(list):  # type: ignore[type-arg]
+    def __init__(self, size: int) -> None:
+        super().__init__([0] * size)
+        self._lock = threading.Lock()
+
+    def get_lock(self) -> threading.Lock:
+        return self._lock
+
+
 class _Listener:
-    """One listening socket in this process: a thread accepts connections and each connection
-    runs in a thread of its own (:class:`~dicom_node.upper_layer.AcceptorAssociation`); this
-    object is their :class:`~dicom_node.upper_layer.ServiceUser`."""
+    """The node's associations in one process: each connection runs in a thread of its own
+    (:class:`~dicom_node.upper_layer.AcceptorAssociation`) and this object is their
+    :class:`~dicom_node.upper_layer.ServiceUser`. Connections come from the :class:`_Acceptor`
+    of this process, or through a Unix socket from the accepting process."""
 
     def __init__(
         self,
         settings: Settings,
         *,
-        port: int,
-        reuse_port: bool,
         counter: _AssociationCounter,
+        loads: _Loads,
+        slot: int = 0,
     ) -> None:
         self.settings = settings
-        self._bind_port = port
-        self._reuse_port = reuse_port
         self._counter = counter
+        self._loads = loads
+        self._slot = slot
         self._engine: Engine | None = None
-        self._socket: socket.socket | None = None
         self._ssl_context: ssl.SSLContext | None = None
-        self._thread: threading.Thread | None = None
         self._policy: AssociationPolicy | None = None
         self._contexts = supported_contexts()
         self._incoming = incoming_dir(settings.data_dir)
         self._connections: set[AcceptorAssociation] = set()
         self._counted: set[AcceptorAssociation] = set()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
         self._io = ThreadPoolExecutor(
             max_workers=2 * settings.node.maximum_associations, thread_name_prefix="dicom-node-fsync"
         )
@@ -219,88 +251,51 @@ class _Listener:
         self._policy = AssociationPolicy(
             self._engine, ae_title=node.ae_title, require_known_callers=node.require_known_callers
         )
-        family = socket.AF_INET6 if ":" in node.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self._reuse_port:
-                # several node processes share the port; the kernel spreads connections
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((node.host, self._bind_port))
-            sock.listen(128)
-        except OSError as exc:
-            sock.close()
-            raise NodeError(f"cannot listen on {node.host}:{self._bind_port}: {exc.strerror}") from None
-        sock.settimeout(0.2)
-        self._socket = sock
-        self._thread = threading.Thread(target=self._accept_loop, name=f"dicom-node:{self.port}", daemon=True)
-        self._thread.start()
 
-    @property
-    def port(self) -> int:
-        if self._socket is None:
-            raise NodeNotRunningError("the node is not running")
-        return int(self._socket.getsockname()[1])
-
-    def _accept_loop(self) -> None:
-        assert self._socket is not None
+    def serve_connection(self, client: socket.socket, address: tuple[str, int]) -> None:
+        """Run a new TCP connection's association in a thread of its own (the slot in
+        :class:`_Loads` was taken by the acceptor and is given back when it closes)."""
         node = self.settings.node
-        while not self._stopping.is_set():
-            try:
-                client, address = self._socket.accept()
-            except (socket.timeout, TimeoutError):
-                continue
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                LOGGER.exception("accept failed")
-                continue
-            try:
-                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-            with self._lock:
-                # connections that have not sent an A-ASSOCIATE-RQ yet do not count against
-                # node.maximum_associations; this only bounds the threads a flood can start
-                if len(self._connections) >= 4 * node.maximum_associations:
-                    client.close()
-                    LOGGER.warning("connection from %s refused: too many open connections", address[0])
-                    continue
-            client.settimeout(node.acse_timeout_s)
-            if self._ssl_context is not None:
-                # the handshake happens in the connection's thread: a slow or hostile client
-                # must not hold up accepting other connections
-                client = self._ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
-            association = AcceptorAssociation(
-                client, address, self,
-                ae_title=node.ae_title,
-                supported_contexts=self._contexts,
-                incoming=self._incoming,
-                maximum_pdu_size=node.maximum_pdu_size,
-                acse_timeout=node.acse_timeout_s,
-                dimse_timeout=node.dimse_timeout_s,
-                network_timeout=node.network_timeout_s,
-                head_bytes=HEAD_BYTES,
-            )
-            with self._lock:
-                self._connections.add(association)
-            threading.Thread(
-                target=association.run, name=f"dicom-assoc:{address[0]}:{address[1]}", daemon=True
-            ).start()
+        with self._lock:
+            # connections that have not sent an A-ASSOCIATE-RQ yet do not count against
+            # node.maximum_associations; this only bounds the threads a flood can start
+            if len(self._connections) >= 4 * node.maximum_associations:
+                client.close()
+                self._loads.done(self._slot)
+                LOGGER.warning("connection from %s refused: too many open connections", address[0])
+                return
+        client.settimeout(node.acse_timeout_s)
+        if self._ssl_context is not None:
+            # the handshake happens in the connection's thread: a slow or hostile client
+            # must not hold up accepting other connections
+            client = self._ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        association = AcceptorAssociation(
+            client, address, self,
+            ae_title=node.ae_title,
+            supported_contexts=self._contexts,
+            incoming=self._incoming,
+            maximum_pdu_size=node.maximum_pdu_size,
+            acse_timeout=node.acse_timeout_s,
+            dimse_timeout=node.dimse_timeout_s,
+            network_timeout=node.network_timeout_s,
+            head_bytes=HEAD_BYTES,
+        )
+        with self._lock:
+            self._connections.add(association)
+        threading.Thread(
+            target=association.run, name=f"dicom-assoc:{address[0]}:{address[1]}", daemon=True
+        ).start()
 
     def stop(self) -> None:
-        sock, self._socket = self._socket, None
-        if sock is None:
-            return
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        sock.close()
+        """Abort the associations in progress and wait for their flushes."""
         with self._lock:
             connections = list(self._connections)
         for association in connections:
             association.abort()
         self._io.shutdown(wait=True)
+        if self._engine is not None:
+            self._engine.dispose()
+
 
     # -- association control (ServiceUser) --------------------------------------------------
     # An association counts from its A-ASSOCIATE-RQ until its connection closes. A bare TCP
@@ -325,6 +320,7 @@ class _Listener:
             )
 
     def closed(self, association: AcceptorAssociation, how: str) -> None:
+        self._loads.done(self._slot)
         with self._lock:
             self._connections.discard(association)
             counted = association in self._counted
@@ -429,25 +425,126 @@ class _Listener:
             LOGGER.error("could not quarantine a refused object: %s", exc)
 
 
+class _Acceptor:
+    """The node's listening socket (one, in the node's main process): accepts each connection
+    and gives it to the least busy listener process: its own :class:`_Listener`, or another
+    process through a Unix socket (``SCM_RIGHTS``). Unlike several processes each listening
+    with SO_REUSEPORT, where the kernel may put three of four associations on one process,
+    this spreads associations evenly."""
+
+    def __init__(self, settings: Settings, local: _Listener, loads: _Loads, channels: list[socket.socket]) -> None:
+        self.settings = settings
+        self._local = local
+        self._loads = loads
+        self._channels = channels
+        self._socket: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        node = self.settings.node
+        family = socket.AF_INET6 if ":" in node.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((node.host, node.port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            raise NodeError(f"cannot listen on {node.host}:{node.port}: {exc.strerror}") from None
+        sock.settimeout(0.2)
+        self._socket = sock
+        self._thread = threading.Thread(target=self._accept_loop, name=f"dicom-node:{self.port}", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        if self._socket is None:
+            raise NodeNotRunningError("the node is not running")
+        return int(self._socket.getsockname()[1])
+
+    def _accept_loop(self) -> None:
+        assert self._socket is not None
+        while not self._stopping.is_set():
+            try:
+                client, address = self._socket.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                LOGGER.exception("accept failed")
+                continue
+            try:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            address = (str(address[0]), int(address[1]))
+            slot = self._loads.take_least_busy()
+            if slot and self._hand_over(slot, client, address):
+                continue
+            if slot:  # that process is gone: serve it here
+                self._loads.done(slot)
+                self._loads.take(0)
+            self._local.serve_connection(client, address)
+
+    def _hand_over(self, slot: int, client: socket.socket, address: tuple[str, int]) -> bool:
+        try:
+            socket.send_fds(self._channels[slot - 1], [json.dumps(address).encode()], [client.fileno()])
+        except OSError as exc:
+            LOGGER.error("cannot hand a connection to listener process %d: %s", slot, exc)
+            return False
+        client.close()  # the other process has its own descriptor now
+        return True
+
+    def stop(self) -> None:
+        sock, self._socket = self._socket, None
+        if sock is None:
+            return
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        sock.close()
+        for channel in self._channels:
+            channel.close()
+
 # -- the node: one or several listener processes ------------------------------------------------
 
 
-def _listener_process(settings_json: str, port: int, shared: Any, ready: Any, stop: Any, log_level: int) -> None:
-    """Entry point of an additional listener process (``spawn``: no inherited threads or locks)."""
+def _listener_process(
+    settings_json: str, channel: socket.socket, slot: int, loads: Any, shared: Any,
+    ready: Any, stop: Any, log_level: int,
+) -> None:
+    """Entry point of an additional listener process (``spawn``: no inherited threads or locks):
+    serves the connections the accepting process passes through ``channel``."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     settings = Settings.model_validate_json(settings_json)
     parent = os.getppid()
-    listener = _Listener(settings, port=port, reuse_port=True, counter=_AssociationCounter(shared))
+    listener = _Listener(settings, counter=_AssociationCounter(shared), loads=_Loads(loads), slot=slot)
     try:
         listener.start()
     except Exception as exc:
         ready.put(f"{type(exc).__name__}: {exc}")
         return
     ready.put("ok")
+    channel.settimeout(1.0)
     try:
-        while not stop.wait(1.0):
-            if os.getppid() != parent:  # the node process died: do not keep its port
+        while not stop.is_set() and os.getppid() == parent:  # a dead node must not leave us
+            try:
+                message, fds, _flags, _address = socket.recv_fds(channel, 1024, 4)
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
                 break
+            if not fds:
+                if not message:  # the accepting process closed the channel
+                    break
+                continue
+            client = socket.socket(fileno=fds[0])
+            for extra in fds[1:]:
+                os.close(extra)
+            host, port = json.loads(message)
+            listener.serve_connection(client, (str(host), int(port)))
     finally:
         listener.stop()
 
@@ -460,9 +557,10 @@ class StorageSCP:
     >>> scp.port
     >>> scp.stop()
 
-    ``processes`` > 1 runs that many listener processes on the same port (SO_REUSEPORT; the kernel
-    spreads connections between them): one Python process is bound by one CPU (GIL), so several
-    associations at once go faster with several processes. Default: ``node.processes``.
+    ``processes`` > 1 runs that many listener processes: this one accepts every connection and
+    gives each to the process with the fewest connections in progress (itself included). One
+    Python process is bound by one CPU (GIL), so several associations at once go faster with
+    several processes on a machine with the cores for them. Default: ``node.processes``.
     ``node.maximum_associations`` limits the node as a whole.
     """
 
@@ -470,12 +568,13 @@ class StorageSCP:
         self.settings = settings
         self.processes = max(1, int(processes if processes is not None else settings.node.processes))
         self._listener: _Listener | None = None
+        self._acceptor: _Acceptor | None = None
         self._children: list[Any] = []
         self._stop_event: Any = None
 
     def start(self) -> None:
         """Bind and serve in background threads (and processes); returns once listening."""
-        if self._listener is not None:
+        if self._acceptor is not None:
             raise NodeError("the node is already running")
         node = self.settings.node
         data_dir = self.settings.data_dir
@@ -483,38 +582,46 @@ class StorageSCP:
         _clean_incoming(incoming_dir(data_dir))
         server_context(node)  # validate TLS settings before anything listens
 
-        if self.processes == 1:
-            listener = _Listener(self.settings, port=node.port, reuse_port=False, counter=_AssociationCounter())
+        try:
+            if self.processes == 1:
+                loads, counter, channels = _Loads(), _AssociationCounter(), []
+            else:
+                loads, counter, channels = self._start_processes()
+            listener = _Listener(self.settings, counter=counter, loads=loads, slot=0)
             listener.start()
             self._listener = listener
-        else:
-            self._start_processes()
+            acceptor = _Acceptor(self.settings, listener, loads, channels)
+            acceptor.start()
+            self._acceptor = acceptor
+        except Exception:
+            self.stop()
+            raise
         LOGGER.info(
             "DICOM node %s listening on %s:%d (%d process%s%s)", node.ae_title, node.host, self.port,
             self.processes, "es" if self.processes > 1 else "", ", TLS" if node.tls_certificate else "",
         )
 
-    def _start_processes(self) -> None:
+    def _start_processes(self) -> tuple[_Loads, _AssociationCounter, list[socket.socket]]:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         shared = ctx.Value("i", 0)
-        counter = _AssociationCounter(shared)
-        listener = _Listener(self.settings, port=self.settings.node.port, reuse_port=True, counter=counter)
-        listener.start()
-        self._listener = listener
-        port = listener.port
+        loads = ctx.Array("i", self.processes)
         self._stop_event = ctx.Event()
         ready = ctx.Queue()
         settings_json = self.settings.model_dump_json()
         level = logging.getLogger().getEffectiveLevel()
-        for n in range(self.processes - 1):
+        channels: list[socket.socket] = []
+        for n in range(1, self.processes):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             proc = ctx.Process(
                 target=_listener_process,
-                args=(settings_json, port, shared, ready, self._stop_event, level),
-                name=f"dicom-node-{n + 1}", daemon=True,
+                args=(settings_json, theirs, n, loads, shared, ready, self._stop_event, level),
+                name=f"dicom-node-{n}", daemon=True,
             )
             proc.start()
+            theirs.close()
+            channels.append(ours)
             self._children.append(proc)
         try:
             for _ in self._children:
@@ -522,23 +629,28 @@ class StorageSCP:
                 if answer != "ok":
                     raise NodeError(f"a listener process failed to start: {answer}")
         except Exception:
-            self.stop()
+            for channel in channels:
+                channel.close()
             raise
+        return _Loads(loads), _AssociationCounter(shared), channels
 
     @property
     def port(self) -> int:
         """The bound TCP port (the ephemeral one when ``node.port`` is 0)."""
-        if self._listener is None:
+        if self._acceptor is None:
             raise NodeNotRunningError("the node is not running")
-        return self._listener.port
+        return self._acceptor.port
 
     @property
     def running(self) -> bool:
-        return self._listener is not None
+        return self._acceptor is not None
 
     def stop(self) -> None:
         """Stop listening, abort associations in progress, stop the listener processes."""
+        acceptor, self._acceptor = self._acceptor, None
         listener, self._listener = self._listener, None
+        if acceptor is not None:
+            acceptor.stop()
         if self._stop_event is not None:
             self._stop_event.set()
         for proc in self._children:
@@ -549,6 +661,7 @@ class StorageSCP:
         self._children = []
         if listener is not None:
             listener.stop()
+        if acceptor is not None:
             LOGGER.info("DICOM node %s stopped", self.settings.node.ae_title)
 
     def __enter__(self) -> "StorageSCP":

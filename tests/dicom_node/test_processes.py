@@ -83,3 +83,28 @@ def test_concurrent_associations_on_postgresql(postgres_url, tmp_path):
     assert _counts(settings) == (1, 4, 24)
     with session_scope(settings.database_url) as s:
         assert set(s.scalars(select(Instance.duplicate_count)).all()) == {1}
+
+
+@pytest.mark.slow
+def test_associations_are_spread_evenly_over_the_listener_processes(settings):
+    """The accepting process gives each connection to the process with the fewest in progress,
+    so two associations at once run in two processes (not both in one, as SO_REUSEPORT's
+    hashing may do)."""
+    import time
+
+    with StorageSCP(settings, processes=2) as node:
+        loads = node._acceptor._loads._array
+        ae = AE(ae_title="HOLDER")
+        ae.add_requested_context(Verification)
+        held = [ae.associate("127.0.0.1", node.port, ae_title=NODE_AE) for _ in range(2)]
+        try:
+            assert all(a.is_established for a in held)
+            assert list(loads) == [1, 1]
+            assert all(a.send_c_echo().Status == 0 for a in held)
+        finally:
+            for a in held:
+                a.release()
+        deadline = time.monotonic() + 10
+        while list(loads) != [0, 0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(loads) == [0, 0]
