@@ -59,6 +59,7 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import Engine
 
 from gateway.db import make_engine
+from gateway.logs import configure_logging
 from gateway.settings import Settings
 
 from .dimse import Command
@@ -517,8 +518,8 @@ def _listener_process(
 ) -> None:
     """Entry point of an additional listener process (``spawn``: no inherited threads or locks):
     serves the connections the accepting process passes through ``channel``."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     settings = Settings.model_validate_json(settings_json)
+    configure_logging(logging.getLevelName(log_level), settings.logging.format)
     parent = os.getppid()
     listener = _Listener(settings, counter=_AssociationCounter(shared), loads=_Loads(loads), slot=slot)
     try:
@@ -566,7 +567,7 @@ class StorageSCP:
 
     def __init__(self, settings: Settings, *, processes: int | None = None) -> None:
         self.settings = settings
-        self.processes = max(1, int(processes if processes is not None else settings.node.processes))
+        self.processes = _process_count(processes if processes is not None else settings.node.processes)
         self._listener: _Listener | None = None
         self._acceptor: _Acceptor | None = None
         self._children: list[Any] = []
@@ -670,6 +671,13 @@ class StorageSCP:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _process_count(configured: int) -> int:
+    """``node.processes``, where 0 means one per CPU core, at most 8."""
+    if configured > 0:
+        return int(configured)
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def _clean_incoming(incoming: Path) -> None:

@@ -75,9 +75,10 @@ class NodeSettings(_Section):
     #: Maximum PDU size we advertise; 0 means unlimited (PS3.8 D.3.3.1), the fastest setting.
     maximum_pdu_size: int = Field(0, ge=0)
     maximum_associations: int = Field(16, ge=1)
-    #: Listener processes sharing the port (SO_REUSEPORT); more than 1 helps on machines with
-    #: spare cores (one pynetdicom process is bound by one core).
-    processes: int = Field(1, ge=1)
+    #: Listener processes; the first accepts every connection and gives it to the least busy.
+    #: One Python process uses one core at most, so several serve simultaneous associations
+    #: faster. 0: one per CPU core, at most 8.
+    processes: int = Field(0, ge=0)
     acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(60.0, gt=0)

@@ -21,7 +21,8 @@ def make_settings(data_dir: Path, database_url: str | None = None, **sections: d
     overrides: dict[str, Any] = {
         "storage": {"data_dir": str(data_dir)},
         "node": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": 0, "minimum_free_disk_mb": 1,
-                 "acse_timeout_s": 10, "dimse_timeout_s": 20, "network_timeout_s": 20},
+                 "acse_timeout_s": 10, "dimse_timeout_s": 20, "network_timeout_s": 20,
+                 "processes": 1},  # test_processes.py covers several; e2e tests run the default
         "sender": {"backoff_initial_s": 1, "backoff_max_s": 8, "retries": 2},
     }
     if database_url:
