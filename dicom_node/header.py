@@ -292,7 +292,10 @@ def _scan(
     return found, pos
 
 
-def _fast_parse(head: bytes, complete: bool) -> Dataset:
+def _fast_parse(head: bytes, complete: bool) -> tuple[Dataset, int]:
+    """The data set up to group 0028 from the file's first bytes, and the offset of the first
+    element after it: the elements before it have been checked to fit (values within ``head``,
+    undefined-length sequences delimited), so the structure walk may start there."""
     if len(head) < 132 or head[128:132] != b"DICM":
         raise _Unusual
     # (0002,0000) File Meta Information Group Length, UL: where the meta ends (PS3.10 7.1)
@@ -312,7 +315,7 @@ def _fast_parse(head: bytes, complete: bool) -> Dataset:
     ds = Dataset(elements)
     ds.file_meta = meta
     ds.set_original_encoding(ts == _IMPLICIT_LE, True, None)
-    return ds
+    return ds, end
 
 
 def _parse(f, head: bytes) -> Dataset:  # type: ignore[no-untyped-def]
@@ -323,7 +326,7 @@ def _parse(f, head: bytes) -> Dataset:  # type: ignore[no-untyped-def]
     after them (private groups such as Siemens CSA, overlays, pixel data).
     """
     try:
-        return _fast_parse(head, complete=len(head) < _HEAD_BYTES)
+        return _fast_parse(head, complete=len(head) < _HEAD_BYTES)[0]
     except (_Unusual, struct.error):
         pass
     reached = False
@@ -421,8 +424,9 @@ def check_structure(path: Path) -> None:
         raise UnreadableObjectError(f"malformed data set: {type(exc).__name__}: {exc}") from None
 
 
-def _check_structure(f, head: bytes) -> None:  # type: ignore[no-untyped-def]
-    """:func:`check_structure` on an open file whose first bytes (``head``) are already read."""
+def _check_structure(f, head: bytes, resume_at: int = 0) -> None:  # type: ignore[no-untyped-def]
+    """:func:`check_structure` on an open file whose first bytes (``head``) are already read;
+    the data set's elements before ``resume_at`` are known to fit (:func:`_fast_parse`)."""
     try:
         size = f.seek(0, 2)
         if head[128:132] != b"DICM":
@@ -448,7 +452,7 @@ def _check_structure(f, head: bytes) -> None:  # type: ignore[no-untyped-def]
         if ts in _DEFLATED:
             return
         walk = _Walk(f, size, explicit=ts != _IMPLICIT_LE, little=ts != _EXPLICIT_BE, head=head)
-        end = walk.elements(meta_end, None)
+        end = walk.elements(max(meta_end, resume_at), None)
         if end != size:
             raise HeaderError(f"{size - end} bytes after the last element")
     except HeaderError as exc:
@@ -461,29 +465,40 @@ def _check_structure(f, head: bytes) -> None:  # type: ignore[no-untyped-def]
 HEAD_BYTES = _HEAD_BYTES
 
 
+@dataclass(frozen=True)
+class EarlyHeader:
+    """What :func:`parse_head` found in the first bytes of a file."""
+
+    #: the header, or the reason the object will be refused
+    outcome: "InstanceHeader | HeaderError"
+    #: offset up to which the structure has been checked (the walk resumes there)
+    checked_to: int
+
+
 def parse_head(
     head: bytes,
     *,
     affected_sop_class_uid: str | None = None,
     affected_sop_instance_uid: str | None = None,
-) -> "InstanceHeader | HeaderError | None":
+) -> EarlyHeader | None:
     """The header from the first :data:`HEAD_BYTES` of a file whose remaining bytes are still
-    arriving, so that the SCP parses it while the pixel data are in transit.
+    arriving, so that the SCP parses it, and checks the structure of what it scanned, while the
+    pixel data are in transit.
 
     Returns ``None`` when the fast Little Endian scan cannot decide from these bytes alone (the
-    full :func:`read_header` then does the work), the :class:`HeaderError` the object will be
-    refused with, or the header. Pass the result to :func:`read_header` as ``early``.
+    full :func:`read_header` then does the work). Pass the result to :func:`read_header` as
+    ``early``.
     """
     if len(head) < HEAD_BYTES:
         return None
     try:
-        ds = _fast_parse(head[:HEAD_BYTES], complete=False)
+        ds, checked_to = _fast_parse(head[:HEAD_BYTES], complete=False)
     except Exception:
         return None
     try:
-        return _decode(ds, affected_sop_class_uid, affected_sop_instance_uid)
+        return EarlyHeader(_decode(ds, affected_sop_class_uid, affected_sop_instance_uid), checked_to)
     except HeaderError as exc:
-        return exc
+        return EarlyHeader(exc, checked_to)
 
 
 def read_header(
@@ -491,7 +506,7 @@ def read_header(
     *,
     affected_sop_class_uid: str | None = None,
     affected_sop_instance_uid: str | None = None,
-    early: "InstanceHeader | HeaderError | None" = None,
+    early: EarlyHeader | None = None,
 ) -> InstanceHeader:
     """Parse the header of a received file (PS3.10 format, as written by the SCP).
 
@@ -505,12 +520,12 @@ def read_header(
         raise UnreadableObjectError(f"cannot read the received object: {exc}") from None
     with f:
         head = f.read(_HEAD_BYTES)
-        _check_structure(f, head)
-        if isinstance(early, InstanceHeader):
-            return early
-        if isinstance(early, HeaderError):
-            raise early
-        return _header(f, head, affected_sop_class_uid, affected_sop_instance_uid)
+        _check_structure(f, head, resume_at=early.checked_to if early is not None else 0)
+        if early is None:
+            return _header(f, head, affected_sop_class_uid, affected_sop_instance_uid)
+        if isinstance(early.outcome, HeaderError):
+            raise early.outcome
+        return early.outcome
 
 
 def _header(f, head: bytes, affected_sop_class_uid: str | None, affected_sop_instance_uid: str | None) -> InstanceHeader:  # type: ignore[no-untyped-def]

@@ -89,9 +89,10 @@ def _big_ct(tmp_path: Path, **changes) -> Path:
 def test_parse_head_gives_what_read_header_gives_for_the_whole_file(tmp_path):
     path = _big_ct(tmp_path)
     early = header.parse_head(path.read_bytes()[: header.HEAD_BYTES])
-    assert isinstance(early, header.InstanceHeader)
-    assert early == read_header(path)
-    assert read_header(path, early=early) == early
+    assert isinstance(early, header.EarlyHeader)
+    assert early.outcome == read_header(path)
+    assert read_header(path, early=early) == early.outcome
+    assert 0 < early.checked_to < header.HEAD_BYTES  # the walk resumes at the pixel data
 
 
 def test_parse_head_needs_the_whole_head():
@@ -102,7 +103,7 @@ def test_parse_head_finds_a_mismatch_that_read_header_raises_after_the_structure
     path = _big_ct(tmp_path)
     head = path.read_bytes()[: header.HEAD_BYTES]
     early = header.parse_head(head, affected_sop_instance_uid="1.2.3.4")
-    assert isinstance(early, header.SOPInstanceMismatchError)
+    assert isinstance(early.outcome, header.SOPInstanceMismatchError)
     with pytest.raises(header.SOPInstanceMismatchError):
         read_header(path, early=early)
     # a file cut short is refused as malformed, whatever its head said
