@@ -15,6 +15,9 @@ interleaved, and the median of the rounds is printed with the ratio node / recei
 
     .venv/bin/python bench/ingest.py --quick            # ~2 minutes on 2 cores
     .venv/bin/python bench/ingest.py --rounds 3 --rss   # the numbers in docs/benchmarks.md
+
+The node runs with its default settings (``node.processes = 0``: one listener process per CPU
+core); its peak RSS is the sum over its processes.
 """
 
 from __future__ import annotations
@@ -125,17 +128,20 @@ def _tree_pids(pid: int) -> list[int]:
     return pids
 
 
-def peak_rss_mb(pid: int) -> float:
-    """Largest VmHWM among the process and its children (MB)."""
-    best = 0.0
+def peak_rss_mb(pid: int, total: bool = False) -> float:
+    """Largest VmHWM among the process and its children (MB); with ``total`` their sum (the
+    node with several listener processes)."""
+    peaks = []
     for p in _tree_pids(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    best = max(best, int(line.split()[1]) / 1024)
+                    peaks.append(int(line.split()[1]) / 1024)
         except OSError:
             pass
-    return best
+    if not peaks:
+        return 0.0
+    return sum(peaks) if total else max(peaks)
 
 
 @dataclass
@@ -147,7 +153,8 @@ class Receiver:
     folder: Path
 
     def stop(self) -> float:
-        rss = peak_rss_mb(self.proc.pid)
+        # Orthanc and storescp --fork: the largest process; the node: all its processes together
+        rss = peak_rss_mb(self.proc.pid, total=self.name.startswith("node"))
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -175,7 +182,7 @@ settings = load_settings(environ={}, storage={"data_dir": sys.argv[1]},
     node={"ae_title": "MEDREGA", "host": "127.0.0.1", "port": int(sys.argv[2]),
           "minimum_free_disk_mb": 1024, "maximum_associations": 32})
 upgrade(settings.database_url)
-scp = StorageSCP(settings, processes=int(sys.argv[3]))
+scp = StorageSCP(settings, processes=int(sys.argv[3]) or None)
 scp.start()
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -247,7 +254,8 @@ def main() -> None:
     ap.add_argument("--receivers", default="storescp,storescp-fork,orthanc,node")
     ap.add_argument("--corpora", default="ct,xr")
     ap.add_argument("--associations", default="1,4")
-    ap.add_argument("--processes", type=int, default=1, help="node listener processes (0: one per association, at most the CPU count)")
+    ap.add_argument("--processes", type=int, default=0,
+                    help="node listener processes (default 0: the node's default, node.processes = 0, one per CPU core)")
     ap.add_argument("--rss", action="store_true", help="also: node peak RSS receiving a 2000-instance study")
     args = ap.parse_args()
     scale = 0.2 if args.quick else 1.0
@@ -260,7 +268,7 @@ def main() -> None:
         folder = corpus(args.work, name, scale)
         sizes[name] = corpus_stats(folder)
         for assoc in (int(a) for a in args.associations.split(",")):
-            processes = args.processes or min(assoc, os.cpu_count() or 1)
+            processes = args.processes
             for r in range(rounds):
                 for kind in receivers:
                     rx = start_receiver(kind, args.work, processes)
@@ -285,7 +293,7 @@ def main() -> None:
 
     if args.rss:
         folder = corpus(args.work, "rss", 1.0)
-        rx = start_receiver("node", args.work, 1)
+        rx = start_receiver("node", args.work, args.processes)
         try:
             secs = send(rx, [folder])
         finally:
