@@ -406,3 +406,43 @@ def test_mismatch_found_in_the_head_of_a_large_data_set_is_refused_with_c002(nod
     finally:
         engine.dispose()
     assert quarantined == 1
+
+
+# -- property: whatever PDUs follow a valid association, the node ends it cleanly ---------------------
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st  # noqa: E402
+
+_PDV = st.builds(
+    lambda cx, control, data: _pdv(cx, control, data),
+    st.sampled_from([1, 3, 5, 99]),  # accepted CT / Verification contexts, an unproposed one
+    st.integers(0, 3),  # command/data x last/not last
+    st.one_of(st.binary(max_size=64), st.just(_store_command("1.2.3.4"))),
+)
+_PDU = st.one_of(
+    st.builds(lambda pdvs: _pdu(0x04, b"".join(pdvs)), st.lists(_PDV, min_size=1, max_size=3)),
+    st.builds(lambda t, body: _pdu(t, body), st.integers(0, 12), st.binary(max_size=16)),
+    st.builds(lambda body, cut: _pdu(0x04, body)[:cut], st.binary(min_size=6, max_size=40), st.integers(1, 12)),
+)
+
+
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pdus=st.lists(_PDU, min_size=1, max_size=5), close_early=st.booleans())
+def test_random_pdus_after_association_never_leave_files_or_stop_the_node(node, settings, pdus, close_early):
+    sock = _associated(node)
+    try:
+        for pdu in pdus:
+            sock.sendall(pdu)
+        if not close_early:
+            sock.sendall(_pdu(0x05, b"\x00\x00\x00\x00"))  # then a release request
+            sock.settimeout(10)
+            try:
+                while sock.recv(65536):  # responses, A-RELEASE-RP or A-ABORT, until closed
+                    pass
+            except (ConnectionError, TimeoutError, socket.timeout):
+                pass
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the node aborted and closed first
+    finally:
+        sock.close()
+    assert _incoming_empty(settings), "a partial reception was left in incoming/"
+    assert _instances(settings) == 0  # nothing here is a complete, valid data set
+    _node_still_answers(node)
