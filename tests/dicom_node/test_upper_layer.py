@@ -279,31 +279,22 @@ def test_store_in_many_small_fragments_then_release(node, settings):
     assert _instances(settings) == 1
 
 
-def test_idle_association_is_aborted_after_the_network_timeout(settings_factory):
+@pytest.mark.parametrize("timeout", ["network_timeout_s", "acse_timeout_s"])
+def test_timeouts_end_idle_connections(settings_factory, timeout):
+    """network_timeout_s: an idle association is aborted (A-ABORT); acse_timeout_s: a
+    connection that never sends an A-ASSOCIATE-RQ is closed (ARTIM, PS3.8 9.1.5)."""
     from dicom_node.scp import StorageSCP
 
-    scp = StorageSCP(settings_factory(node={"network_timeout_s": 1}))
+    scp = StorageSCP(settings_factory(node={timeout: 1}))
     scp.start()
     try:
-        sock = _associated(scp)
         started = time.monotonic()
-        _expect_abort(sock)
+        if timeout == "network_timeout_s":
+            _expect_abort(_associated(scp))
+        else:
+            assert _connect(scp).recv(1) == b""
         assert 0.5 < time.monotonic() - started < 8
         _node_still_answers(scp)
-    finally:
-        scp.stop()
-
-
-def test_connection_without_a_request_is_closed_after_the_acse_timeout(settings_factory):
-    from dicom_node.scp import StorageSCP
-
-    scp = StorageSCP(settings_factory(node={"acse_timeout_s": 1}))
-    scp.start()
-    try:
-        sock = _connect(scp)
-        started = time.monotonic()
-        assert sock.recv(1) == b""
-        assert time.monotonic() - started < 8
     finally:
         scp.stop()
 
