@@ -39,19 +39,27 @@ from .test_scp import echoscu
 CT = get_testdata_file("CT_small.dcm", download=False)
 
 
-# -- command sets and file meta against pydicom's codec -------------------------------------------
-def test_command_set_decoding_matches_pydicom():
+def _command(sop_class: str, command_field: int, message_id: int, data_set: bool, **extra) -> bytes:
+    """An encoded request command set (Implicit VR Little Endian, PS3.7 6.3.1), by pydicom."""
     cs = Dataset()
     cs.CommandGroupLength = 0
-    cs.AffectedSOPClassUID = CTImageStorage
-    cs.CommandField = 0x0001
-    cs.MessageID = 513
-    cs.Priority = 2
-    cs.CommandDataSetType = 0x0000
-    cs.AffectedSOPInstanceUID = "1.2.3.45"  # odd length: NUL padded
-    cs.MoveOriginatorApplicationEntityTitle = "MOVER"
-    cs.MoveOriginatorMessageID = 9
-    command = decode_command(encode(cs, True, True))
+    cs.AffectedSOPClassUID = sop_class
+    cs.CommandField = command_field
+    cs.MessageID = message_id
+    cs.Priority = extra.pop("Priority", 0)
+    cs.CommandDataSetType = 0x0000 if data_set else 0x0101
+    for keyword, value in extra.items():
+        setattr(cs, keyword, value)
+    return encode(cs, True, True)
+
+
+# -- command sets and file meta against pydicom's codec -------------------------------------------
+def test_command_set_decoding_matches_pydicom():
+    command = decode_command(_command(
+        CTImageStorage, 0x0001, 513, True, Priority=2,
+        AffectedSOPInstanceUID="1.2.3.45",  # odd length: NUL padded
+        MoveOriginatorApplicationEntityTitle="MOVER", MoveOriginatorMessageID=9,
+    ))
     assert command == Command(
         command_field=1, message_id=513, has_data_set=True, affected_sop_class_uid=CTImageStorage,
         affected_sop_instance_uid="1.2.3.45", priority=2, move_originator_ae_title="MOVER",
@@ -159,15 +167,7 @@ def _expect_abort(sock: socket.socket) -> bytes:
 
 
 def _store_command(sop_instance: str, message_id: int = 1) -> bytes:
-    cs = Dataset()
-    cs.CommandGroupLength = 0
-    cs.AffectedSOPClassUID = CTImageStorage
-    cs.CommandField = 0x0001
-    cs.MessageID = message_id
-    cs.Priority = 0
-    cs.CommandDataSetType = 0x0000
-    cs.AffectedSOPInstanceUID = sop_instance
-    return encode(cs, True, True)
+    return _command(CTImageStorage, 0x0001, message_id, True, AffectedSOPInstanceUID=sop_instance)
 
 
 def _dataset_bytes(ds: Dataset) -> bytes:
@@ -321,30 +321,17 @@ def test_pynetdicom_scu_with_a_small_pdu_stores_and_query_contexts_are_rejected(
 def test_an_operation_other_than_store_or_echo_is_refused_with_0211(node, settings):
     """A C-FIND-RQ sent on a storage context: its identifier is read and dropped, and the
     response says unrecognized operation (PS3.7 C.4.2); the association goes on."""
-    cs = Dataset()
-    cs.CommandGroupLength = 0
-    cs.AffectedSOPClassUID = CTImageStorage
-    cs.CommandField = 0x0020
-    cs.MessageID = 5
-    cs.Priority = 0
-    cs.CommandDataSetType = 0x0000
     identifier = Dataset()
     identifier.PatientID = "*"
     sock = _associated(node)
-    sock.sendall(_pdu(0x04, _pdv(1, 0x03, encode(cs, True, True))))
+    sock.sendall(_pdu(0x04, _pdv(1, 0x03, _command(CTImageStorage, 0x0020, 5, True))))
     sock.sendall(_pdu(0x04, _pdv(1, 0x02, _dataset_bytes(identifier))))
     pdu_type, body = _read_pdu(sock)
     assert pdu_type == 0x04
     rsp = decode(BytesIO(body[6:]), True, True)
     assert (rsp.CommandField, rsp.MessageIDBeingRespondedTo, rsp.Status) == (0x8020, 5, 0x0211)
     # then a C-ECHO on the same association still works
-    echo = Dataset()
-    echo.CommandGroupLength = 0
-    echo.AffectedSOPClassUID = Verification
-    echo.CommandField = 0x0030
-    echo.MessageID = 6
-    echo.CommandDataSetType = 0x0101
-    sock.sendall(_pdu(0x04, _pdv(3, 0x03, encode(echo, True, True))))
+    sock.sendall(_pdu(0x04, _pdv(3, 0x03, _command(Verification, 0x0030, 6, False))))
     pdu_type, body = _read_pdu(sock)
     rsp = decode(BytesIO(body[6:]), True, True)
     assert (rsp.CommandField, rsp.Status) == (0x8030, 0x0000)
