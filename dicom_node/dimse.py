@@ -19,6 +19,7 @@ __all__ = [
     "NO_DATA_SET",
     "STATUS_UNRECOGNIZED_OPERATION",
     "STATUS_PROCESSING_FAILURE",
+    "STATUS_OUT_OF_RESOURCES",
     "CommandSetError",
     "Command",
     "decode_command",
@@ -36,6 +37,8 @@ NO_DATA_SET = 0x0101
 STATUS_UNRECOGNIZED_OPERATION = 0x0211
 #: PS3.7 C.4.1: general failure of the SCP
 STATUS_PROCESSING_FAILURE = 0x0110
+#: PS3.4 B.2.3: C-STORE refused, out of resources (the data set could not even be written)
+STATUS_OUT_OF_RESOURCES = 0xA700
 
 _AFFECTED_SOP_CLASS_UID = 0x00000002
 _COMMAND_FIELD = 0x00000100

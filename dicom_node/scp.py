@@ -262,7 +262,7 @@ class _Listener:
             # node.maximum_associations; this only bounds the threads a flood can start
             if len(self._connections) >= 4 * node.maximum_associations:
                 client.close()
-                self._loads.done(self._slot)
+                self.release_slot()
                 LOGGER.warning("connection from %s refused: too many open connections", address[0])
                 return
         client.settimeout(node.acse_timeout_s)
@@ -286,6 +286,10 @@ class _Listener:
         threading.Thread(
             target=association.run, name=f"dicom-assoc:{address[0]}:{address[1]}", daemon=True
         ).start()
+
+    def release_slot(self) -> None:
+        """A connection handed to this process ended before it became an association."""
+        self._loads.done(self._slot)
 
     def stop(self) -> None:
         """Abort the associations in progress and wait for their flushes."""
@@ -321,7 +325,7 @@ class _Listener:
             )
 
     def closed(self, association: AcceptorAssociation, how: str) -> None:
-        self._loads.done(self._slot)
+        self.release_slot()
         with self._lock:
             self._connections.discard(association)
             counted = association in self._counted
@@ -484,10 +488,15 @@ class _Acceptor:
             slot = self._loads.take_least_busy()
             if slot and self._hand_over(slot, client, address):
                 continue
-            if slot:  # that process is gone: serve it here
+            if slot:  # that process is gone or stuck: serve it here
                 self._loads.done(slot)
                 self._loads.take(0)
-            self._local.serve_connection(client, address)
+            try:
+                self._local.serve_connection(client, address)
+            except Exception:  # one bad connection must not stop the node accepting
+                LOGGER.exception("cannot serve a connection from %s", address[0])
+                client.close()
+                self._local.release_slot()
 
     def _hand_over(self, slot: int, client: socket.socket, address: tuple[str, int]) -> bool:
         try:
@@ -545,7 +554,12 @@ def _listener_process(
             for extra in fds[1:]:
                 os.close(extra)
             host, port = json.loads(message)
-            listener.serve_connection(client, (str(host), int(port)))
+            try:
+                listener.serve_connection(client, (str(host), int(port)))
+            except Exception:  # one bad connection must not end this process
+                LOGGER.exception("cannot serve a connection from %s", host)
+                client.close()
+                listener.release_slot()
     finally:
         listener.stop()
 
@@ -615,6 +629,7 @@ class StorageSCP:
         channels: list[socket.socket] = []
         for n in range(1, self.processes):
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            ours.settimeout(2.0)  # a stuck process must not hold up accepting: serve it here
             proc = ctx.Process(
                 target=_listener_process,
                 args=(settings_json, theirs, n, loads, shared, ready, self._stop_event, level),

@@ -54,6 +54,7 @@ from pydicom.uid import UID
 from .dimse import (
     C_ECHO_RQ,
     C_STORE_RQ,
+    STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
     STATUS_UNRECOGNIZED_OPERATION,
     Command,
@@ -561,8 +562,12 @@ class AcceptorAssociation:
                             self._stream.pass_on(fragment, _discard)
                         if last:
                             command, pending = pending, None
-                            status = self._finish(reception, command) if reception is not None \
-                                else STATUS_UNRECOGNIZED_OPERATION
+                            if reception is not None:
+                                status = self._finish(reception, command)
+                            elif command.command_field == C_STORE_RQ:  # its file could not be made
+                                status = STATUS_OUT_OF_RESOURCES
+                            else:
+                                status = STATUS_UNRECOGNIZED_OPERATION
                             reception = None
                             self._answer(command, context_id, status)
         finally:
@@ -599,7 +604,12 @@ class AcceptorAssociation:
         creating a file costs up to 0.5 ms of kernel time here, which then overlaps with
         receiving instead of delaying it."""
         spare, self._spare = self._spare, _FILES.submit(_mkstemp, self.incoming)
-        return spare.result() if spare is not None else _mkstemp(self.incoming)
+        if spare is not None:
+            try:
+                return spare.result()
+            except OSError:  # it failed earlier (disk full then?): try again now
+                pass
+        return _mkstemp(self.incoming)
 
     def _finish(self, reception: _Reception, command: Command) -> int:
         try:

@@ -415,3 +415,29 @@ def test_random_pdus_after_association_never_leave_files_or_stop_the_node(node, 
     assert _incoming_empty(settings), "a partial reception was left in incoming/"
     assert _instances(settings) == 0  # nothing here is a complete, valid data set
     _node_still_answers(node)
+
+
+def test_a_reception_file_that_cannot_be_created_is_refused_with_a700(node, settings, monkeypatch):
+    """Out of inodes or an unwritable incoming/: the data set is read and dropped, the C-STORE
+    refused as out of resources (PS3.4 B.2.3), and the association goes on."""
+    import errno
+
+    import dicom_node.upper_layer as upper_layer
+
+    def no_space(directory):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(upper_layer, "_mkstemp", no_space)
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    try:
+        assert assoc.is_established
+        ds = pydicom.dcmread(CT)
+        assert assoc.send_c_store(ds).Status == 0xA700
+        monkeypatch.undo()
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    assert _instances(settings) == 1
