@@ -42,6 +42,11 @@ def configure(settings: Settings) -> Celery:
     transport_options: dict[str, object] = {}
     if settings.queue.broker_url.startswith("redis"):
         transport_options["visibility_timeout"] = settings.queue.visibility_timeout_s
+        # kombu looks for unacknowledged messages of dead workers every 10 s but, by default,
+        # scans only on every 10th look: a killed worker's message could wait ~100 s past the
+        # visibility timeout (seen as a flaky tests/faults/test_worker_killed.py). Scan each time:
+        # one ZRANGE every 10 s per worker.
+        transport_options["unacked_restore_throttle"] = 1
         # Priorities 0-9 on Redis (issue 7: urgent studies first); lower number = sooner.
         transport_options.update({"queue_order_strategy": "priority", "priority_steps": list(range(10)),
                                   "sep": ":"})
