@@ -4,6 +4,7 @@ and deliver() to storescp +tls."""
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 from sqlalchemy import func, select
@@ -101,3 +102,26 @@ def test_incomplete_tls_settings_name_the_key(settings_factory, pki):
                                       "tls_private_key": str(pki.server_key)})
     with pytest.raises(TLSConfigurationError, match="node.tls_ca_certificates"):
         StorageSCP(settings).start()
+
+
+@pytest.mark.slow
+def test_tls_association_served_by_a_second_listener_process(settings_factory, pki, tmp_path):
+    """A connection handed to another listener process is wrapped in TLS there, with the same
+    certificates: a stalled connection keeps the first process busy, so the next ones go to
+    the second."""
+    settings = _tls_node_settings(settings_factory, pki, require_client=True)
+    files = write_series(tmp_path / "s", 2)
+    with StorageSCP(settings, processes=2) as node:
+        loads = node._acceptor._loads._array
+        with socket.create_connection(("127.0.0.1", node.port)):  # never says anything
+            deadline = time.monotonic() + 5
+            while list(loads) != [1, 0] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert list(loads) == [1, 0]
+            ok = echoscu("127.0.0.1", node.port, called_ae=NODE_AE, extra_args=_client_tls(pki))
+            assert ok.returncode == 0, ok.stdout + ok.stderr
+            storescu("127.0.0.1", node.port, files, called_ae=NODE_AE, extra_args=_client_tls(pki))
+            plain = echoscu("127.0.0.1", node.port, called_ae=NODE_AE)
+            assert plain.returncode != 0  # not TLS: refused in that process too
+    with session_scope(settings.database_url) as s:
+        assert s.scalar(select(func.count(Instance.id))) == 2
