@@ -43,9 +43,12 @@ class SchemaNotCurrentError(RuntimeError):
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # pragma: no cover - trivial
     cur = dbapi_connection.cursor()
     # WAL lets the node write while workers and the API read; busy_timeout waits for locks
-    # instead of failing; foreign keys are off by default in SQLite.
+    # instead of failing; foreign keys are off by default in SQLite. synchronous=FULL flushes
+    # the WAL at each commit: the node answers a C-STORE only after its row is committed, and
+    # with NORMAL a power cut could still lose that row (the instance's file would survive in
+    # the spool, unknown to the database). It costs the node about 8 % on small instances.
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
