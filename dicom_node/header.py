@@ -203,8 +203,9 @@ _DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_WANTED = frozenset(
-    tag_for_keyword(kw)  # type: ignore[misc]
+#: The attributes the node files by (keyword -> tag); the fast scan keeps only these.
+_KEYWORD_TAGS: dict[str, int] = {
+    kw: tag_for_keyword(kw)  # type: ignore[misc]
     for kw in (
         "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate", "AccessionNumber",
         "Modality", "StudyDescription", "SeriesDescription", "PatientName", "PatientID",
@@ -212,13 +213,8 @@ _WANTED = frozenset(
         "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "NumberOfFrames",
         "Rows", "Columns", "PixelSpacing",
     )
-)
-_KEYWORD_TAGS: dict[str, int] = {
-    kw: tag_for_keyword(kw)  # type: ignore[misc]
-    for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber",
-               "InstanceNumber", "NumberOfFrames", "Rows", "Columns", "ImagePositionPatient",
-               "ImageOrientationPatient", "PixelSpacing")
 }
+_WANTED = frozenset(_KEYWORD_TAGS.values())
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _TAG = struct.Struct("<HH")

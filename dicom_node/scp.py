@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import socket
 import ssl
@@ -152,12 +153,15 @@ def supported_contexts() -> list[PresentationContext]:
     return contexts
 
 
+_SPAWN = multiprocessing.get_context("spawn")
+
+
 class _AssociationCounter:
     """Associations in progress across all listener processes (``node.maximum_associations`` is
-    a limit for the node, not per process)."""
+    a limit for the node, not per process); ``shared`` is a ``multiprocessing`` Value."""
 
-    def __init__(self, shared: Any | None = None) -> None:
-        self._value = shared if shared is not None else _LocalValue()
+    def __init__(self, shared: Any) -> None:
+        self._value = shared
 
     def opened(self) -> int:
         with self._value.get_lock():
@@ -173,21 +177,13 @@ class _AssociationCounter:
         return int(self._value.value)
 
 
-class _LocalValue:
-    def __init__(self) -> None:
-        self.value = 0
-        self._lock = threading.Lock()
-
-    def get_lock(self) -> threading.Lock:
-        return self._lock
-
-
 class _Loads:
     """Connections in progress per listener process (slot 0 is the accepting process), shared
-    between the processes so that each new connection goes to the least busy one."""
+    between the processes so that each new connection goes to the least busy one; ``shared`` is
+    a ``multiprocessing`` Array with a slot per process."""
 
-    def __init__(self, shared: Any | None = None) -> None:
-        self._array = shared if shared is not None else _LocalArray(1)
+    def __init__(self, shared: Any) -> None:
+        self._array = shared
 
     def take_least_busy(self) -> int:
         """The slot of the least busy process, counted busier by one."""
@@ -204,15 +200,6 @@ class _Loads:
     def done(self, slot: int) -> None:
         with self._array.get_lock():
             self._array[slot] -= 1
-
-
-class _LocalArray(list):  # type: ignore[type-arg]
-    def __init__(self, size: int) -> None:
-        super().__init__([0] * size)
-        self._lock = threading.Lock()
-
-    def get_lock(self) -> threading.Lock:
-        return self._lock
 
 
 class _Listener:
@@ -272,7 +259,6 @@ class _Listener:
             client = self._ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         association = AcceptorAssociation(
             client, address, self,
-            ae_title=node.ae_title,
             supported_contexts=self._contexts,
             incoming=self._incoming,
             maximum_pdu_size=node.maximum_pdu_size,
@@ -598,10 +584,10 @@ class StorageSCP:
         server_context(node)  # validate TLS settings before anything listens
 
         try:
-            if self.processes == 1:
-                loads, counter, channels = _Loads(), _AssociationCounter(), []
-            else:
-                loads, counter, channels = self._start_processes()
+            shared = _SPAWN.Value("i", 0)
+            loads = _SPAWN.Array("i", self.processes)
+            channels = self._start_processes(shared, loads) if self.processes > 1 else []
+            counter, loads = _AssociationCounter(shared), _Loads(loads)
             listener = _Listener(self.settings, counter=counter, loads=loads, slot=0)
             listener.start()
             self._listener = listener
@@ -616,12 +602,9 @@ class StorageSCP:
             self.processes, "es" if self.processes > 1 else "", ", TLS" if node.tls_certificate else "",
         )
 
-    def _start_processes(self) -> tuple[_Loads, _AssociationCounter, list[socket.socket]]:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        shared = ctx.Value("i", 0)
-        loads = ctx.Array("i", self.processes)
+    def _start_processes(self, shared: Any, loads: Any) -> list[socket.socket]:
+        """Start the other listener processes; the channels to hand them connections."""
+        ctx = _SPAWN
         self._stop_event = ctx.Event()
         ready = ctx.Queue()
         settings_json = self.settings.model_dump_json()
@@ -629,7 +612,10 @@ class StorageSCP:
         channels: list[socket.socket] = []
         for n in range(1, self.processes):
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            ours.settimeout(2.0)  # a stuck process must not hold up accepting: serve it here
+            # a process that stops reading (its channel full) must not hold up accepting: after
+            # 2 s the connection is served here; its unfinished connections keep its load high,
+            # so it is not chosen again meanwhile
+            ours.settimeout(2.0)
             proc = ctx.Process(
                 target=_listener_process,
                 args=(settings_json, theirs, n, loads, shared, ready, self._stop_event, level),
@@ -648,7 +634,7 @@ class StorageSCP:
             for channel in channels:
                 channel.close()
             raise
-        return _Loads(loads), _AssociationCounter(shared), channels
+        return channels
 
     @property
     def port(self) -> int:

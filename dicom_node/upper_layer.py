@@ -125,10 +125,6 @@ class AssociationRequest:
     calling_ae_title: str
     called_ae_title: str
     peer_address: str
-    peer_port: int
-    maximum_length: int
-    implementation_class_uid: str
-    implementation_version_name: str
 
 
 @dataclass
@@ -277,7 +273,6 @@ class AcceptorAssociation:
         address: tuple[str, int],
         user: ServiceUser,
         *,
-        ae_title: str,
         supported_contexts: list[PresentationContext],
         incoming: Path,
         maximum_pdu_size: int,
@@ -287,9 +282,8 @@ class AcceptorAssociation:
         head_bytes: int = 0,
     ) -> None:
         self.sock = sock
-        self.peer_address, self.peer_port = str(address[0]), int(address[1])
+        self.peer_address = str(address[0])
         self.user = user
-        self.ae_title = ae_title
         self.supported_contexts = supported_contexts
         self.incoming = incoming
         self.maximum_pdu_size = maximum_pdu_size
@@ -417,12 +411,6 @@ class AcceptorAssociation:
             calling_ae_title=str(primitive.calling_ae_title or "").strip(),
             called_ae_title=str(primitive.called_ae_title or "").strip(),
             peer_address=self.peer_address,
-            peer_port=self.peer_port,
-            maximum_length=int(primitive.maximum_length_received or 0),
-            implementation_class_uid=_user_item(primitive, ImplementationClassUIDNotification,
-                                                "implementation_class_uid"),
-            implementation_version_name=_user_item(primitive, ImplementationVersionNameNotification,
-                                                   "implementation_version_name"),
         )
         self.request = request
         if pdu.protocol_version & 0x0001 == 0:  # PS3.8 9.3.2: bit 0 must be set
@@ -642,13 +630,6 @@ class AcceptorAssociation:
         response = encode_response(command, status)
         pdv = _PDV_HEADER.pack(len(response) + 2, context_id, 0x03) + response
         self._send(_pdu(P_DATA_TF_PDU, pdv))
-
-
-def _user_item(primitive: A_ASSOCIATE, kind: type, attribute: str) -> str:
-    for item in primitive.user_information:
-        if isinstance(item, kind):
-            return str(getattr(item, attribute) or "")
-    return ""
 
 
 def _discard(_chunk: memoryview) -> None:
