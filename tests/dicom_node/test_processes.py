@@ -108,3 +108,29 @@ def test_associations_are_spread_evenly_over_the_listener_processes(settings):
         while list(loads) != [0, 0] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert list(loads) == [0, 0]
+
+
+@pytest.mark.slow
+def test_connections_for_a_dead_listener_process_are_served_by_the_acceptor(settings):
+    """A listener process killed by the system: the hand-over to it fails and the accepting
+    process serves the connection itself; its load slot is given back."""
+    import os
+    import signal
+    import time
+
+    with StorageSCP(settings, processes=2) as node:
+        loads = node._acceptor._loads._array
+        child = node._children[0]
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(timeout=10)
+        with socket.create_connection(("127.0.0.1", node.port)):  # keeps the acceptor's slot busy
+            deadline = time.monotonic() + 5
+            while list(loads) != [1, 0] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert list(loads) == [1, 0]
+            proc = echoscu("127.0.0.1", node.port, called_ae=NODE_AE)  # goes to slot 1 first
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        deadline = time.monotonic() + 10
+        while list(loads) != [0, 0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(loads) == [0, 0]
