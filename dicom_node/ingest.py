@@ -26,15 +26,18 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.models import Instance, Series, Study, StudyState, utcnow
 
 from .header import InstanceHeader
 from .spool import StoredFile, durable_move, fsync_dir, instance_relpath, place
+from .statements import PreparedStatement, database_errors, dbapi_connection
 
 __all__ = [
     "IngestError",
@@ -184,7 +187,6 @@ _TOUCH_STUDY = (
     .where(_STUDIES.c.id == bindparam("study_id_"))
     .values(last_received_at=bindparam("now_"), state=bindparam("state_"))
 )
-_INSERT_INSTANCE = _INSTANCES.insert()
 
 
 def _touch_study(conn: Connection, study_id: int, now) -> None:  # type: ignore[no-untyped-def]
@@ -287,6 +289,106 @@ def _existing(conn: Connection, sop_instance_uid: str):  # type: ignore[no-untyp
     return conn.execute(_SELECT_EXISTING, {"uid": sop_instance_uid}).first()
 
 
+class _Existing(NamedTuple):
+    """An instance row already filed under the same SOP Instance UID."""
+
+    id: int
+    sha256: str
+    study_id: int
+    path: str
+
+
+_INSTANCE_KEYS = (
+    "study_id", "series_id", "sop_instance_uid", "duplicate_count", "sop_class_uid",
+    "transfer_syntax_uid", "instance_number", "rows", "columns", "number_of_frames",
+    "image_position_patient", "image_orientation_patient", "pixel_spacing", "path", "size_bytes",
+    "sha256", "calling_ae_title", "received_at",
+)
+
+
+class _CommonCase:
+    """The statements of the common case, a new instance of a series already filed, run on the
+    DBAPI connection (:mod:`dicom_node.statements`): the re-send check before the file is
+    placed, then the instance row and the study's ``last_received_at`` in one transaction."""
+
+    _by_dialect: dict[Dialect, "_CommonCase"] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        self.sqlite = dialect.name == "sqlite"
+        self.writer_lock = _SQLiteWriterLock.for_engine(engine) if self.sqlite else None
+        self.integrity_error, self.operational_error = database_errors(engine)
+        self.select_existing = PreparedStatement(_SELECT_EXISTING, dialect)
+        self.insert_instance = PreparedStatement(
+            _INSTANCES.insert().returning(_INSTANCES.c.id), dialect, keys=_INSTANCE_KEYS
+        )
+        self.touch_study = PreparedStatement(_TOUCH_STUDY, dialect)
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> "_CommonCase":
+        with cls._guard:
+            found = cls._by_dialect.get(engine.dialect)
+            if found is None:
+                found = cls._by_dialect[engine.dialect] = cls(engine)
+            return found
+
+    def existing(self, engine: Engine, sop_instance_uid: str) -> _Existing | None:
+        """The row filed under ``sop_instance_uid``, if any."""
+        try:
+            with dbapi_connection(engine) as dbapi:
+                cursor = dbapi.cursor()
+                try:
+                    row = self.select_existing.execute(cursor, {"uid": sop_instance_uid}).fetchone()
+                finally:
+                    cursor.close()
+                dbapi.rollback()  # end the read transaction the driver may have begun
+        except (self.operational_error, OperationalError) as exc:
+            raise IngestError(f"database unavailable: {_error_name(exc)}") from exc
+        return None if row is None else _Existing(*row)
+
+    def insert(self, engine: Engine, values: dict[str, object], study_id: int) -> int:
+        """Insert the instance row and touch its study in one committed transaction; its id.
+
+        Raises the driver's IntegrityError when the UID was filed meanwhile or the cached study
+        or series is gone (the caller retries on the general path)."""
+        touch = {"study_id_": study_id, "now_": values["received_at"], "state_": StudyState.RECEIVING.value}
+        try:
+            with dbapi_connection(engine) as dbapi:
+                cursor = dbapi.cursor()
+                try:
+                    if self.sqlite:
+                        with self.writer_lock.held() if self.writer_lock is not None else contextlib.nullcontext():
+                            cursor.execute("BEGIN IMMEDIATE")
+                            try:
+                                instance_id = self.insert_instance.execute(cursor, values).fetchall()[0][0]
+                                self.touch_study.execute(cursor, touch)
+                            except BaseException:
+                                cursor.execute("ROLLBACK")
+                                raise
+                            cursor.execute("COMMIT")
+                    else:
+                        try:
+                            instance_id = self.insert_instance.execute(cursor, values).fetchall()[0][0]
+                            self.touch_study.execute(cursor, touch)
+                        except BaseException:
+                            dbapi.rollback()
+                            raise
+                        dbapi.commit()
+                finally:
+                    cursor.close()
+        except self.integrity_error:
+            raise
+        except (self.operational_error, OperationalError) as exc:
+            raise IngestError(f"database unavailable: {_error_name(exc)}") from exc
+        return int(instance_id)
+
+
+def _error_name(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None)
+    return type(orig if orig is not None else exc).__name__
+
+
 def record_instance(
     engine: Engine,
     data_dir: Path,
@@ -311,17 +413,17 @@ def record_instance(
         header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
     )
     url = str(engine.url)
-    try:
-        # Fast path for re-sends, without touching the file system.
-        with engine.connect() as conn:
-            existing = _existing(conn, header.sop_instance_uid)
-        if existing is not None and existing.sha256 == sha256:
+    common = _CommonCase.for_engine(engine)
+    # Re-sends are answered without touching the file system.
+    existing = common.existing(engine, header.sop_instance_uid)
+    if existing is not None and existing.sha256 == sha256:
+        try:
             with write_transaction(engine) as conn:
                 _count_duplicate(conn, existing.id)
-            received.unlink(missing_ok=True)
-            return IngestResult(IngestOutcome.DUPLICATE, existing.id, existing.study_id, existing.path)
-    except OperationalError as exc:
-        raise IngestError(f"database unavailable: {exc.orig.__class__.__name__}") from exc
+        except OperationalError as exc:
+            raise IngestError(f"database unavailable: {exc.orig.__class__.__name__}") from exc
+        received.unlink(missing_ok=True)
+        return IngestResult(IngestOutcome.DUPLICATE, existing.id, existing.study_id, existing.path)
 
     if existing is None and data_synced is not None:
         # A new instance: no row points at ``relpath`` yet, so it may be renamed into place
@@ -343,23 +445,27 @@ def record_instance(
     cached = _SERIES_CACHE.get(url, header) if existing is None else None
     for _ in range(_ATTEMPTS):
         now = utcnow()
+        if cached is not None:
+            # the common case: a new instance of a series already filed
+            study_id, series_id = cached
+            try:
+                instance_id = common.insert(
+                    engine,
+                    dict(
+                        study_id=study_id, series_id=series_id,
+                        sop_instance_uid=header.sop_instance_uid, duplicate_count=0,
+                        **_instance_values(header, stored, calling_ae_title, now),
+                    ),
+                    study_id,
+                )
+            except common.integrity_error as exc:  # filed meanwhile, or the study/series is gone
+                last_exc = exc
+                _SERIES_CACHE.drop(url, header)
+                cached = None
+                continue
+            return IngestResult(IngestOutcome.STORED, instance_id, study_id, relpath)
         try:
             with write_transaction(engine) as conn:
-                if cached is not None:
-                    # common case: a new instance of a series already filed
-                    study_id, series_id = cached
-                    result = conn.execute(
-                        _INSERT_INSTANCE,
-                        dict(
-                            study_id=study_id, series_id=series_id,
-                            sop_instance_uid=header.sop_instance_uid, duplicate_count=0,
-                            **_instance_values(header, stored, calling_ae_title, now),
-                        ),
-                    )
-                    _touch_study(conn, study_id, now)
-                    return IngestResult(
-                        IngestOutcome.STORED, int(result.inserted_primary_key[0]), study_id, relpath
-                    )
                 existing = _existing(conn, header.sop_instance_uid)
                 if existing is not None and existing.sha256 == sha256:
                     _count_duplicate(conn, existing.id)
