@@ -262,24 +262,51 @@ def _skip_sequence(buf: bytes, pos: int, explicit: bool) -> int:
             pos = _skip_sequence(buf, pos, explicit) if length == _UNDEFINED else pos + length
 
 
+_EXPLICIT_HEADER = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length (PS3.5 7.1.2)
+_IMPLICIT_HEADER = struct.Struct("<HHI")  # group, element, 32-bit length (PS3.5 7.1.3)
+
+
 def _scan(
     buf: bytes, pos: int, explicit: bool, stop_group: int, end: int | None = None
 ) -> tuple[dict[int, RawDataElement], int]:
     """Raw elements of interest up to (not including) ``stop_group`` or offset ``end``; and where
-    the scan ended."""
+    the scan ended. The element headers are unpacked here rather than by :func:`_element`
+    (same rules): this loop runs for every element of every received header."""
     found: dict[int, RawDataElement] = {}
-    limit = len(buf) if end is None else end
+    size = len(buf)
+    limit = size if end is None else end
+    explicit_header = _EXPLICIT_HEADER.unpack_from
+    implicit_header = _IMPLICIT_HEADER.unpack_from
+    u32 = _U32.unpack_from
     while pos < limit:
-        tag, vr, length, value_at = _element(buf, pos, explicit)
-        if tag >> 16 >= stop_group:
+        if pos + 8 > size:
+            raise _Unusual
+        vr: bytes | None
+        if explicit:
+            group, elem, vr, length = explicit_header(buf, pos)
+            if group == 0xFFFE:  # item / delimiters have no VR
+                vr, length, value_at = None, u32(buf, pos + 4)[0], pos + 8
+            elif vr in _LONG_VRS:
+                if pos + 12 > size:
+                    raise _Unusual
+                length, value_at = u32(buf, pos + 8)[0], pos + 12
+            elif 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90:
+                value_at = pos + 8
+            else:
+                raise _Unusual
+        else:
+            group, elem, length = implicit_header(buf, pos)
+            vr, value_at = None, pos + 8
+        if group >= stop_group:
             return found, pos
         if length == _UNDEFINED:
             pos = _skip_sequence(buf, value_at, explicit)
             continue
         end = value_at + length
-        if end > len(buf):
+        if end > size:
             raise _Unusual
-        if tag in _WANTED or tag >> 16 == 0x0002:
+        tag = group << 16 | elem
+        if tag in _WANTED or group == 0x0002:
             found[tag] = RawDataElement(
                 BaseTag(tag), vr.decode() if vr else None, length, buf[value_at:end], value_at,
                 not explicit, True,
@@ -288,10 +315,28 @@ def _scan(
     return found, pos
 
 
-def _fast_parse(head: bytes, complete: bool) -> tuple[Dataset, int]:
-    """The data set up to group 0028 from the file's first bytes, and the offset of the first
-    element after it: the elements before it have been checked to fit (values within ``head``,
-    undefined-length sequences delimited), so the structure walk may start there."""
+@dataclass(frozen=True)
+class _Scanned:
+    """What :func:`_fast_scan` found: the raw File Meta and data set elements of interest."""
+
+    meta: dict[int, RawDataElement]
+    elements: dict[int, RawDataElement]
+    transfer_syntax_uid: str
+    #: offset of the first element after group 0028 (the structure walk may start there)
+    end: int
+
+    def dataset(self) -> Dataset:
+        """The elements as a pydicom data set (decoded by pydicom on access)."""
+        ds = Dataset(self.elements)
+        ds.file_meta = FileMetaDataset(Dataset(self.meta))
+        ds.set_original_encoding(self.transfer_syntax_uid == _IMPLICIT_LE, True, None)
+        return ds
+
+
+def _fast_scan(head: bytes, complete: bool) -> _Scanned:
+    """The elements up to group 0028 from the file's first bytes: the elements before
+    ``_Scanned.end`` have been checked to fit (values within ``head``, undefined-length sequences
+    delimited). Raises :class:`_Unusual` when pydicom's parser has to do it."""
     if len(head) < 132 or head[128:132] != b"DICM":
         raise _Unusual
     # (0002,0000) File Meta Information Group Length, UL: where the meta ends (PS3.10 7.1)
@@ -301,30 +346,24 @@ def _fast_parse(head: bytes, complete: bool) -> tuple[Dataset, int]:
     meta_raw, pos = _scan(head, 132, True, 0x0003, end=meta_end)
     if pos != meta_end:
         raise _Unusual
-    meta = FileMetaDataset(Dataset(meta_raw))
-    ts = str(meta.get("TransferSyntaxUID", "") or "").strip("\x00 ")
+    ts_element = meta_raw.get(0x00020010)
+    ts = ts_element.value.decode("latin-1").strip("\x00 ") if ts_element is not None and ts_element.value else ""
     if not ts or ts == _EXPLICIT_BE or ts in _DEFLATED:
         raise _Unusual
     elements, end = _scan(head, pos, ts != _IMPLICIT_LE, 0x0029)
     if end >= len(head) and not complete:
         raise _Unusual  # the header may go on beyond what was read
-    ds = Dataset(elements)
-    ds.file_meta = meta
-    ds.set_original_encoding(ts == _IMPLICIT_LE, True, None)
-    return ds, end
+    return _Scanned(meta_raw, elements, ts, end)
 
 
-def _parse(f, head: bytes) -> Dataset:  # type: ignore[no-untyped-def]
-    """Parse the file meta and the data set up to group 0028 (Image Pixel module) of the open
-    file ``f`` whose first bytes are ``head``.
+def _parse(f) -> Dataset:  # type: ignore[no-untyped-def]
+    """Parse, with pydicom, the file meta and the data set up to group 0028 (Image Pixel module)
+    of the open file ``f`` (what :func:`_fast_scan` leaves: big endian, deflated, a header beyond
+    the first 64 KiB, inconsistent lengths).
 
     Every attribute the node files by is in groups 0008-0028, so parsing stops before anything
     after them (private groups such as Siemens CSA, overlays, pixel data).
     """
-    try:
-        return _fast_parse(head, complete=len(head) < _HEAD_BYTES)[0]
-    except (_Unusual, struct.error):
-        pass
     reached = False
 
     def stop_when(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -422,7 +461,7 @@ def check_structure(path: Path) -> None:
 
 def _check_structure(f, head: bytes, resume_at: int = 0) -> None:  # type: ignore[no-untyped-def]
     """:func:`check_structure` on an open file whose first bytes (``head``) are already read;
-    the data set's elements before ``resume_at`` are known to fit (:func:`_fast_parse`)."""
+    the data set's elements before ``resume_at`` are known to fit (:func:`_fast_scan`)."""
     try:
         size = f.seek(0, 2)
         if head[128:132] != b"DICM":
@@ -457,6 +496,136 @@ def _check_structure(f, head: bytes, resume_at: int = 0) -> None:  # type: ignor
         raise UnreadableObjectError(f"malformed data set: {type(exc).__name__}: {exc}") from None
 
 
+# -- direct decoding of the common case ---------------------------------------------------------
+#
+# pydicom's value conversion (a DataElement per value, character set lookup, validation) is
+# about half of the header's cost. For values in ASCII without ESC, every DICOM character set
+# without code extensions decodes to the same text (PS3.5 6.1: G0 is ASCII), so such
+# values are decoded here with pydicom 3's rules for their VR (trailing padding stripped per
+# value for SH/LO, of the whole value for CS/DA/PN). Anything else (another VR than the
+# dictionary's, a byte outside ASCII, a value that would be refused) leaves the whole header to
+# pydicom, which stays the reference (tests/dicom_node/test_header.py compares the two).
+
+_TEXT_FIELDS: tuple[tuple[str, str, int, str], ...] = (
+    # field, keyword, column length, dictionary VR
+    ("patient_id", "PatientID", 64, "LO"),
+    ("patient_name", "PatientName", 324, "PN"),
+    ("accession_number", "AccessionNumber", 16, "SH"),
+    ("study_date", "StudyDate", 8, "DA"),
+    ("study_description", "StudyDescription", 64, "LO"),
+    ("modality", "Modality", 16, "CS"),
+    ("body_part_examined", "BodyPartExamined", 64, "CS"),
+    ("series_description", "SeriesDescription", 64, "LO"),
+)
+_IS_FIELDS = (("series_number", "SeriesNumber"), ("instance_number", "InstanceNumber"),
+              ("number_of_frames", "NumberOfFrames"))
+_US_FIELDS = (("rows", "Rows"), ("columns", "Columns"))
+_DS_FIELDS = (("image_position_patient", "ImagePositionPatient", 3),
+              ("image_orientation_patient", "ImageOrientationPatient", 6),
+              ("pixel_spacing", "PixelSpacing", 2))
+_UID_FIELDS = (("study_instance_uid", "StudyInstanceUID"), ("series_instance_uid", "SeriesInstanceUID"),
+               ("sop_instance_uid", "SOPInstanceUID"), ("sop_class_uid", "SOPClassUID"))
+_ESC = 0x1B
+
+
+class _NotSimple(Exception):
+    """A value pydicom has to decode."""
+
+
+def _ascii(elem: RawDataElement, vr: str) -> str:
+    """The value of ``elem`` as text, if it was sent with ``vr`` (or implicitly) and is ASCII."""
+    if elem.VR is not None and elem.VR != vr:
+        raise _NotSimple
+    raw = elem.value or b""
+    if not raw.isascii() or _ESC in raw:
+        raise _NotSimple
+    return raw.decode("ascii")
+
+
+def _simple_text(elem: RawDataElement, vr: str, length: int) -> str | None:
+    """:func:`_text` for an ASCII value: pydicom's conversion for ``vr``, then the same clean-up."""
+    text = _ascii(elem, vr)
+    if vr in ("SH", "LO"):  # convert_text: each value's trailing padding
+        text = "\\".join(value.rstrip("\x00 ") for value in text.split("\\"))
+    elif vr == "PN":  # convert_PN: the whole value's padding, then each name's empty trailing groups
+        text = "\\".join(name.rstrip("=") for name in text.rstrip(" \x00").split("\\"))
+    else:  # CS, DA (multi_string): the whole value's trailing padding
+        text = text.rstrip(" \x00")
+    text = text.strip().replace("\x00", "")
+    return text[:length] or None
+
+
+def _is_value(text: str) -> int | None:
+    """An IS value (its first if several) as a 32-bit integer, else None."""
+    first = text.split("\\")[0].strip(" \x00")
+    if not first:
+        return None
+    try:
+        number = int(float(first))
+    except (ValueError, OverflowError):
+        return None
+    return number if -(2**31) <= number < 2**31 else None
+
+
+def _ds_values(text: str, count: int) -> list[float] | None:
+    """``count`` finite DS values, else None."""
+    stripped = text.strip(" \x00")
+    if not stripped:
+        return None
+    try:
+        values = [float(v) for v in stripped.split("\\")]
+    except ValueError:
+        return None
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        return None
+    return values
+
+
+def _decode_simple(
+    scanned: _Scanned, affected_sop_class_uid: str | None, affected_sop_instance_uid: str | None
+) -> InstanceHeader | None:
+    """The header decoded directly from the raw elements (see above); ``None`` when pydicom has
+    to decode it, or when it is to be refused (pydicom's path then raises the right error)."""
+    raw = scanned.elements
+    charset = raw.get(_KEYWORD_TAGS["SpecificCharacterSet"])
+    if charset is not None and b"2022" in (charset.value or b""):
+        return None  # ISO 2022 code extensions (PS3.5 6.1.2.5): pydicom's decoding, with its quirks
+    fields: dict[str, object] = {"transfer_syntax_uid": scanned.transfer_syntax_uid[:64]}
+    try:
+        for field_name, keyword in _UID_FIELDS:
+            elem = raw.get(_KEYWORD_TAGS[keyword])
+            if elem is None:
+                return None
+            uid = _ascii(elem, "UI").rstrip("\x00 ").strip().rstrip("\x00")
+            if not valid_uid(uid):
+                return None
+            fields[field_name] = uid
+        if affected_sop_class_uid and fields["sop_class_uid"] != affected_sop_class_uid.strip():
+            return None
+        if affected_sop_instance_uid and fields["sop_instance_uid"] != affected_sop_instance_uid.strip():
+            return None
+        for field_name, keyword, length, vr in _TEXT_FIELDS:
+            elem = raw.get(_KEYWORD_TAGS[keyword])
+            fields[field_name] = None if elem is None else _simple_text(elem, vr, length)
+        for field_name, keyword in _IS_FIELDS:
+            elem = raw.get(_KEYWORD_TAGS[keyword])
+            fields[field_name] = None if elem is None else _is_value(_ascii(elem, "IS"))
+        for field_name, keyword in _US_FIELDS:
+            elem = raw.get(_KEYWORD_TAGS[keyword])
+            if elem is None or not elem.value:
+                fields[field_name] = None
+                continue
+            if elem.VR not in (None, "US") or len(elem.value) % 2:
+                return None
+            fields[field_name] = _U16.unpack_from(elem.value, 0)[0]
+        for field_name, keyword, count in _DS_FIELDS:
+            elem = raw.get(_KEYWORD_TAGS[keyword])
+            fields[field_name] = None if elem is None else _ds_values(_ascii(elem, "DS"), count)
+    except _NotSimple:
+        return None
+    return InstanceHeader(**fields)  # type: ignore[arg-type]
+
+
 #: How many first bytes of a file :func:`parse_head` needs.
 HEAD_BYTES = _HEAD_BYTES
 
@@ -488,13 +657,13 @@ def parse_head(
     if len(head) < HEAD_BYTES:
         return None
     try:
-        ds, checked_to = _fast_parse(head[:HEAD_BYTES], complete=False)
+        scanned = _fast_scan(head[:HEAD_BYTES], complete=False)
     except Exception:
         return None
     try:
-        return EarlyHeader(_decode(ds, affected_sop_class_uid, affected_sop_instance_uid), checked_to)
+        return EarlyHeader(_decode_scanned(scanned, affected_sop_class_uid, affected_sop_instance_uid), scanned.end)
     except HeaderError as exc:
-        return EarlyHeader(exc, checked_to)
+        return EarlyHeader(exc, scanned.end)
 
 
 def read_header(
@@ -524,9 +693,29 @@ def read_header(
         return early.outcome
 
 
+def _decode_scanned(
+    scanned: _Scanned, affected_sop_class_uid: str | None, affected_sop_instance_uid: str | None
+) -> InstanceHeader:
+    header = _decode_simple(scanned, affected_sop_class_uid, affected_sop_instance_uid)
+    if header is not None:
+        return header
+    return _decode(scanned.dataset(), affected_sop_class_uid, affected_sop_instance_uid)
+
+
 def _header(f, head: bytes, affected_sop_class_uid: str | None, affected_sop_instance_uid: str | None) -> InstanceHeader:  # type: ignore[no-untyped-def]
     try:
-        ds = _parse(f, head)
+        scanned = _fast_scan(head, complete=len(head) < _HEAD_BYTES)
+    except (_Unusual, struct.error):
+        pass
+    else:
+        try:
+            return _decode_scanned(scanned, affected_sop_class_uid, affected_sop_instance_uid)
+        except HeaderError:
+            raise
+        except Exception as exc:  # pydicom raises many types for corrupt input
+            raise UnreadableObjectError(f"cannot decode data set: {type(exc).__name__}: {exc}") from None
+    try:
+        ds = _parse(f)
     except InvalidDicomError as exc:
         raise UnreadableObjectError(f"not a DICOM data set: {exc}") from None
     except Exception as exc:  # pydicom raises many types for corrupt input

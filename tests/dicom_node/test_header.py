@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_node import header
 from dicom_node.header import HeaderError, read_header
@@ -25,9 +28,10 @@ def _slow(monkeypatch):
     def refuse(head: bytes, complete: bool):
         raise header._Unusual
 
-    monkeypatch.setattr(header, "_fast_parse", refuse)
-    # and every value decoded by pydicom, not by the direct UI/IS/DS decoding
+    monkeypatch.setattr(header, "_fast_scan", refuse)
+    # and every value decoded by pydicom, not by the direct decoding
     monkeypatch.setattr(header, "_raw_text", lambda ds, keyword, vrs: None)
+    monkeypatch.setattr(header, "_decode_simple", lambda scanned, sop_class, sop_instance: None)
 
 
 @pytest.mark.parametrize("name", SAMPLES)
@@ -118,3 +122,101 @@ def test_parse_head_leaves_a_header_beyond_the_head_to_read_header(tmp_path):
     ds.ImageComments = "x" * 70000  # (0020,4000) pushes Rows/Columns past the first 64 KiB
     ds.save_as(tmp_path / "long.dcm")
     assert header.parse_head((tmp_path / "long.dcm").read_bytes()[: header.HEAD_BYTES]) is None
+
+
+# -- the direct decoding of ASCII values must give what pydicom gives ---------------------------------
+_DIRECT_KEYWORDS = (
+    "PatientID", "PatientName", "AccessionNumber", "StudyDate", "StudyDescription", "Modality",
+    "BodyPartExamined", "SeriesDescription", "SeriesNumber", "InstanceNumber", "NumberOfFrames",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "StudyInstanceUID",
+    "SeriesInstanceUID",
+)
+# values are made of tokens, so that padding and delimiters meet often: spaces and NULs around
+# backslashes, trailing '=' in person names, signs and exponents in numbers; and bytes outside
+# ASCII or ESC, which leave the header to pydicom
+_ASCII_TOKENS = [" ", "\x00", "\\", "=", "^", "\t", "\x01", "A", "b", "Zz", "0", "12", ".", "-", "+", "e", "3.5"]
+_OTHER_TOKENS = _ASCII_TOKENS + ["\x1b$B", "é", "中"]
+_UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID")
+
+
+@st.composite
+def _raw_values(draw) -> dict[str, bytes]:
+    """Raw values for some of the directly decoded attributes: mostly all ASCII (the direct
+    path), sometimes with a byte that sends the header to pydicom; UIDs mostly valid."""
+    tokens = draw(st.sampled_from([_ASCII_TOKENS] * 3 + [_OTHER_TOKENS]))
+    keywords = draw(st.lists(st.sampled_from(_DIRECT_KEYWORDS), unique=True, max_size=6))
+    values = {}
+    for keyword in keywords:
+        if keyword in _UID_KEYWORDS and draw(st.integers(0, 4)):
+            text = "1.2." + ".".join(str(draw(st.integers(0, 99999))) for _ in range(draw(st.integers(1, 4))))
+            text += draw(st.sampled_from(["", "\x00", " "]))
+        else:
+            text = "".join(draw(st.lists(st.sampled_from(tokens), max_size=10)))
+        values[keyword] = text.encode("utf-8")
+    return values
+
+
+def _file_with_raw_values(path: Path, values: dict[str, bytes], implicit: bool, charset: str | None) -> None:
+    """CT_small with the given elements' values written byte for byte (pydicom would convert
+    them first): the other elements are encoded by pydicom one by one, these by hand
+    (PS3.5 7.1.2/7.1.3; all have 2-byte lengths in explicit VR), in tag order."""
+    import struct
+
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element, write_file_meta_info
+
+    ds = pydicom.dcmread(sample("CT_small.dcm"))
+    if charset is None:
+        del ds.SpecificCharacterSet
+    else:
+        ds.SpecificCharacterSet = charset
+    encoded: dict[int, bytes] = {}
+    for elem in ds:
+        if elem.keyword in values:
+            continue
+        out = DicomBytesIO()
+        out.is_little_endian, out.is_implicit_VR = True, implicit
+        write_data_element(out, elem)
+        encoded[int(elem.tag)] = out.getvalue()
+    for keyword, raw in values.items():
+        tag, vr = tag_for_keyword(keyword), dictionary_VR(tag_for_keyword(keyword))
+        if len(raw) % 2:
+            raw += b"\x00" if vr == "UI" else b" "
+        tag_bytes = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+        length = struct.pack("<I", len(raw)) if implicit else vr.encode() + struct.pack("<H", len(raw))
+        encoded[tag] = tag_bytes + length + raw
+    meta = DicomBytesIO()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    path.write_bytes(b"\x00" * 128 + b"DICM" + meta.getvalue() + b"".join(encoded[t] for t in sorted(encoded)))
+
+
+def test_direct_decoding_is_used_for_an_ascii_header():
+    scanned = header._fast_scan(sample("CT_small.dcm").read_bytes(), complete=True)
+    direct = header._decode_simple(scanned, None, None)
+    assert direct is not None
+    assert direct == header._decode(scanned.dataset(), None, None)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          report_multiple_bugs=False)
+@example(values={"PatientName": b"Doe^J==\\=A= \x00"}, implicit=False, charset=None)
+@example(values={"StudyDescription": b" A \\B\x00\\ ", "PatientID": b"12 \\ "}, implicit=False, charset=None)
+@example(values={"Modality": b" CT \\MR ", "StudyDate": b"20240101 \x00"}, implicit=True, charset="ISO_IR 100")
+@example(values={"SeriesNumber": b" +12\\x", "PixelSpacing": b"0.5\\0.5 ", "NumberOfFrames": b"1e3"},
+         implicit=False, charset=None)
+@given(
+    values=_raw_values(),
+    implicit=st.booleans(),
+    charset=st.sampled_from([None, "ISO_IR 100", "ISO_IR 192", "GB18030", "ISO 2022 IR 87", "ISO_IR 13"]),
+)
+def test_direct_decoding_agrees_with_pydicom(values, implicit, charset, tmp_path):
+    path = tmp_path / "raw.dcm"
+    _file_with_raw_values(path, values, implicit, charset)
+    direct = header._decode_simple(header._fast_scan(path.read_bytes(), complete=True), None, None)
+    event("decoded directly" if direct is not None else "left to pydicom")
+    fast = _outcome(path)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _slow(monkeypatch)
+        assert fast == _outcome(path)
