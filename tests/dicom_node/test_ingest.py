@@ -1,0 +1,93 @@
+"""record_instance: the common case (a new instance of a series already filed) runs on the
+DBAPI cursor (dicom_node.statements); its rows must be what SQLAlchemy's own path writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import delete, select
+
+from dicom_node import ingest
+from dicom_node.header import InstanceHeader
+from dicom_node.ingest import IngestOutcome, record_instance
+from gateway.db import make_engine, session_scope, upgrade
+from gateway.models import Instance, Series, Study, StudyState
+
+_COLUMNS = (
+    "sop_class_uid", "transfer_syntax_uid", "rows", "columns", "number_of_frames",
+    "image_orientation_patient", "pixel_spacing", "size_bytes", "calling_ae_title", "duplicate_count",
+)
+
+
+def _header(study: str, series: str, number: int) -> InstanceHeader:
+    return InstanceHeader(
+        study_instance_uid=study, series_instance_uid=series,
+        sop_instance_uid=pydicom.uid.generate_uid(), sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1", patient_id="P1", patient_name="Doe^J",
+        modality="CT", series_number=3, instance_number=number, rows=512, columns=512,
+        number_of_frames=None, image_position_patient=[-125.0, -125.5, 10.0 * number],
+        image_orientation_patient=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], pixel_spacing=[0.488281, 0.488281],
+    )
+
+
+def _file(url: str, data_dir: Path, header: InstanceHeader, n: int):  # type: ignore[no-untyped-def]
+    received = data_dir / "incoming" / f"rx-{n}.dcm"
+    received.parent.mkdir(parents=True, exist_ok=True)
+    received.write_bytes(b"instance %d" % n)
+    return record_instance(make_engine(url), data_dir, header, received, sha256=f"{n:064x}",
+                           size_bytes=10, calling_ae_title="MODALITY1")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request) -> str:  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    url = request.getfixturevalue("postgres_url")
+    upgrade(url)
+    return url
+
+
+def test_the_common_case_writes_what_sqlalchemy_writes(database_url, tmp_path, monkeypatch):
+    direct = []
+    real_insert = ingest._CommonCase.insert
+    monkeypatch.setattr(ingest._CommonCase, "insert",
+                        lambda self, *a, **k: direct.append(1) or real_insert(self, *a, **k))
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    first, second = _header(study, series, 1), _header(study, series, 2)
+    a = _file(database_url, tmp_path, first, 1)  # series unknown: SQLAlchemy's path
+    assert direct == []
+    b = _file(database_url, tmp_path, second, 2)  # series cached: the DBAPI statements
+    assert direct == [1]
+    assert (a.outcome, b.outcome) == (IngestOutcome.STORED, IngestOutcome.STORED)
+    with session_scope(database_url) as s:
+        rows = {r.instance_number: r for r in s.scalars(select(Instance))}
+        assert set(rows) == {1, 2}
+        for column in _COLUMNS:  # the same in both headers: the same in both rows
+            assert getattr(rows[2], column) == getattr(rows[1], column), column
+        assert rows[1].image_position_patient == first.image_position_patient
+        assert rows[2].image_position_patient == second.image_position_patient
+        assert rows[2].pixel_spacing == second.pixel_spacing
+        assert rows[2].sha256 == f"{2:064x}" and rows[2].path == b.relpath
+        assert rows[2].received_at >= rows[1].received_at
+        assert (rows[2].study_id, rows[2].series_id) == (rows[1].study_id, rows[1].series_id)
+        study_row = s.get(Study, rows[2].study_id)
+        assert study_row.state is StudyState.RECEIVING
+        assert study_row.last_received_at == rows[2].received_at
+
+
+def test_a_stale_cached_series_falls_back_to_the_general_path(database_url, tmp_path):
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    _file(database_url, tmp_path, _header(study, series, 1), 1)
+    with session_scope(database_url) as s:  # the study is deleted meanwhile (its cache entry stays)
+        s.execute(delete(Instance))
+        s.execute(delete(Series))
+        s.execute(delete(Study))
+    result = _file(database_url, tmp_path, _header(study, series, 2), 2)
+    assert result.outcome is IngestOutcome.STORED
+    with session_scope(database_url) as s:
+        (row,) = s.scalars(select(Instance)).all()
+        assert row.instance_number == 2
+        assert s.get(Study, row.study_id).study_instance_uid == study
+        assert s.get(Series, row.series_id).series_instance_uid == series
