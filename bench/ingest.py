@@ -11,7 +11,8 @@ Receivers:
 Corpora (generated once into --work, reused): ``ct`` 1000 CT-like instances of ~0.5 MB in 4
 series, ``xr`` 200 radiographs of ~8.4 MB, and with --rss a 2000-instance study for the node's
 peak RSS. Each (corpus, associations) case runs every receiver once per round, receivers
-interleaved, and the median of the rounds is printed with the ratio node / receiver.
+interleaved, and the median of the rounds is printed with the ratio node / receiver, and the CPU
+time (user + system, all the receiver's processes) it spent per instance.
 
     .venv/bin/python bench/ingest.py --quick            # ~2 minutes on 2 cores
     .venv/bin/python bench/ingest.py --rounds 3 --rss   # the numbers in docs/benchmarks.md
@@ -144,6 +145,18 @@ def peak_rss_mb(pid: int, total: bool = False) -> float:
     return sum(peaks) if total else max(peaks)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process and its live children (``/proc/<pid>/stat``)."""
+    total = 0
+    for p in _tree_pids(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Receiver:
     name: str
@@ -151,6 +164,10 @@ class Receiver:
     ae_title: str
     proc: subprocess.Popen
     folder: Path
+
+    def cpu(self) -> float:
+        """CPU seconds used so far by the receiver (all its processes)."""
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> float:
         # Orthanc and storescp --fork: the largest process; the node: all its processes together
@@ -262,7 +279,7 @@ def main() -> None:
     rounds = 1 if args.quick else args.rounds
     args.work.mkdir(parents=True, exist_ok=True)
     receivers = args.receivers.split(",")
-    results: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
+    results: dict[tuple[str, int, str], list[tuple[float, float, float]]] = {}
     sizes = {}
     for name in args.corpora.split(","):
         folder = corpus(args.work, name, scale)
@@ -273,23 +290,29 @@ def main() -> None:
                 for kind in receivers:
                     rx = start_receiver(kind, args.work, processes)
                     try:
+                        cpu_before = rx.cpu()
                         secs = send(rx, split(folder, assoc))
+                        cpu = rx.cpu() - cpu_before
                     finally:
                         rss = rx.stop()
-                    results.setdefault((name, assoc, kind), []).append((secs, rss))
                     n, size = sizes[name]
+                    results.setdefault((name, assoc, kind), []).append((secs, rss, cpu / n * 1e3))
                     print(f"  {name} x{assoc} {kind:<14} round {r + 1}: {n / secs:7.1f} inst/s "
-                          f"{size / secs / 1e6:7.1f} MB/s  peak RSS {rss:6.0f} MB", flush=True)
+                          f"{size / secs / 1e6:7.1f} MB/s  peak RSS {rss:6.0f} MB  "
+                          f"CPU {cpu / n * 1e3:5.2f} ms/inst", flush=True)
 
     print(f"\nmedian of {rounds} round(s); {os.cpu_count()} CPUs; sender storescu +sd +r, TCP_NODELAY=1")
-    print(f"{'corpus':<8}{'assoc':>6}  {'receiver':<14}{'inst/s':>9}{'MB/s':>9}{'RSS MB':>8}  node / receiver")
+    print(f"{'corpus':<8}{'assoc':>6}  {'receiver':<14}{'inst/s':>9}{'MB/s':>9}{'RSS MB':>8}"
+          f"{'CPU ms/inst':>13}  node / receiver")
     for (name, assoc, kind), runs in results.items():
         n, size = sizes[name]
-        secs = statistics.median(s for s, _ in runs)
-        rss = max(r for _, r in runs)
-        node_secs = statistics.median(s for s, _ in results.get((name, assoc, "node"), runs))
+        secs = statistics.median(s for s, _, _ in runs)
+        rss = max(r for _, r, _ in runs)
+        cpu_ms = statistics.median(c for _, _, c in runs)
+        node_secs = statistics.median(s for s, _, _ in results.get((name, assoc, "node"), runs))
         ratio = secs / node_secs
-        print(f"{name:<8}{assoc:>6}  {kind:<14}{n / secs:9.1f}{size / secs / 1e6:9.1f}{rss:8.0f}  {ratio:5.2f}x")
+        print(f"{name:<8}{assoc:>6}  {kind:<14}{n / secs:9.1f}{size / secs / 1e6:9.1f}{rss:8.0f}"
+              f"{cpu_ms:13.2f}  {ratio:5.2f}x")
 
     if args.rss:
         folder = corpus(args.work, "rss", 1.0)
