@@ -382,8 +382,6 @@ class _CommonCase:
                         dbapi.commit()
                 finally:
                     cursor.close()
-        except self.integrity_error:
-            raise
         except (self.operational_error, OperationalError) as exc:
             raise IngestError(f"database unavailable: {_error_name(exc)}") from exc
         return int(instance_id)
