@@ -7,6 +7,7 @@ here is logged (the header holds patient data).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 from dataclasses import dataclass
@@ -132,17 +133,14 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         text = _raw_text(ds, keyword, ("IS",))
         if text is not None:
-            first = text.split("\\")[0].strip(" \x00")
-            if not first:
-                return None
-            number = int(float(first))
-        else:
-            value = ds.get(keyword)
-            if value is None or value == "":
-                return None
-            if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-                value = value[0]
-            number = int(float(value))
+            with contextlib.suppress(_NotSimple):
+                return _is_value(text)
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+            value = value[0]
+        number = int(float(value))
     except Exception:
         return None
     return number if -(2**31) <= number < 2**31 else None
@@ -152,15 +150,12 @@ def _floats(ds: Dataset, keyword: str, count: int) -> list[float] | None:
     try:
         text = _raw_text(ds, keyword, ("DS",))
         if text is not None:
-            stripped = text.strip(" \x00")
-            if not stripped:
-                return None
-            values = [float(v) for v in stripped.split("\\")]
-        else:
-            value = ds.get(keyword)
-            if value is None or value == "":
-                return None
-            values = [float(v) for v in (value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value])]
+            with contextlib.suppress(_NotSimple):
+                return _ds_values(text, count)
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        values = [float(v) for v in (value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value])]
     except Exception:
         return None
     if len(values) != count or not all(math.isfinite(v) for v in values):
@@ -179,13 +174,14 @@ def _vr(ds: Dataset, keyword: str) -> str:
 
 def _uid(ds: Dataset, keyword: str) -> str:
     text = _raw_text(ds, keyword, ("UI",))
-    if text is not None:
-        value = text.rstrip("\x00 ")
-        if "\\" in value:  # pydicom would make it a list; not a UID either way
-            value = str(ds.get(keyword, "") or "")
-    else:
-        value = str(ds.get(keyword, "") or "")
-    return value.strip().rstrip("\x00")
+    if text is not None and "\\" not in text:  # with a backslash pydicom makes it a list
+        return _uid_value(text)
+    return str(ds.get(keyword, "") or "").strip().rstrip("\x00")
+
+
+def _uid_value(text: str) -> str:
+    """A UI value without its padding (trailing NUL, spaces)."""
+    return text.rstrip("\x00 ").strip().rstrip("\x00")
 
 
 # -- fast path: a raw element scan of Little Endian data sets ----------------------------------
@@ -555,30 +551,52 @@ def _simple_text(elem: RawDataElement, vr: str, length: int) -> str | None:
     return text[:length] or None
 
 
+#: The characters of IS and DS values (PS3.5 6.2), and the value delimiter.
+_NUMBER_CHARACTERS = frozenset("0123456789+-.eE \\")
+
+
+def _number_texts(text: str) -> list[str]:
+    """The values of an IS or DS element without its trailing padding; raises
+    :class:`_NotSimple` for anything outside the repertoire (pydicom decides those)."""
+    body = text.rstrip(" \x00")
+    if not _NUMBER_CHARACTERS.issuperset(body):
+        raise _NotSimple
+    return body.split("\\")
+
+
 def _is_value(text: str) -> int | None:
-    """An IS value (its first if several) as a 32-bit integer, else None."""
-    first = text.split("\\")[0].strip(" \x00")
-    if not first:
-        return None
+    """An IS value (its first if several) as a 32-bit integer, else None, as pydicom reads it:
+    a later value that overflows fails the element, unless one before it (not empty) is no number
+    (pydicom then keeps the rest as text). Raises :class:`_NotSimple`."""
+    values = _number_texts(text)
     try:
-        number = int(float(first))
+        for value in values[1:]:
+            if not value.strip():
+                continue  # an empty value
+            try:
+                int(float(value))
+            except ValueError:
+                break
+        if not values[0].strip():
+            return None
+        number = int(float(values[0]))
     except (ValueError, OverflowError):
         return None
     return number if -(2**31) <= number < 2**31 else None
 
 
 def _ds_values(text: str, count: int) -> list[float] | None:
-    """``count`` finite DS values, else None."""
-    stripped = text.strip(" \x00")
-    if not stripped:
+    """``count`` finite DS values, else None, as pydicom reads them. Raises :class:`_NotSimple`."""
+    values = _number_texts(text.strip())
+    if values == [""]:
         return None
     try:
-        values = [float(v) for v in stripped.split("\\")]
+        numbers = [float(v) for v in values]
     except ValueError:
         return None
-    if len(values) != count or not all(math.isfinite(v) for v in values):
+    if len(numbers) != count or not all(math.isfinite(v) for v in numbers):
         return None
-    return values
+    return numbers
 
 
 def _decode_simple(
@@ -596,7 +614,7 @@ def _decode_simple(
             elem = raw.get(_KEYWORD_TAGS[keyword])
             if elem is None:
                 return None
-            uid = _ascii(elem, "UI").rstrip("\x00 ").strip().rstrip("\x00")
+            uid = _uid_value(_ascii(elem, "UI"))
             if not valid_uid(uid):
                 return None
             fields[field_name] = uid

@@ -220,3 +220,37 @@ def test_direct_decoding_agrees_with_pydicom(values, implicit, charset, tmp_path
     with pytest.MonkeyPatch.context() as monkeypatch:
         _slow(monkeypatch)
         assert fast == _outcome(path)
+
+
+# every short combination of these tokens: padding, delimiters, empty values, overflow, text
+_NUMBER_TOKENS = [b"1", b"1.5", b"1e400", b" ", b"\x00", b"\\", b"\t", b".", b"x", b"-"]
+
+
+@pytest.mark.parametrize("vr, keyword, count", [("IS", "SeriesNumber", None), ("DS", "PixelSpacing", 2)])
+def test_is_and_ds_values_are_read_as_pydicom_reads_them(vr, keyword, count):
+    """The direct IS/DS decoding of ``_int``/``_floats`` (used by both header paths) against
+    pydicom's own conversion, over every combination of up to four tokens."""
+    import itertools
+
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
+
+    tag = tag_for_keyword(keyword)
+
+    def read(value: bytes, direct: bool):  # type: ignore[no-untyped-def]
+        ds = Dataset({tag: RawDataElement(BaseTag(tag), vr, len(value), value, 0, False, True)})
+        ds.set_original_encoding(False, True, None)
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            if not direct:
+                monkeypatch.setattr(header, "_raw_text", lambda ds, keyword, vrs: None)
+            return header._int(ds, keyword) if count is None else header._floats(ds, keyword, count)
+
+    differ = []
+    for size in range(1, 5):
+        for tokens in itertools.product(_NUMBER_TOKENS, repeat=size):
+            value = b"".join(tokens)
+            if read(value, direct=True) != read(value, direct=False):
+                differ.append(value)
+    assert differ == []
