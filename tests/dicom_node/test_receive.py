@@ -271,3 +271,53 @@ def test_instances_over_64_kib_are_filed_from_the_head_parsed_in_transit(node, s
         row = session.scalars(select(Instance).where(Instance.sop_instance_uid == ds.SOPInstanceUID)).one()
         assert (row.rows, row.columns, row.instance_number) == (256, 256, int(ds.InstanceNumber))
 
+
+
+@pytest.mark.postgres
+def test_database_lost_mid_association_refuses_with_a701_and_the_resend_is_filed_once(postgres_url, tmp_path):
+    """PostgreSQL goes away while an association is open (its backends terminated, no new
+    connections allowed): the C-STORE is answered 0xA701, C-ECHO still works, and once the
+    database is back the sender's re-send is filed once, on the same association."""
+    import psycopg
+
+    from dicom_node.scp import StorageSCP
+    from gateway.db import upgrade
+    from pynetdicom.sop_class import CTImageStorage, Verification
+    from tests.conftest import POSTGRES_ADMIN_URL
+    from tests.dicom_node.conftest import make_settings
+
+    upgrade(postgres_url)
+    name = postgres_url.rsplit("/", 1)[1]
+    first, second = (pydicom.dcmread(p) for p in write_series(tmp_path / "s", 2))
+
+    def database(allow: bool) -> None:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allow).lower()}')
+            if not allow:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(Verification)
+    with StorageSCP(make_settings(tmp_path / "data", postgres_url)) as node:
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_store(first).Status == 0x0000  # the series is filed (and cached)
+            database(allow=False)
+            try:
+                assert assoc.send_c_store(second).Status == 0xA701
+                assert assoc.send_c_echo().Status == 0x0000
+            finally:
+                database(allow=True)
+            assert assoc.send_c_store(second).Status == 0x0000
+            assert assoc.send_c_store(second).Status == 0x0000  # an identical re-send again
+        finally:
+            assoc.release()
+    with session_scope(postgres_url) as s:
+        rows = s.scalars(select(Instance).order_by(Instance.id)).all()
+    assert [r.sop_instance_uid for r in rows] == [first.SOPInstanceUID, second.SOPInstanceUID]
+    assert rows[1].duplicate_count == 1
+    filed = pydicom.dcmread(tmp_path / "data" / rows[1].path)
+    assert filed.SOPInstanceUID == second.SOPInstanceUID
+    assert filed.PixelData == second.PixelData
