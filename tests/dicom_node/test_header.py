@@ -199,6 +199,7 @@ def test_direct_decoding_is_used_for_an_ascii_header():
     assert direct == header._decode(scanned.dataset(), None, None)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # invalid values on purpose
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
           report_multiple_bugs=False)
 @example(values={"PatientName": b"Doe^J==\\=A= \x00"}, implicit=False, charset=None)
@@ -226,6 +227,7 @@ def test_direct_decoding_agrees_with_pydicom(values, implicit, charset, tmp_path
 _NUMBER_TOKENS = [b"1", b"1.5", b"1e400", b" ", b"\x00", b"\\", b"\t", b".", b"x", b"-"]
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # invalid values on purpose
 @pytest.mark.parametrize("vr, keyword, count", [("IS", "SeriesNumber", None), ("DS", "PixelSpacing", 2)])
 def test_is_and_ds_values_are_read_as_pydicom_reads_them(vr, keyword, count):
     """The direct IS/DS decoding of ``_int``/``_floats`` (used by both header paths) against
