@@ -152,6 +152,14 @@ class ApiSettings(_Section):
     #: Send DICOM audit messages (PS3.15 A.5, RFC 3881 XML) over syslog UDP to this host; empty: off.
     audit_syslog_host: str = ""
     audit_syslog_port: int = Field(514, ge=1, le=65535)
+    auth_failures_allowed: int = Field(
+        5, ge=0, description="Failed authentications (bad or revoked tokens) one client address may "
+        "make before it must wait; while it waits its requests get 429 and write no audit row.")
+    auth_failure_delay_s: float = Field(
+        1.0, gt=0, description="The first wait after the allowed failures; each further failure "
+        "doubles it.")
+    auth_failure_max_delay_s: float = Field(
+        300.0, gt=0, description="The longest wait after failed authentications.")
 
 
 class LoggingSettings(_Section):

@@ -23,6 +23,7 @@ from ..db import check_schema_current, make_engine
 from ..settings import Settings
 from . import routes_admin, routes_findings, ui
 from .pagination import InvalidCursorError
+from .throttle import AuthFailureLimiter
 
 __all__ = ["create_app", "audit_sender_from_settings", "API_VERSION"]
 
@@ -71,6 +72,9 @@ def create_app(settings: Settings, *, audit_sender: AuditSender | None = None) -
     app.state.settings = settings
     factory: sessionmaker[Session] = sessionmaker(make_engine(url), expire_on_commit=False)
     app.state.sessions = factory
+    app.state.auth_failures = AuthFailureLimiter(
+        settings.api.auth_failures_allowed, settings.api.auth_failure_delay_s,
+        settings.api.auth_failure_max_delay_s)
     sender = audit_sender or audit_sender_from_settings(settings)
     if sender is not None:
         install_sender(factory, sender)

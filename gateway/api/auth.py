@@ -5,7 +5,11 @@ findings, studies, deliveries and the audit log. Patient identifiers are shown t
 auditors only when ``api.auditors_see_patient_identifiers`` is set.
 
 A request presenting an unknown or revoked token is itself recorded in the audit log
-(``auth.failure``); a request without a token is refused without a record.
+(``auth.failure``, with the client address and at most :data:`MAX_AUDITED_PATH` characters of
+the path) and counted against its client address (:mod:`.throttle`): past
+``api.auth_failures_allowed`` failures the address must wait, and is refused with 429 until then.
+A request without a token is refused without a record. A caller whose role does not allow the
+request is recorded as ``auth.forbidden``, by the API and the pages alike.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .. import audit
 from ..settings import Settings
 from ..tokens import authenticate
+from .throttle import AuthFailureLimiter
 
 __all__ = [
     "Principal",
@@ -32,7 +37,13 @@ __all__ = [
     "require_reader",
     "require_admin",
     "record_auth_failure",
+    "record_forbidden",
+    "refuse_if_throttled",
+    "MAX_AUDITED_PATH",
 ]
+
+#: Characters of a request path kept in an audit row (the whole length is recorded beside it).
+MAX_AUDITED_PATH = 256
 
 READER_ROLES = ("admin", "auditor")
 
@@ -78,12 +89,54 @@ def principal_for_token(session: Session, settings: Settings, token: str | None)
     return Principal(name=row.name, role=row.role, sees_patient_identifiers=sees)
 
 
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _request_summary(request: Request, **extra: str) -> str:
+    """The audit ``query`` of a refused request: method, client address and a bounded path."""
+    path = request.url.path
+    doc: dict[str, object] = {"method": request.method, "path": path[:MAX_AUDITED_PATH],
+                              "client": _client_address(request)}
+    if len(path) > MAX_AUDITED_PATH:
+        doc["path_length"] = len(path)
+    doc.update(extra)
+    return json.dumps(doc, sort_keys=True)
+
+
+def _limiter(request: Request) -> AuthFailureLimiter:
+    return request.app.state.auth_failures
+
+
+def refuse_if_throttled(request: Request) -> None:
+    """429 with ``Retry-After`` while the client address waits after failed authentications."""
+    wait = _limiter(request).retry_after(_client_address(request))
+    if wait > 0:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"too many failed authentications from this address; retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+
+
 def record_auth_failure(session: Session, request: Request, reason: str) -> None:
-    """Audit a refused credential (committed at once: the request ends here)."""
+    """Audit a refused credential (committed at once: the request ends here) and count it
+    against the client address."""
+    _limiter(request).failed(_client_address(request))
     session.rollback()
     audit.record(
         session, actor="anonymous", role=None, action="auth.failure", outcome="denied",
-        query=json.dumps({"path": request.url.path, "reason": reason}),
+        query=_request_summary(request, reason=reason),
+    )
+    session.commit()
+
+
+def record_forbidden(session: Session, request: Request, principal: Principal) -> None:
+    """Audit a request the caller's role does not allow (``auth.forbidden``, committed at once)."""
+    session.rollback()
+    audit.record(
+        session, actor=principal.name, role=principal.role, action="auth.forbidden",
+        outcome="denied", query=_request_summary(request),
     )
     session.commit()
 
@@ -98,6 +151,7 @@ def current_principal(
             status.HTTP_401_UNAUTHORIZED, "an API token is required",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    refuse_if_throttled(request)
     principal = principal_for_token(session, get_settings(request), credentials.credentials)
     if principal is None:
         record_auth_failure(session, request, "invalid or revoked token")
@@ -121,12 +175,6 @@ def require_admin(
 ) -> Principal:
     """Only admins; a refused attempt is recorded (``auth.forbidden``) with the caller's name."""
     if not principal.is_admin:
-        session.rollback()
-        audit.record(
-            session, actor=principal.name, role=principal.role, action="auth.forbidden",
-            outcome="denied",
-            query=json.dumps({"method": request.method, "path": request.url.path}),
-        )
-        session.commit()
+        record_forbidden(session, request, principal)
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this action needs an admin token")
     return principal

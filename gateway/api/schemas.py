@@ -75,6 +75,10 @@ class ErrorOut(BaseModel):
 AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorOut, "description": "no token, or an unknown or revoked token"},
     403: {"model": ErrorOut, "description": "the token's role may not do this"},
+    429: {"model": ErrorOut,
+          "description": "too many failed authentications from this client address: wait",
+          "headers": {"Retry-After": {"description": "seconds to wait (RFC 9110 10.2.3)",
+                                      "schema": {"type": "integer"}}}},
 }
 
 

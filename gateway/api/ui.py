@@ -23,7 +23,15 @@ from sqlalchemy.orm import Session
 from .. import admin
 from ..models import DeliveryState, JobState
 from .auditing import audit_request, query_text
-from .auth import Principal, get_session, get_settings, principal_for_token, record_auth_failure
+from .auth import (
+    Principal,
+    get_session,
+    get_settings,
+    principal_for_token,
+    record_auth_failure,
+    record_forbidden,
+    refuse_if_throttled,
+)
 from .export import stream_export
 from .hooks import enqueue_delivery
 from .operations import (
@@ -66,6 +74,7 @@ def ui_principal(request: Request, session: Session = Depends(get_session)) -> P
     token = request.cookies.get(COOKIE_NAME)
     if not token:
         raise LoginRequired()
+    refuse_if_throttled(request)
     principal = principal_for_token(session, get_settings(request), token)
     if principal is None:
         record_auth_failure(session, request, "invalid or revoked token (web session)")
@@ -73,8 +82,11 @@ def ui_principal(request: Request, session: Session = Depends(get_session)) -> P
     return principal
 
 
-def ui_admin(request: Request, principal: Principal = Depends(ui_principal)) -> Principal:
+def ui_admin(request: Request, principal: Principal = Depends(ui_principal),
+             session: Session = Depends(get_session)) -> Principal:
+    """Only admins; a refused page or form is recorded (``auth.forbidden``) as the API does."""
     if not principal.is_admin:
+        record_forbidden(session, request, principal)
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this page needs an admin token")
     return principal
 
@@ -122,6 +134,7 @@ def login_form(request: Request, next: str | None = None) -> HTMLResponse:
 @router.post("/login")
 def login(request: Request, token: str = Form(max_length=256), next: str = Form("/ui/findings"),
           session: Session = Depends(get_session)) -> Response:
+    refuse_if_throttled(request)
     token = token.strip()
     principal = principal_for_token(session, get_settings(request), token)
     if principal is None:
