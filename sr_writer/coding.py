@@ -28,6 +28,9 @@ __all__ = [
     "LOCAL_SCHEME_ORGANIZATION",
     "MappedCode",
     "lookup_finding_code",
+    "resolve_finding_codes",
+    "finding_site",
+    "FINDING_SITE",
     "finding_code",
     "local_code",
     "language_code",
@@ -46,6 +49,7 @@ __all__ = [
     "MILLIMETER",
     "SQUARE_MILLIMETER",
     "SOURCE_OF_MEASUREMENT",
+    "SOURCE",
 ]
 
 #: The shipped label -> code table (next to this module).
@@ -64,9 +68,12 @@ QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluati
 FINDING = CodedConcept("121071", "DCM", "Finding")
 FINDINGS = CodedConcept("121070", "DCM", "Findings")
 COMMENT = CodedConcept("121106", "DCM", "Comment")
+FINDING_SITE = CodedConcept("363698007", "SCT", "Finding Site")
 IMAGING_MEASUREMENT_REPORT = CodedConcept("126000", "DCM", "Imaging Measurement Report")
 DIAGNOSTIC_IMAGING_REPORT = CodedConcept("18748-4", "LN", "Diagnostic Imaging Report")
 SOURCE_OF_MEASUREMENT = CodedConcept("121112", "DCM", "Source of Measurement")
+#: Concept name of the IMAGE items of the Image Library (TID 1600), as highdicom writes them.
+SOURCE = CodedConcept("260753009", "SCT", "Source")
 WIDTH = CodedConcept("103355008", "SCT", "Width")
 HEIGHT = CodedConcept("121207", "DCM", "Height")
 AREA = CodedConcept("42798000", "SCT", "Area")
@@ -97,6 +104,13 @@ class MappedCode:
     scheme: str
     meaning_en: str
     meaning_zh: str
+    #: Code value of the body structure (a row of the table) this label is located in, if one.
+    site: str | None = None
+    synonyms: tuple[str, ...] = ()
+
+    def meanings(self) -> dict[str, str]:
+        """Code Meaning per language."""
+        return {"en": self.meaning_en, "zh": self.meaning_zh}
 
     def concept(self, language: str) -> CodedConcept:
         """The code, its meaning in ``language`` (PS3.3 8.3: Code Meaning may be localized)."""
@@ -111,13 +125,26 @@ def _normalize(label: str) -> str:
 
 
 @functools.cache
-def _table() -> dict[str, MappedCode]:
+def _rows() -> tuple[MappedCode, ...]:
     source = Path(__file__).with_name(TABLE_FILE)  # shipped as package data (pyproject.toml)
     lines = [line for line in source.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    return tuple(
+        MappedCode(row["code_value"], row["scheme"], row["meaning_en"], row["meaning_zh"],
+                   row["finding_site"] or None, tuple(filter(None, (row["synonyms"] or "").split("|"))))
+        for row in csv.DictReader(lines)
+    )
+
+
+@functools.cache
+def _by_code() -> dict[tuple[str, str], MappedCode]:
+    return {(code.value, code.scheme): code for code in _rows()}
+
+
+@functools.cache
+def _table() -> dict[str, MappedCode]:
     table: dict[str, MappedCode] = {}
-    for row in csv.DictReader(lines):
-        code = MappedCode(row["code_value"], row["scheme"], row["meaning_en"], row["meaning_zh"])
-        names = [code.meaning_en, code.meaning_zh, *(row["synonyms"] or "").split("|")]
+    for code in _rows():
+        names = [code.meaning_en, code.meaning_zh, *code.synonyms]
         for name in filter(None, (_normalize(n) for n in names)):
             if name in table and table[name] != code:
                 raise RuntimeError(f"finding_codes.csv maps {name!r} to two codes")
@@ -149,6 +176,42 @@ def finding_code(label: str, given: tuple[str, str, str] | None, language: str) 
     if mapped is not None:
         return mapped.concept(language)
     return local_code(label)
+
+
+def resolve_finding_codes(labels: dict[str, str]) -> dict[str, tuple[str, str, str]]:
+    """One Finding code for one box named in several languages: ``{language: (value, scheme, meaning)}``.
+
+    The same box (one Tracking UID, PS3.16 TID 1410) must carry the same code in every SR. The
+    first label the table knows decides (English first); its Code Meaning is localized per
+    language (PS3.3 8.3). If the table knows none, the local code of the English label (else of
+    the first label) is used, with each language's own label as its meaning.
+    """
+    ordered = sorted(labels.items(), key=lambda item: (item[0] != "en", item[0]))
+    for _, label in ordered:
+        mapped = lookup_finding_code(label)
+        if mapped is not None:
+            meanings = mapped.meanings()
+            return {language: (mapped.value, mapped.scheme, meanings.get(language, mapped.meaning_en))
+                    for language in labels}
+    if not ordered:
+        return {}
+    base = local_code(ordered[0][1])
+    return {language: (base.value, base.scheme_designator, fit(label, LO)) for language, label in labels.items()}
+
+
+def finding_site(code: CodedConcept, language: str) -> CodedConcept | None:
+    """The Finding Site (SCT 363698007, TID 1419) of a Finding code from the table, if it has one.
+
+    Anatomy labels ("right lung") are their own site; a disorder with one site ("malignant
+    tumor of pancreas") gets that structure; local codes and site-less findings get none.
+    """
+    mapped = _by_code().get((code.value, code.scheme_designator))
+    if mapped is None or mapped.site is None:
+        return None
+    site = _by_code().get((mapped.site, mapped.scheme))
+    if site is None:
+        raise RuntimeError(f"{TABLE_FILE}: finding_site {mapped.site} of {mapped.value} is not a row")
+    return site.concept(language)
 
 
 def language_code(language: str) -> CodedConcept:

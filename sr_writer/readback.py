@@ -45,6 +45,9 @@ class ReadRegion:
     referenced_sop_instance_uid: str
     frame_numbers: tuple[int, ...]
     measurements: dict[str, tuple[float, str]] = field(default_factory=dict)  # name -> (value, unit)
+    #: The first Comment: the finding's name, as viewers label the box (see sr_writer.report).
+    label: str | None = None
+    #: The second Comment: the model's description of the region, if it gave one.
     description: str | None = None
     algorithm_name: str | None = None
     algorithm_version: str | None = None
@@ -84,11 +87,13 @@ def _children(item: Dataset) -> Iterable[Dataset]:
     return item.get("ContentSequence", []) or []
 
 
+def _text_children(item: Dataset, name: tuple[str, str]) -> list[str]:
+    return [str(child.TextValue) for child in _children(item) if child.ValueType == "TEXT" and _name(child) == name]
+
+
 def _text_child(item: Dataset, name: tuple[str, str]) -> str | None:
-    for child in _children(item):
-        if child.ValueType == "TEXT" and _name(child) == name:
-            return str(child.TextValue)
-    return None
+    texts = _text_children(item, name)
+    return texts[0] if texts else None
 
 
 def _region(group: Dataset, parsed) -> ReadRegion:
@@ -107,6 +112,7 @@ def _region(group: Dataset, parsed) -> ReadRegion:
     for measurement in parsed.get_measurements():
         measurements[str(measurement.name.meaning)] = (float(measurement.value), str(measurement.unit.value))
     finding: CodedConcept = parsed.finding_type
+    comments = _text_children(group, (coding.COMMENT.value, coding.COMMENT.scheme_designator))
     data = [float(v) for v in roi.GraphicData]
     return ReadRegion(
         tracking_uid=str(parsed.tracking_uid),
@@ -118,7 +124,8 @@ def _region(group: Dataset, parsed) -> ReadRegion:
         referenced_sop_instance_uid=str(source.ReferencedSOPInstanceUID),
         frame_numbers=frame_numbers,
         measurements=measurements,
-        description=_text_child(group, (coding.COMMENT.value, coding.COMMENT.scheme_designator)),
+        label=comments[0] if comments else None,
+        description=comments[1] if len(comments) > 1 else None,
         algorithm_name=_text_child(group, _ALGORITHM_NAME),
         algorithm_version=_text_child(group, _ALGORITHM_VERSION),
     )

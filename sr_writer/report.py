@@ -3,18 +3,22 @@
 Document tree (PS3.16 TID 1500), one document per language and study version::
 
     CONTAINER (126000, DCM, "Imaging Measurement Report"), meaning localized and saying
-    |         "AI-generated, unverified" (or "test model output")
+    |         "AI-generated, unverified" (or "test model output"); continuity SEPARATE
     +- HAS CONCEPT MOD  CODE  Language of Content Item and Descendants (TID 1204)
     +- HAS OBS CONTEXT  Observer Type = Device, Device Observer UID/Name/... (TID 1001/1004)
     +- HAS CONCEPT MOD  CODE  Procedure Reported (1-n)
+    +- CONTAINS CONTAINER Image Library (TID 1600): every analysed image, with its descriptors
     +- CONTAINS CONTAINER Imaging Measurements            (only when there are regions)
-    |  +- CONTAINS CONTAINER Measurement Group (TID 1410), one per box
-    |     +- HAS OBS CONTEXT TEXT Tracking Identifier, UIDREF Tracking Unique Identifier
+    |  +- CONTAINS CONTAINER Measurement Group (TID 1410), one per box, continuity SEPARATE
+    |     +- HAS OBS CONTEXT TEXT Tracking Identifier ("region N"), UIDREF Tracking Unique Identifier
     |     +- CONTAINS CODE Finding (SCT from finding_codes.csv, or 99MEDREGA local code)
     |     +- HAS CONCEPT MOD TEXT Algorithm Name/Version/Manufacturer/Parameters (TID 4019)
+    |     +- HAS CONCEPT MOD CODE Finding Site (TID 1419; anatomy from finding_codes.csv, if known)
     |     +- CONTAINS SCOORD Image Region: closed POLYLINE, 5 points, pixel coordinates
     |     |  +- SELECTED FROM IMAGE (SOP Class/Instance, frame of multi-frame images)
     |     +- CONTAINS NUM Width / Height (mm), Area (mm2)   (when Pixel Spacing is known)
+    |     |  +- INFERRED FROM SCOORD Source: the same box   (TID 300; where OHIF looks for it)
+    |     +- CONTAINS TEXT Comment: the finding's name     (the label OHIF gives the measurement)
     |     +- CONTAINS TEXT Comment: the model's description
     +- CONTAINS CONTAINER Qualitative Evaluations         (report texts, or "no findings")
        +- CONTAINS TEXT Finding: each report text exactly as the model wrote it
@@ -38,7 +42,10 @@ from highdicom.sr import (
     ContainerContentItem,
     ImageContentItem,
     ContentSequence,
+    CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
+    FindingSite,
+    ImageLibraryEntryDescriptors,
     GraphicTypeValues,
     ImageRegion,
     LanguageOfContentItemAndDescendants,
@@ -149,46 +156,114 @@ def _observation_context(content: ReportContent) -> ObservationContext:
 def _region_group(region: RegionFinding, content: ReportContent, image: Dataset) -> tuple[
     PlanarROIMeasurementsAndQualitativeEvaluations, CodedConcept
 ]:
-    """One TID 1410 Planar ROI Measurements group for one box."""
+    """One TID 1410 Planar ROI Measurements group for one box.
+
+    Beyond what TID 1410 requires, the group is laid out so that OHIF (``@cornerstonejs/adapters``
+    and ``@ohif/extension-cornerstone-dicom-sr``) shows and hydrates it; see docs/sr-content.md:
+
+    * every NUM (TID 300) is INFERRED FROM the same SCOORD as the Image Region: the adapters take
+      the first NUM of a group as the holder of the ROI and look for the SCOORD under it;
+    * Finding Site (SCT 363698007, TID 1419) names the anatomy when the table knows it: OHIF's
+      SR viewport labels a box with its NUMs and its Finding Site only;
+    * the first Comment (DCM 121106) is the finding's name: Cornerstone takes the first Comment
+      of a group as the label of the measurement it hydrates; the model's description follows
+      as a second Comment;
+    * the group's continuity is SEPARATE, so renderers list its items instead of running them
+      into one sentence (PS3.3 C.17.3.2.2).
+    """
     finding = coding.finding_code(region.label, region.code, content.language)
     frame = referenced_frame(image, region.frame_number)
     frames = [frame] if frame is not None else None
-    image_region = ImageRegion(
-        graphic_type=GraphicTypeValues.POLYLINE,
-        graphic_data=box_polyline(region.pixels),
-        source_image=SourceImageForRegion(
+
+    def source_image() -> SourceImageForRegion:
+        return SourceImageForRegion(
             referenced_sop_class_uid=region.referenced_sop_class_uid,
             referenced_sop_instance_uid=region.referenced_sop_instance_uid,
             referenced_frame_numbers=frames,
-        ),
+        )
+
+    image_region = ImageRegion(
+        graphic_type=GraphicTypeValues.POLYLINE,
+        graphic_data=box_polyline(region.pixels),
+        source_image=source_image(),
     )
     measurements = []
     sizes = box_measurements_mm(region)
     if sizes is not None:
-        width, height, area = sizes
-        measurements = [
-            Measurement(name=coding.WIDTH, value=width, unit=coding.MILLIMETER),
-            Measurement(name=coding.HEIGHT, value=height, unit=coding.MILLIMETER),
-            Measurement(name=coding.AREA, value=area, unit=coding.SQUARE_MILLIMETER),
-        ]
+        for name, value, unit in zip(
+            (coding.WIDTH, coding.HEIGHT, coding.AREA), sizes,
+            (coding.MILLIMETER, coding.MILLIMETER, coding.SQUARE_MILLIMETER),
+        ):
+            measurements.append(Measurement(name=name, value=value, unit=unit))
+    site = coding.finding_site(finding, content.language)
     group = PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=region.tracking_uid, identifier=region.tracking_identifier
         ),
         referenced_region=image_region,
         finding_type=finding,
+        finding_sites=[FindingSite(site)] if site is not None else None,
         algorithm_id=algorithm_identification(content),
         measurements=measurements or None,
     )
+    container = group[0]
+    container.ContinuityOfContent = "SEPARATE"
+    for item in container.ContentSequence:
+        if item.ValueType == "NUM":
+            # TID 1419 is extensible; highdicom's template class has no slot for this child.
+            coordinates = CoordinatesForMeasurement(
+                graphic_type=GraphicTypeValues.POLYLINE,
+                graphic_data=box_polyline(region.pixels),
+                source_image=source_image(),
+            )
+            if "ContentSequence" in item:
+                item.ContentSequence.append(coordinates)
+            else:
+                item.ContentSequence = ContentSequence([coordinates])
+    comments = [finding.meaning]
     if region.description:
-        group[0].ContentSequence.append(
+        comments.append(clean_text(region.description))
+    for text in comments:
+        container.ContentSequence.append(
             TextContentItem(
-                name=coding.COMMENT,
-                value=clean_text(region.description),
-                relationship_type=RelationshipTypeValues.CONTAINS,
+                name=coding.COMMENT, value=text, relationship_type=RelationshipTypeValues.CONTAINS
             )
         )
     return group, finding
+
+
+def image_library(evidence: Sequence[Dataset]) -> ContainerContentItem:
+    """TID 1600 Image Library: one Image Library Group per modality, an IMAGE item per instance.
+
+    Each entry carries the TID 1602 descriptors highdicom derives from the header; an image whose
+    header lacks what they need (a radiograph without Patient Orientation) is listed without them
+    (the descriptors are optional, the reference is what viewers read).
+    """
+    library = ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=RelationshipTypeValues.CONTAINS,
+                                   is_content_continuous=False)
+    groups: dict[str, list[ImageContentItem]] = {}
+    for ds in evidence:
+        item = ImageContentItem(
+            name=coding.SOURCE,
+            referenced_sop_class_uid=str(ds.SOPClassUID),
+            referenced_sop_instance_uid=str(ds.SOPInstanceUID),
+            relationship_type=RelationshipTypeValues.CONTAINS,
+        )
+        try:
+            descriptors = ImageLibraryEntryDescriptors(ds)
+        except (AttributeError, ValueError, TypeError):
+            descriptors = None
+        if descriptors:
+            item.ContentSequence = ContentSequence(list(descriptors))
+        groups.setdefault(str(ds.get("Modality", "")), []).append(item)
+    library.ContentSequence = ContentSequence()
+    for items in groups.values():
+        group = ContainerContentItem(name=codes.DCM.ImageLibraryGroup,
+                                     relationship_type=RelationshipTypeValues.CONTAINS,
+                                     is_content_continuous=False)
+        group.ContentSequence = ContentSequence(items)
+        library.ContentSequence.append(group)
+    return library
 
 
 def _texts_container(
@@ -198,7 +273,9 @@ def _texts_container(
 ) -> ContainerContentItem:
     """Qualitative Evaluations: each report text, INFERRED FROM the image it was written from."""
     container = ContainerContentItem(
-        name=coding.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS
+        name=coding.QUALITATIVE_EVALUATIONS,
+        relationship_type=RelationshipTypeValues.CONTAINS,
+        is_content_continuous=False,  # one text per paragraph, not one run-on paragraph
     )
     items = []
     for text, source in zip(texts, list(sources) or [None] * len(texts)):
@@ -228,7 +305,7 @@ def build_measurement_report(content: ReportContent) -> tuple[MeasurementReport,
         coding.IMAGING_MEASUREMENT_REPORT.scheme_designator,
         wording.document_title_meaning(content.language, content.algorithm),
     )
-    root = ContainerContentItem(name=title, template_id="1500")
+    root = ContainerContentItem(name=title, template_id="1500", is_content_continuous=False)
     root.ContentSequence = ContentSequence()
     root.ContentSequence.extend(LanguageOfContentItemAndDescendants(coding.language_code(content.language)))
     root.ContentSequence.extend(_observation_context(content))
@@ -240,11 +317,16 @@ def build_measurement_report(content: ReportContent) -> tuple[MeasurementReport,
                 relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
             )
         )
+    # TID 1600 Image Library (TID 1500 row 5): OHIF lists the SR's images from it, older
+    # builds read it without checking that it is there.
+    root.ContentSequence.append(image_library(content.evidence))
     findings: list[CodedConcept] = []
     if content.regions:
         evidence = evidence_by_sop_uid(content)
         measurements = ContainerContentItem(
-            name=codes.DCM.ImagingMeasurements, relationship_type=RelationshipTypeValues.CONTAINS
+            name=codes.DCM.ImagingMeasurements,
+            relationship_type=RelationshipTypeValues.CONTAINS,
+            is_content_continuous=False,
         )
         measurements.ContentSequence = ContentSequence()
         for region in content.regions:

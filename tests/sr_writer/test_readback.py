@@ -43,6 +43,7 @@ def test_regions_read_back_equal_what_was_written(built, modality: str, language
         assert read.referenced_sop_class_uid == region.referenced_sop_class_uid
         frame = referenced_frame(by_sop[region.referenced_sop_instance_uid], region.frame_number)
         assert read.frame_numbers == ((frame,) if frame else ())
+        assert read.label == expected.meaning  # the first Comment: what OHIF labels the box with
         assert read.description == region.description
         assert read.algorithm_name == written.algorithm.name
         sizes = box_measurements_mm(region)
