@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-__all__ = ["ModelIdentity", "GenerationRequest", "ModelBackend", "EngineBackend", "ModelLoadError"]
+__all__ = ["ModelIdentity", "GenerationRequest", "GeneratedAnswer", "ModelBackend", "EngineBackend", "ModelLoadError"]
 
 
 class ModelLoadError(RuntimeError):
@@ -49,6 +49,15 @@ class GenerationRequest:
     frame_number: int | None = None
 
 
+@dataclass(frozen=True)
+class GeneratedAnswer:
+    """One raw answer and whether generation finished."""
+
+    text: str
+    #: Generation reached max_new_tokens without ``<|im_end|>``: the answer was cut off.
+    truncated: bool = False
+
+
 class ModelBackend(abc.ABC):
     """Answers :class:`GenerationRequest` batches with the model's raw text."""
 
@@ -58,6 +67,10 @@ class ModelBackend(abc.ABC):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         """Return one raw answer per request, special tokens (``<ref>``, ``<box>``) kept."""
 
+    def generate_answers(self, requests: Sequence[GenerationRequest]) -> list[GeneratedAnswer]:
+        """:meth:`generate` with each answer's truncation (backends that can tell override it)."""
+        return [GeneratedAnswer(text) for text in self.generate(requests)]
+
 
 class EngineBackend(ModelBackend):
     """A backend that runs an InternVL engine (``medrega`` and ``tiny``): batches of requests."""
@@ -66,8 +79,15 @@ class EngineBackend(ModelBackend):
     batch_size: int
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
-        answers: list[str] = []
+        return [answer.text for answer in self.generate_answers(requests)]
+
+    def generate_answers(self, requests: Sequence[GenerationRequest]) -> list[GeneratedAnswer]:
+        """Greedy answers; one without ``<|im_end|>`` in its new ids was cut at max_new_tokens."""
+        answers: list[GeneratedAnswer] = []
         for start in range(0, len(requests), self.batch_size):
             chunk = requests[start : start + self.batch_size]
-            answers.extend(self.engine.answer([r.question for r in chunk], [r.image for r in chunk]))
+            for ids in self.engine.generate_ids([r.question for r in chunk], [r.image for r in chunk]):
+                ids = list(ids)
+                answers.append(GeneratedAnswer(self.engine.decode_answer(ids),
+                                               truncated=self.engine.eos_token_id not in ids))
         return answers

@@ -5,10 +5,12 @@
     {"answer": "<ref>right lung</ref><box>[[102, 106, 481, 910]]</box>: clear.",
      "language": "en", "sop_instance_uid": "1.2.3", "prompt_contains": "grounding"}
 
-``answer`` is required; ``language`` ("en"/"zh"), ``sop_instance_uid`` and ``prompt_contains``
-(a substring of the question sent) are optional match keys. The first line whose given keys all
-match answers; no match gives an empty answer. Blank lines and lines starting with ``#`` are
-skipped. It never claims to be MedRegA.
+``answer`` is required; ``language`` ("en"/"zh"), ``sop_instance_uid``, ``prompt_contains``
+(a substring of the question sent) and ``training_set`` (a set of MedRegA's training mixture,
+:mod:`model.training`: the question must carry that set's trained instruction) are optional
+match keys. ``truncated: true`` replays an answer that was cut at max_new_tokens. The first
+line whose given keys all match answers; no match gives an empty answer. Blank lines and lines
+starting with ``#`` are skipped. It never claims to be MedRegA.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import GenerationRequest, ModelBackend, ModelIdentity, ModelLoadError
+from ..training import TrainingSetError, training_set
+from .base import GeneratedAnswer, GenerationRequest, ModelBackend, ModelIdentity, ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
     from gateway.settings import ModelSettings
@@ -28,7 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ReplayBackend", "ReplayEntry"]
 
 REPLAY_NAME = "replay (recorded answers, not a live model)"
-_KEYS = {"answer", "language", "sop_instance_uid", "prompt_contains"}
+_KEYS = {"answer", "language", "sop_instance_uid", "prompt_contains", "training_set", "truncated"}
+_TEXT_KEYS = {"language", "sop_instance_uid", "prompt_contains", "training_set"}
 
 
 @dataclass(frozen=True)
@@ -37,12 +41,16 @@ class ReplayEntry:
     language: str | None = None
     sop_instance_uid: str | None = None
     prompt_contains: str | None = None
+    training_set: str | None = None
+    truncated: bool = False
 
     def matches(self, request: GenerationRequest) -> bool:
+        instruction = training_set(self.training_set).base_prompt if self.training_set else None
         return (
             (self.language is None or self.language == request.language)
             and (self.sop_instance_uid is None or self.sop_instance_uid == request.sop_instance_uid)
             and (self.prompt_contains is None or self.prompt_contains in request.question)
+            and (instruction is None or instruction in request.question)
         )
 
 
@@ -65,9 +73,16 @@ class ReplayBackend(ModelBackend):
             unknown = set(obj) - _KEYS
             if unknown:
                 raise ModelLoadError(f"{p}:{number}: unknown keys {sorted(unknown)} (allowed: {sorted(_KEYS)})")
-            for key in _KEYS - {"answer"}:
+            for key in _TEXT_KEYS:
                 if key in obj and not isinstance(obj[key], str):
                     raise ModelLoadError(f"{p}:{number}: {key} must be a string")
+            if not isinstance(obj.get("truncated", False), bool):
+                raise ModelLoadError(f"{p}:{number}: truncated must be true or false")
+            if "training_set" in obj:
+                try:
+                    training_set(obj["training_set"])
+                except TrainingSetError as exc:
+                    raise ModelLoadError(f"{p}:{number}: {exc.args[0]}") from None
             if obj.get("language") not in (None, "en", "zh"):
                 raise ModelLoadError(f"{p}:{number}: language must be \"en\" or \"zh\"")
             self.entries.append(ReplayEntry(**obj))
@@ -83,4 +98,11 @@ class ReplayBackend(ModelBackend):
         return cls(settings.path)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
-        return [next((e.answer for e in self.entries if e.matches(r)), "") for r in requests]
+        return [answer.text for answer in self.generate_answers(requests)]
+
+    def generate_answers(self, requests: Sequence[GenerationRequest]) -> list[GeneratedAnswer]:
+        out = []
+        for request in requests:
+            entry = next((e for e in self.entries if e.matches(request)), None)
+            out.append(GeneratedAnswer(entry.answer, entry.truncated) if entry else GeneratedAnswer(""))
+        return out
