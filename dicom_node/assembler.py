@@ -8,7 +8,9 @@ The job row is created in the same transaction that marks the study complete (th
 publishing it to the broker happens afterwards (:mod:`workers.outbox`), so a broker outage delays
 work but never loses it. Instances that arrive after a study was processed put it back to
 ``receiving``; when it is stable again a new *version* is made, whose SRs reference the previous
-ones (Predecessor Documents Sequence).
+ones (Predecessor Documents Sequence). So does an instance replaced by other content under its
+SOP Instance UID (``Study.instances_changed``, set by :mod:`dicom_node.ingest`), in the study it
+is in now and in the study it left; a study left without instances makes no job.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ def complete_study(session: Session, study: Study, force: bool = False) -> Job |
     """Mark ``study`` complete and create the job for its next version (same transaction).
 
     Returns the new job, or ``None`` when routing says the study is only stored or ignored, when
-    nothing new arrived since the last version (unless ``force``), or when an instance arrived
-    while we decided (the study is receiving again; a later pass completes it).
+    nothing arrived or changed since the last version (unless ``force``), when the study has no
+    instances (all moved to other studies), or when an instance arrived while we decided (the
+    study is receiving again; a later pass completes it).
 
     The study row is changed with one conditional UPDATE on the ``last_received_at`` we read, so
     an instance recorded by the node in the meantime is never folded into a version that was
@@ -58,10 +61,11 @@ def complete_study(session: Session, study: Study, force: bool = False) -> Job |
     decision = decide(session, study)
     instance_count = session.scalar(select(func.count(Instance.id)).where(Instance.study_id == study.id)) or 0
     last_job = session.scalar(select(Job).where(Job.study_id == study.id).order_by(Job.study_version.desc()))
-    process = decision.action == "process" and (
+    process = decision.action == "process" and instance_count > 0 and (
         force or last_job is None or last_job.instance_count != instance_count
+        or study.instances_changed
     )
-    values: dict[str, object] = {"completed_at": now}
+    values: dict[str, object] = {"completed_at": now, "instances_changed": False}
     if decision.action != "process":
         values["state"] = StudyState.STORED
     else:

@@ -5,8 +5,16 @@ spool (data and directory entry flushed) before the row that points at them is c
 row is committed before the SCP answers. A crash in between leaves at worst a spool file without a
 row (the SCU got no success and sends it again, which replaces it), never a row without its file.
 A new instance is renamed into place before its data flush completes, so that flush and the
-directory flush overlap: no row points at the path until both are done. A changed re-send of a
-filed instance is flushed first and renamed after, since a row already points at the path.
+directory flush overlap: no row points at the path until both are done.
+
+A changed re-send (same SOP Instance UID, other bytes) is a correction (PS3.4 B.4.1.3 leaves a
+re-sent UID to the SCP): under the write lock the filed bytes are first kept under ``replaced/``
+(:func:`~dicom_node.spool.keep_replaced`), the new ones flushed and renamed into place, and the
+instance row, the study's patient and study attributes, an
+:class:`~gateway.models.InstanceReplacement` row and ``Study.instances_changed`` (so the study
+makes a new version, whose SRs reference the previous ones) are written in one transaction. When
+the new content names another study the old spool file is removed after the commit, and the old
+study is marked changed and receiving too, so both make a new version.
 
 Writers are serialised per database: on SQLite the node's writers queue on a thread lock plus an
 ``flock`` (not SQLite's sleeping busy handler) and take the write lock at ``BEGIN IMMEDIATE`` (a
@@ -21,6 +29,7 @@ than SQLite itself. Every other case goes through SQLAlchemy Core.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import enum
 import fcntl
 import os
@@ -38,10 +47,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from gateway.models import Instance, Series, Study, StudyState, utcnow
+from gateway.models import Instance, InstanceReplacement, Series, Study, StudyState, utcnow
 
 from .header import InstanceHeader
-from .spool import StoredFile, durable_move, fsync_dir, instance_relpath, place
+from .spool import StoredFile, durable_move, fsync_dir, instance_relpath, keep_replaced, place
 from .statements import PreparedStatement, database_errors, dbapi_connection
 
 __all__ = [
@@ -58,6 +67,7 @@ LOGGER = logging.getLogger(__name__)
 _STUDIES = Study.__table__
 _SERIES = Series.__table__
 _INSTANCES = Instance.__table__
+_REPLACEMENTS = InstanceReplacement.__table__
 _ATTEMPTS = 4
 
 
@@ -286,12 +296,16 @@ class _SeriesCache:
 
 _SERIES_CACHE = _SeriesCache()
 _SELECT_EXISTING = select(
-    _INSTANCES.c.id, _INSTANCES.c.sha256, _INSTANCES.c.study_id, _INSTANCES.c.path
+    _INSTANCES.c.id, _INSTANCES.c.sha256, _INSTANCES.c.study_id, _INSTANCES.c.path,
+    _INSTANCES.c.size_bytes,
 ).where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
 
 
-def _existing(conn: Connection, sop_instance_uid: str):  # type: ignore[no-untyped-def]
-    return conn.execute(_SELECT_EXISTING, {"uid": sop_instance_uid}).first()
+def _existing(conn: Connection, sop_instance_uid: str, lock: bool = False):  # type: ignore[no-untyped-def]
+    """The row filed under the UID; ``lock``: held until commit (PostgreSQL ``FOR UPDATE``;
+    SQLite's writers are serialised already)."""
+    query = _SELECT_EXISTING.with_for_update() if lock else _SELECT_EXISTING
+    return conn.execute(query, {"uid": sop_instance_uid}).first()
 
 
 class _Existing(NamedTuple):
@@ -301,6 +315,7 @@ class _Existing(NamedTuple):
     sha256: str
     study_id: int
     path: str
+    size_bytes: int
 
 
 _INSTANCE_KEYS = (
@@ -387,6 +402,75 @@ class _CommonCase:
         return int(instance_id)
 
 
+#: Study attributes taken from the latest content of a replaced instance (a correction).
+_STUDY_ATTRIBUTES = ("patient_id", "patient_name", "accession_number", "study_date", "study_description")
+
+
+def _record_replacement(conn: Connection, existing: _Existing, h: InstanceHeader, study_id: int,
+                        series_id: int, values: dict[str, object], kept_path: str | None,
+                        now: datetime.datetime) -> None:
+    """The rows of a changed re-send: the instance row takes the new content, the study the new
+    patient and study attributes, the replacement is recorded, and the study (and the study the
+    instance left, if it moved) is receiving again and changed, so it makes a new version."""
+    conn.execute(update(_INSTANCES).where(_INSTANCES.c.id == existing.id)
+                 .values(study_id=study_id, series_id=series_id, **values))
+    conn.execute(update(_STUDIES).where(_STUDIES.c.id == study_id)
+                 .values(**{name: getattr(h, name) for name in _STUDY_ATTRIBUTES}))
+    conn.execute(_REPLACEMENTS.insert().values(
+        instance_id=existing.id, sop_instance_uid=h.sop_instance_uid,
+        previous_study_id=existing.study_id, study_id=study_id,
+        previous_sha256=existing.sha256, previous_size_bytes=existing.size_bytes,
+        kept_path=kept_path, calling_ae_title=values["calling_ae_title"], replaced_at=now,
+    ))
+    conn.execute(update(_STUDIES).where(_STUDIES.c.id.in_({study_id, existing.study_id}))
+                 .values(last_received_at=now, state=StudyState.RECEIVING.value, instances_changed=True))
+
+
+def _replace_instance(engine: Engine, data_dir: Path, header: InstanceHeader, received: Path,
+                      relpath: str, *, sha256: str, size_bytes: int, calling_ae_title: str | None,
+                      synced: bool) -> IngestResult | None:
+    """File a changed re-send over the instance filed under its SOP Instance UID.
+
+    Under the write lock (and the row's lock on PostgreSQL): the filed bytes are kept under
+    ``replaced/``, the new bytes made durable in place, the rows written (:func:`_record_replacement`);
+    the spool file of a study the instance left is removed after the commit. None when the row
+    is gone meanwhile (the caller files the instance as new)."""
+    try:
+        with write_transaction(engine) as conn:
+            row = _existing(conn, header.sop_instance_uid, lock=True)
+            if row is None:
+                return None
+            existing = _Existing(*row)
+            if existing.sha256 == sha256:
+                _count_duplicate(conn, existing.id)
+                received.unlink(missing_ok=True)
+                return IngestResult(IngestOutcome.DUPLICATE, existing.id, existing.study_id, existing.path)
+            now = utcnow()
+            study_id = _study_id(conn, header, calling_ae_title, now)
+            series_id = _series_id(conn, header, study_id)  # SeriesStudyConflictError: nothing moved
+            kept = keep_replaced(data_dir, existing.path, now) if (data_dir / existing.path).exists() else None
+            stored = durable_move(received, data_dir, relpath, sha256=sha256, size_bytes=size_bytes,
+                                  synced=synced)
+            _record_replacement(conn, existing, header, study_id, series_id,
+                                _instance_values(header, stored, calling_ae_title, now), kept, now)
+    except OperationalError as exc:
+        raise IngestError(f"database unavailable: {_error_name(exc)}") from exc
+    except IntegrityError as exc:
+        raise IngestError("could not record the changed instance (conflicting concurrent writes)") from exc
+    if existing.path != relpath:
+        # The instance moved to another study: its bytes are kept under replaced/.
+        old = data_dir / existing.path
+        try:
+            old.unlink(missing_ok=True)
+            fsync_dir(old.parent)
+        except OSError as exc:
+            LOGGER.warning("could not remove %s after its instance moved: %s", existing.path, exc)
+    _SERIES_CACHE.put(str(engine.url), header, (study_id, series_id))
+    LOGGER.info("instance %s replaced by other content%s", header.sop_instance_uid,
+                " (moved to another study)" if existing.study_id != study_id else "")
+    return IngestResult(IngestOutcome.REPLACED, existing.id, study_id, relpath)
+
+
 def _error_name(exc: Exception) -> str:
     orig = getattr(exc, "orig", None)
     return type(orig if orig is not None else exc).__name__
@@ -428,7 +512,18 @@ def record_instance(
         received.unlink(missing_ok=True)
         return IngestResult(IngestOutcome.DUPLICATE, existing.id, existing.study_id, existing.path)
 
-    if existing is None and data_synced is not None:
+    if existing is not None:
+        # A changed re-send: replaced under the write lock (the filed bytes are kept first).
+        if data_synced is not None:
+            data_synced()
+        replaced = _replace_instance(engine, data_dir, header, received, relpath, sha256=sha256,
+                                     size_bytes=size_bytes, calling_ae_title=calling_ae_title,
+                                     synced=data_synced is not None)
+        if replaced is not None:
+            return replaced
+        existing = None  # the row went away meanwhile: filed as a new instance
+
+    if data_synced is not None:
         # A new instance: no row points at ``relpath`` yet, so it may be renamed into place
         # before its data are flushed; the data flush (another thread) and the directory flush
         # then overlap (the file system commits them together). The row comes after both.
@@ -438,14 +533,10 @@ def record_instance(
         finally:
             data_synced()
     else:
-        # Replacing a filed instance (a row points at the path): flush, then rename.
-        if data_synced is not None:
-            data_synced()
-        stored = durable_move(received, data_dir, relpath, sha256=sha256, size_bytes=size_bytes,
-                              synced=data_synced is not None)
+        stored = durable_move(received, data_dir, relpath, sha256=sha256, size_bytes=size_bytes)
 
     last_exc: Exception | None = None
-    cached = _SERIES_CACHE.get(url, header) if existing is None else None
+    cached = _SERIES_CACHE.get(url, header)
     for _ in range(_ATTEMPTS):
         now = utcnow()
         if cached is not None:
@@ -469,7 +560,8 @@ def record_instance(
             return IngestResult(IngestOutcome.STORED, instance_id, study_id, relpath)
         try:
             with write_transaction(engine) as conn:
-                existing = _existing(conn, header.sop_instance_uid)
+                row = _existing(conn, header.sop_instance_uid)
+                existing = None if row is None else _Existing(*row)
                 if existing is not None and existing.sha256 == sha256:
                     _count_duplicate(conn, existing.id)
                     return IngestResult(
@@ -490,15 +582,13 @@ def record_instance(
                     )
                     instance_id = int(result.inserted_primary_key[0])
                     outcome = IngestOutcome.STORED
+                    _touch_study(conn, study_id, now)
                 else:
-                    conn.execute(
-                        update(_INSTANCES)
-                        .where(_INSTANCES.c.id == existing.id)
-                        .values(study_id=study_id, series_id=series_id, **values)
-                    )
+                    # Filed by a concurrent association after our first look, with other
+                    # content: ours was renamed over it, so its bytes were not kept.
+                    _record_replacement(conn, existing, header, study_id, series_id, values, None, now)
                     instance_id = int(existing.id)
                     outcome = IngestOutcome.REPLACED
-                _touch_study(conn, study_id, now)
             _SERIES_CACHE.put(url, header, (study_id, series_id))
             return IngestResult(outcome, instance_id, study_id, relpath)
         except SeriesStudyConflictError:

@@ -5,6 +5,9 @@ Layout under ``settings.data_dir``::
     spool/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm   received instances
     incoming/                                                            partial receptions (temp)
     quarantine/<date>/<uuid>.dcm                                         objects we could not accept
+    replaced/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.<UTC time>.dcm
+                                                                         filed instances that a
+                                                                         changed re-send replaced
 
 An instance is durable when its bytes and its name are on disk: the data are written to a temporary
 name in the same file system, ``fsync``-ed, renamed into place (atomic, POSIX ``rename(2)``) and the
@@ -17,6 +20,7 @@ before they reach the file system, so a malformed UID can never escape the spool
 
 from __future__ import annotations
 
+import datetime
 import errno
 import hashlib
 import os
@@ -46,11 +50,14 @@ __all__ = [
     "fsync_fd",
     "place",
     "durable_write_bytes",
+    "REPLACED_DIR",
+    "keep_replaced",
 ]
 
 SPOOL_DIR = "spool"
 INCOMING_DIR = "incoming"
 QUARANTINE_DIR = "quarantine"
+REPLACED_DIR = "replaced"
 
 #: PS3.5 9.1: a UID is digits and dots, components without leading zeros, 64 characters at most.
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -264,3 +271,34 @@ def durable_write_bytes(data: bytes, data_dir: Path, relpath: str) -> StoredFile
         size_bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
     )
+
+
+def keep_replaced(data_dir: Path, relpath: str, at: datetime.datetime) -> str:
+    """Keep the filed instance at ``data_dir/relpath`` under ``replaced/`` before a changed
+    re-send takes its place; the kept copy's path relative to ``data_dir``.
+
+    The copy is a hard link (no bytes copied; a copy where the file system has no links), named
+    after the instance's spool path and the UTC time ``at`` of the replacement, and durable
+    (directory flushed) before the caller replaces the original.
+    """
+    inner = relpath.removeprefix(f"{SPOOL_DIR}/").removesuffix(".dcm")
+    stamp = at.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    kept = f"{REPLACED_DIR}/{inner}.{stamp}.dcm"
+    source, target = data_dir / relpath, data_dir / kept
+    _makedirs_durable(target.parent, data_dir)
+    try:
+        try:
+            os.link(source, target)
+        except FileExistsError:
+            pass  # kept already (a retried transaction)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
+                raise
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            shutil.copyfile(source, tmp)
+            _fsync_file(tmp)
+            os.replace(tmp, target)
+    except OSError as exc:
+        raise SpoolError(exc.errno, f"cannot keep the replaced instance: {exc.strerror}") from exc
+    fsync_dir(target.parent)
+    return kept

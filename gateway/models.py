@@ -42,6 +42,7 @@ __all__ = [
     "Series",
     "Instance",
     "QuarantinedInstance",
+    "InstanceReplacement",
     "Job",
     "JobEvent",
     "ModelRun",
@@ -122,6 +123,10 @@ class Study(Base):
     state: Mapped[StudyState] = mapped_column(_enum(StudyState), default=StudyState.RECEIVING)
     #: Number of result versions produced so far; instances after a version make a new one.
     version: Mapped[int] = mapped_column(Integer, default=0)
+    #: An instance of the study was replaced by other content, or moved to another study, since
+    #: its last version was decided: the next completion makes a new version even though the
+    #: number of instances may be the same.
+    instances_changed: Mapped[bool] = mapped_column(Boolean, default=False)
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
     first_received_at: Mapped[dt.datetime] = _ts()
     last_received_at: Mapped[dt.datetime] = _ts()
@@ -196,6 +201,36 @@ class QuarantinedInstance(Base):
     peer_address: Mapped[str | None] = mapped_column(String(64))
     affected_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
     received_at: Mapped[dt.datetime] = _ts()
+
+
+class InstanceReplacement(Base):
+    """A filed instance replaced by a re-send of the same SOP Instance UID with other content.
+
+    PS3.4 B.4.1.3 leaves a re-sent SOP Instance UID to the SCP: the gateway takes the new content
+    as a correction. The replaced bytes are kept under ``replaced/`` (``kept_path``); when the new
+    content names another study, ``previous_study_id`` differs from ``study_id`` (the instance
+    moved) and both studies make a new version.
+    """
+
+    __tablename__ = "instance_replacements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    previous_study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    previous_sha256: Mapped[str] = mapped_column(String(64))
+    previous_size_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: The replaced bytes under ``replaced/`` (relative to data_dir); None when a concurrent
+    #: association had already overwritten them.
+    kept_path: Mapped[str | None] = mapped_column(String(512))
+    calling_ae_title: Mapped[str | None] = mapped_column(AE)
+    replaced_at: Mapped[dt.datetime] = _ts()
+
+    @property
+    def moved(self) -> bool:
+        """The SOP Instance UID now belongs to another study."""
+        return self.previous_study_id != self.study_id
 
 
 class Job(Base):

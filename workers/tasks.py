@@ -63,6 +63,10 @@ class PermanentJobError(RuntimeError):
     """Retrying cannot help (missing model, unreadable study): the job goes to ``dead``."""
 
 
+class StudyEmptyError(RuntimeError):
+    """The job's study has no instances left (all moved to other studies): it was cancelled."""
+
+
 def record_event(session, job: Job, state: JobState, detail: str | None = None) -> None:
     now = utcnow()
     job.state, job.updated_at = state, now
@@ -143,6 +147,13 @@ def _infer(job_id: int) -> None:
         ]
         instance_ids = {row.sop_instance_uid: row.id for row in rows}
         study_uid, version = study.study_instance_uid, job.study_version
+        if not rows:
+            # Every instance moved to another study after the job was made (a changed re-send,
+            # see dicom_node.ingest): nothing is left to report on.
+            record_event(session, job, JobState.CANCELLED,
+                         "no instances left in the study (moved to other studies)")
+    if not rows:
+        raise StudyEmptyError(f"job {job_id}: study {study_uid} has no instances left")
 
     backend = load_backend(cfg.model)
     skipped: list = []
@@ -274,6 +285,9 @@ def process_study(self: Task, job_id: int) -> str:
     except LostClaimError as exc:
         log.warning("%s; this copy stops", exc)
         return "skipped (claim lost)"
+    except StudyEmptyError as exc:
+        log.warning("%s; cancelled", exc)
+        return "cancelled"
     except (ModelLoadError, PermanentJobError) as exc:
         log.error("job %s is dead: %s", job_id, exc)
         _fail(job_id, exc, permanent=True)

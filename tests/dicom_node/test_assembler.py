@@ -63,3 +63,29 @@ def test_process_now_forces_a_new_version(sqlite_url: str) -> None:
         assert process_now(s, "1.2.3").study_version == 1
     with session_scope(sqlite_url) as s:
         assert process_now(s, "1.2.3").study_version == 2
+
+
+def test_a_changed_instance_makes_a_new_version_and_an_empty_study_none(sqlite_url: str) -> None:
+    """Issue 13 case 3: a replaced instance (same count) makes a new version; a study whose
+    instances all moved to other studies makes no job (it would have nothing to report)."""
+    study_id = _study(sqlite_url, 2)
+    with session_scope(sqlite_url) as s:
+        assert [j.study_version for j in complete_stable_studies(s, stable_after_s=30)] == [1]
+    with session_scope(sqlite_url) as s:  # what dicom_node.ingest does on a changed re-send
+        study = s.get(Study, study_id)
+        study.state, study.instances_changed = StudyState.RECEIVING, True
+        study.last_received_at = utcnow() - dt.timedelta(seconds=60)
+    with session_scope(sqlite_url) as s:
+        jobs = complete_stable_studies(s, stable_after_s=30)
+        assert [(j.study_version, j.instance_count) for j in jobs] == [(2, 2)]
+        assert s.get(Study, study_id).instances_changed is False
+    with session_scope(sqlite_url) as s:  # both instances moved away
+        for instance in s.scalars(select(Instance)):
+            s.delete(instance)
+        study = s.get(Study, study_id)
+        study.state, study.instances_changed = StudyState.RECEIVING, True
+        study.last_received_at = utcnow() - dt.timedelta(seconds=60)
+    with session_scope(sqlite_url) as s:
+        assert complete_stable_studies(s, stable_after_s=30) == []
+        assert process_now(s, "1.2.3") is None
+        assert s.get(Study, study_id).state == StudyState.COMPLETE

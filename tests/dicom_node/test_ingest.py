@@ -13,7 +13,7 @@ from dicom_node import ingest
 from dicom_node.header import InstanceHeader
 from dicom_node.ingest import IngestOutcome, record_instance
 from gateway.db import make_engine, session_scope, upgrade
-from gateway.models import Instance, Series, Study, StudyState
+from gateway.models import Instance, InstanceReplacement, Series, Study, StudyState
 
 _COLUMNS = (
     "sop_class_uid", "transfer_syntax_uid", "rows", "columns", "number_of_frames",
@@ -91,3 +91,76 @@ def test_a_stale_cached_series_falls_back_to_the_general_path(database_url, tmp_
         assert row.instance_number == 2
         assert s.get(Study, row.study_id).study_instance_uid == study
         assert s.get(Series, row.series_id).series_instance_uid == series
+
+
+def _resend(url: str, data_dir: Path, header: InstanceHeader, content: bytes):  # type: ignore[no-untyped-def]
+    import hashlib
+
+    received = data_dir / "incoming" / "rx-resend.dcm"
+    received.write_bytes(content)
+    return record_instance(make_engine(url), data_dir, header, received,
+                           sha256=hashlib.sha256(content).hexdigest(), size_bytes=len(content),
+                           calling_ae_title="MODALITY2")
+
+
+def test_a_changed_resend_replaces_the_instance_and_keeps_the_old_bytes(database_url, tmp_path):
+    """Issue 13 case 3: other content under a filed SOP Instance UID is a correction."""
+    import dataclasses
+
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    first = _header(study, series, 1)
+    filed = _file(database_url, tmp_path, first, 1)
+    with session_scope(database_url) as s:  # version 1 was decided
+        s.get(Study, filed.study_id).state = StudyState.COMPLETE
+    corrected = dataclasses.replace(first, patient_name="Doe^Jane", patient_id="P2", rows=256)
+    result = _resend(database_url, tmp_path, corrected, b"corrected instance")
+    assert (result.outcome, result.instance_id, result.relpath) == (
+        IngestOutcome.REPLACED, filed.instance_id, filed.relpath)
+    assert (tmp_path / result.relpath).read_bytes() == b"corrected instance"
+    with session_scope(database_url) as s:
+        (row,) = s.scalars(select(Instance)).all()
+        assert (row.rows, row.size_bytes, row.calling_ae_title) == (256, 18, "MODALITY2")
+        study_row = s.get(Study, row.study_id)
+        assert (study_row.patient_name, study_row.patient_id) == ("Doe^Jane", "P2")
+        assert study_row.state is StudyState.RECEIVING and study_row.instances_changed
+        (replacement,) = s.scalars(select(InstanceReplacement)).all()
+        assert (replacement.instance_id, replacement.previous_sha256, replacement.previous_size_bytes,
+                replacement.moved) == (row.id, f"{1:064x}", 10, False)
+        assert replacement.kept_path.startswith(f"replaced/{study}/{series}/{first.sop_instance_uid}.")
+        assert (tmp_path / replacement.kept_path).read_bytes() == b"instance 1"
+    # The same corrected content again: a duplicate, nothing replaced.
+    again = _resend(database_url, tmp_path, corrected, b"corrected instance")
+    assert again.outcome is IngestOutcome.DUPLICATE
+    with session_scope(database_url) as s:
+        assert len(s.scalars(select(InstanceReplacement)).all()) == 1
+        assert s.scalars(select(Instance)).one().duplicate_count == 1
+
+
+def test_an_instance_resent_into_another_study_moves_and_both_studies_change(database_url, tmp_path):
+    import dataclasses
+
+    old_study, old_series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    moving, staying = _header(old_study, old_series, 1), _header(old_study, old_series, 2)
+    before = _file(database_url, tmp_path, moving, 1)
+    _file(database_url, tmp_path, staying, 2)
+    with session_scope(database_url) as s:
+        s.get(Study, before.study_id).state = StudyState.COMPLETE
+    new_study, new_series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    moved = dataclasses.replace(moving, study_instance_uid=new_study, series_instance_uid=new_series)
+    result = _resend(database_url, tmp_path, moved, b"moved instance")
+    assert result.outcome is IngestOutcome.REPLACED and result.study_id != before.study_id
+    assert not (tmp_path / before.relpath).exists(), "the old spool file is not left behind"
+    assert (tmp_path / result.relpath).read_bytes() == b"moved instance"
+    with session_scope(database_url) as s:
+        row = s.get(Instance, before.instance_id)
+        assert row.study.study_instance_uid == new_study and row.series.series_instance_uid == new_series
+        assert row.path == result.relpath
+        for study_id in (before.study_id, result.study_id):
+            changed = s.get(Study, study_id)
+            assert changed.state is StudyState.RECEIVING and changed.instances_changed
+        (replacement,) = s.scalars(select(InstanceReplacement)).all()
+        assert replacement.moved
+        assert (replacement.previous_study_id, replacement.study_id) == (before.study_id, result.study_id)
+        assert (tmp_path / replacement.kept_path).read_bytes() == b"instance 1"
+        left = s.scalars(select(Instance).where(Instance.study_id == before.study_id)).all()
+        assert [r.instance_number for r in left] == [2]
