@@ -4,6 +4,8 @@ an identical re-sent instance makes none (issue 3, study completeness)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -13,10 +15,51 @@ from sqlalchemy import select
 from gateway.db import session_scope
 from gateway.models import Job, JobState
 from gateway.samples import make_sample_study
-from tests.e2e.harness import StoreSCP, cli, free_port, gateway_process, port_open, wait_for, write_config, write_replay
+from tests.e2e.harness import (
+    Process,
+    StoreSCP,
+    cli,
+    free_port,
+    gateway_process,
+    port_open,
+    wait_for,
+    write_config,
+    write_replay,
+)
 from tests.e2e.test_end_to_end import _storescu
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
+
+
+@dataclass
+class _Running:
+    """``serve`` on embedded defaults with the replay backend, and a storescp PACS."""
+
+    node_port: int
+    serve: Process
+    pacs: StoreSCP
+    url: str
+
+    def delivered(self, n: int) -> Callable[[], bool]:
+        """A wait condition: ``n`` jobs, all delivered (a dead or cancelled one fails at once)."""
+        def check() -> bool:
+            with session_scope(self.url) as s:
+                jobs = s.scalars(select(Job).order_by(Job.id)).all()
+                assert not any(j.state in (JobState.DEAD, JobState.CANCELLED) for j in jobs), \
+                    [(j.state, j.error) for j in jobs]
+                return len(jobs) == n and all(j.state == JobState.DELIVERED for j in jobs)
+        return check
+
+
+def _start(tmp_path: Path, replay_lines: list[dict]) -> _Running:
+    replay = write_replay(tmp_path / "replay.jsonl", replay_lines)
+    node_port, pacs_port = free_port(), free_port()
+    pacs = StoreSCP(tmp_path / "pacs", pacs_port).start()
+    config = write_config(tmp_path, node_port=node_port, backend="replay", model_path=str(replay),
+                          destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}])
+    cli(config, "db", "upgrade")
+    serve = gateway_process(config, "serve", tmp_path / "serve.log").start()
+    return _Running(node_port, serve, pacs, f"sqlite:///{tmp_path / 'var' / 'gateway.db'}")
 
 
 def test_late_instance_makes_version_two_with_predecessor(tmp_path: Path) -> None:
@@ -24,28 +67,13 @@ def test_late_instance_makes_version_two_with_predecessor(tmp_path: Path) -> Non
     later = make_sample_study(tmp_path / "later", n_radiographs=2)  # same seed: same study, one more CR
     extra = [f for f in later.files if f.name == "cr_2.dcm"]
     assert later.study_instance_uid == first.study_instance_uid
-    replay = write_replay(tmp_path / "replay.jsonl", [
+    run = _start(tmp_path, [
         {"language": "en", "prompt_contains": "<ref>", "answer": "<ref>heart</ref><box>[[400, 450, 700, 800]]</box>"},
         {"language": "zh", "prompt_contains": "<ref>", "answer": "<ref>心脏</ref><box>[[400, 450, 700, 800]]</box>"},
         {"language": "en", "answer": "Findings: unremarkable."},
         {"language": "zh", "answer": "影像结论：未见明显异常。"},
     ])
-    node_port, pacs_port = free_port(), free_port()
-    pacs = StoreSCP(tmp_path / "pacs", pacs_port).start()
-    config = write_config(tmp_path, node_port=node_port, backend="replay", model_path=str(replay),
-                          destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}])
-    cli(config, "db", "upgrade")
-    serve = gateway_process(config, "serve", tmp_path / "serve.log").start()
-    url = f"sqlite:///{tmp_path / 'var' / 'gateway.db'}"
-
-    def jobs_delivered(n: int):
-        def check() -> bool:
-            with session_scope(url) as s:
-                jobs = s.scalars(select(Job).order_by(Job.id)).all()
-                assert not any(j.state == JobState.DEAD for j in jobs), [j.error for j in jobs]
-                return len(jobs) == n and all(j.state == JobState.DELIVERED for j in jobs)
-        return check
-
+    node_port, serve, pacs, url, jobs_delivered = run.node_port, run.serve, run.pacs, run.url, run.delivered
     try:
         wait_for(lambda: port_open(node_port), 60, "the node", [serve])
         _storescu(node_port, first.files)
@@ -90,27 +118,12 @@ def test_a_changed_resend_makes_version_two_and_a_moved_instance_keeps_both_stud
     from gateway.models import InstanceReplacement, Study
 
     sample = make_sample_study(tmp_path / "study", n_radiographs=2)
-    replay = write_replay(tmp_path / "replay.jsonl", [
+    run = _start(tmp_path, [
         {"language": "en", "answer": "Findings: unremarkable."},
         {"language": "zh", "answer": "影像结论：未见明显异常。"},
     ])
-    node_port, pacs_port = free_port(), free_port()
-    pacs = StoreSCP(tmp_path / "pacs", pacs_port).start()
-    config = write_config(tmp_path, node_port=node_port, backend="replay", model_path=str(replay),
-                          destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}])
-    cli(config, "db", "upgrade")
-    serve = gateway_process(config, "serve", tmp_path / "serve.log").start()
+    node_port, serve, pacs, url, delivered = run.node_port, run.serve, run.pacs, run.url, run.delivered
     data_dir = tmp_path / "var"
-    url = f"sqlite:///{data_dir / 'gateway.db'}"
-
-    def delivered(n: int):
-        def check() -> bool:
-            with session_scope(url) as s:
-                jobs = s.scalars(select(Job)).all()
-                assert not any(j.state in (JobState.DEAD, JobState.CANCELLED) for j in jobs), \
-                    [(j.state, j.error) for j in jobs]
-                return len(jobs) == n and all(j.state == JobState.DELIVERED for j in jobs)
-        return check
 
     def write(name: str, ds: pydicom.Dataset) -> Path:
         path = tmp_path / "resent" / name
