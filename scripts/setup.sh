@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Install everything medrega-gateway needs on a fresh Debian machine: the DICOM peers used by the
-# tests (DCMTK, dicom3tools, Orthanc), a CJK font, Chromium for the UI test, and a Python virtual
-# environment with the pinned packages. Safe to run again: it installs only what is missing.
+# tests (DCMTK, dicom3tools, Orthanc and its DICOMweb plugin), a CJK font, Chromium for the UI
+# test, Node.js with OHIF's SR code (npm ci from tests/viewers/ohif/package-lock.json), and a Python
+# virtual environment with the pinned packages. Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dcmtk dicom3tools orthanc fonts-wqy-zenhei chromium docker-compose)
+APT_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb fonts-wqy-zenhei chromium docker-compose)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+# Node.js and npm run OHIF's own code in tests/viewers (any node >= 18 on PATH will do).
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -27,4 +31,10 @@ if ! cmp -s requirements.txt .venv/.requirements.installed 2>/dev/null; then
   cp requirements.txt .venv/.requirements.installed
 fi
 .venv/bin/pip install -q --no-deps -e . >/dev/null 2>&1 || .venv/bin/pip install --no-deps -e .
+OHIF_DIR=tests/viewers/ohif
+if ! cmp -s "$OHIF_DIR/package-lock.json" "$OHIF_DIR/node_modules/.package-lock.installed" 2>/dev/null; then
+  echo "setup: installing OHIF's SR packages (npm ci, pinned in $OHIF_DIR/package-lock.json)"
+  (cd "$OHIF_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$OHIF_DIR/package-lock.json" "$OHIF_DIR/node_modules/.package-lock.installed"
+fi
 echo "setup: done (.venv ready)"

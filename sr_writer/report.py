@@ -233,15 +233,14 @@ def _region_group(region: RegionFinding, content: ReportContent, image: Dataset)
 
 
 def image_library(evidence: Sequence[Dataset]) -> ContainerContentItem:
-    """TID 1600 Image Library: one Image Library Group per modality, an IMAGE item per instance.
+    """TID 1600 Image Library: one Image Library Group holding an IMAGE item per analysed instance.
 
-    Each entry carries the TID 1602 descriptors highdicom derives from the header; an image whose
-    header lacks what they need (a radiograph without Patient Orientation) is listed without them
-    (the descriptors are optional, the reference is what viewers read).
+    One group, although TID 1600 allows a group per set of shared descriptors: OHIF lists the
+    SR's images from the first group only. Each entry carries the TID 1602 descriptors highdicom
+    derives from its header; an image whose header lacks what they need (a radiograph without
+    Patient Orientation) is listed without them (they are optional; viewers read the reference).
     """
-    library = ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=RelationshipTypeValues.CONTAINS,
-                                   is_content_continuous=False)
-    groups: dict[str, list[ImageContentItem]] = {}
+    items = []
     for ds in evidence:
         item = ImageContentItem(
             name=coding.SOURCE,
@@ -255,14 +254,13 @@ def image_library(evidence: Sequence[Dataset]) -> ContainerContentItem:
             descriptors = None
         if descriptors:
             item.ContentSequence = ContentSequence(list(descriptors))
-        groups.setdefault(str(ds.get("Modality", "")), []).append(item)
-    library.ContentSequence = ContentSequence()
-    for items in groups.values():
-        group = ContainerContentItem(name=codes.DCM.ImageLibraryGroup,
-                                     relationship_type=RelationshipTypeValues.CONTAINS,
-                                     is_content_continuous=False)
-        group.ContentSequence = ContentSequence(items)
-        library.ContentSequence.append(group)
+        items.append(item)
+    group = ContainerContentItem(name=codes.DCM.ImageLibraryGroup, relationship_type=RelationshipTypeValues.CONTAINS,
+                                 is_content_continuous=False)
+    group.ContentSequence = ContentSequence(items)
+    library = ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=RelationshipTypeValues.CONTAINS,
+                                   is_content_continuous=False)
+    library.ContentSequence = ContentSequence([group])
     return library
 
 

@@ -1,9 +1,9 @@
 // Runs OHIF's own SR code on DICOM files, headless, and prints what it made of them as JSON.
 //
-//   node load_sr.mjs SR.dcm [SR2.dcm ...] -- IMAGE.dcm [IMAGE2.dcm ...]
+//   node load_sr.mjs SR.json|SR.dcm [...] -- IMAGE.json|IMAGE.dcm [...]
 //
-// The files are read the way OHIF's local-file data source reads them (dcmjs DicomMessage.readFile
-// + DicomMetaDictionary.naturalizeDataset), put in @ohif/core's DicomMetadataStore, and served to
+// Each instance is read the way OHIF reads it (see readInstance: DICOMweb JSON or a local Part 10
+// file, naturalized by dcmjs), put in @ohif/core's DicomMetadataStore, and served to
 // Cornerstone by @ohif/core's MetadataProvider, as in the viewer. For each SR it then runs
 //   1. the SOP Class Handler of @ohif/extension-cornerstone-dicom-sr (getDisplaySetsFromSeries and
 //      displaySet.load()): the SR viewport's measurements, their overlay labels and the images
@@ -81,8 +81,17 @@ const { DicomMetadataStore } = ohif;
 const MetadataProvider = ohif.classes.MetadataProvider;
 csCore.metaData.addProvider(MetadataProvider.get.bind(MetadataProvider), 9999);
 
-/** A Part 10 file as OHIF's local-file data source reads it. */
+/**
+ * One instance as OHIF gets it: DICOM JSON (PS3.18 F.2, what a DICOMweb server such as Orthanc
+ * answers to a metadata request; a .json file) naturalized by dcmjs as OHIF's DICOMweb data source
+ * does, or a Part 10 file read as OHIF's local-file data source reads it.
+ */
 function readInstance(path) {
+  if (path.endsWith('.json')) {
+    const instance = DicomMetaDictionary.naturalizeDataset(JSON.parse(readFileSync(path, 'utf8')));
+    delete instance.PixelData;
+    return instance;
+  }
   const buffer = readFileSync(path);
   const arrayBuffer = buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength);
   const message = DicomMessage.readFile(arrayBuffer);
@@ -221,7 +230,6 @@ for (const path of srPaths) {
   }
   result.hydrated = rawMeasurements.slice(before).map(({ annotationType, annotation }) => ({
     annotationType,
-    trackingUniqueIdentifier: annotation.data.TrackingUniqueIdentifier || null,
     referencedImageId: annotation.metadata.referencedImageId || null,
     sopInstanceUID: annotation.metadata.referencedImageId
       ? MetadataProvider.getUIDsFromImageID(annotation.metadata.referencedImageId).SOPInstanceUID : null,
