@@ -7,6 +7,13 @@ text object, in one graphic layer per language (``MEDREGA_EN``, ``MEDREGA_ZH``),
 viewer can show English, Chinese or both. Graphic objects carry the SR's Tracking UIDs
 (PS3.3 C.10.5), so a viewer can tie a box on screen to its SR finding.
 
+A presentation state replaces the image's own display transforms, so each one carries a Softcopy
+VOI LUT (PS3.3 C.11.8): the image's window or VOI LUT when it has one, otherwise the window the
+model's input was rendered with (:func:`computed_window`): the CT preset of the Body Part
+Examined, or the 0.1-99.9 percentile range of the modality values. Each layer has a Recommended
+Display Grayscale Value as well as its colour (PS3.3 C.10.7), so grayscale displays tell English
+from Chinese.
+
 Images that cannot take a presentation state are skipped with a recorded reason
 (:class:`SkippedImage`): palette-color images would need a Pseudo-Color Softcopy
 Presentation State, which few viewers support; the SR still carries their regions.
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 from highdicom.color import CIELabColor
 from highdicom.pr import (
     AnnotationUnitsValues,
+    SoftcopyVOILUTTransformation,
     ColorSoftcopyPresentationState,
     GraphicAnnotation,
     GraphicLayer,
@@ -29,7 +37,11 @@ from highdicom.pr import (
     GrayscaleSoftcopyPresentationState,
     TextObject,
 )
+import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+
+from model.imaging import AUTO_PERCENTILES, CT_PRESETS, ct_preset_for
 
 from . import coding, wording
 from .content import RegionFinding, ReportContent, referenced_frame, validate_content
@@ -52,7 +64,9 @@ __all__ = [
     "plan_presentation_states",
     "build_presentation_states",
     "LAYERS",
+    "LAYER_GRAYSCALE",
     "srgb_icc_profile",
+    "computed_window",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,6 +76,11 @@ LAYERS: dict[str, tuple[str, int, str, CIELabColor]] = {
     "en": ("MEDREGA_EN", 1, "AI findings, English labels (unverified)", CIELabColor(97.1, -21.6, 94.5)),
     "zh": ("MEDREGA_ZH", 2, "AI findings, Chinese labels (unverified)", CIELabColor(91.1, -48.1, -14.1)),
 }
+
+#: Graphic Layer Recommended Display Grayscale Value (0070,0066) per language: P-values of the
+#: full range (0xFFFF white); English white, Chinese a lighter grey than most tissue but clearly
+#: not white, so a monochrome display still tells the layers apart.
+LAYER_GRAYSCALE: dict[str, int] = {"en": 0xFFFF, "zh": 0xA000}
 
 _GRAYSCALE = {"MONOCHROME1", "MONOCHROME2"}
 _COLOR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"}
@@ -101,6 +120,31 @@ def srgb_icc_profile() -> bytes:
     data[24:36] = bytes.fromhex("07d0" "0001" "0001" "0000" "0000" "0000")
     data[84:100] = bytes(16)  # profile ID: "not calculated" (it would cover the date)
     return bytes(data)
+
+
+def computed_window(image: Dataset) -> tuple[float, float, str] | None:
+    """(Window Center, Window Width, explanation) for a grayscale image that has no VOI of its own.
+
+    ``None`` when the image has a window or a VOI LUT Sequence (the presentation state copies
+    it). A CT gets the preset of its Body Part Examined (soft tissue when unknown), in
+    Hounsfield units after the Modality LUT (PS3.3 C.11.1); any other image the range between
+    the 0.1 and 99.9 percentiles of its modality values (all frames): the windows the model's
+    input was rendered with (:mod:`model.imaging`), so the reader sees what the model saw.
+    """
+    if "WindowCenter" in image or image.get("VOILUTSequence"):
+        return None
+    if str(image.get("Modality", "")).upper() == "CT":
+        preset = ct_preset_for(image.get("BodyPartExamined"))
+        center, width = CT_PRESETS[preset]
+        return center, width, f"MEDREGA CT {preset.replace('_', ' ').upper()}"
+    if "PixelData" not in image:
+        return None
+    values = apply_modality_lut(image.pixel_array, image).astype(np.float64, copy=False)
+    lo, hi = (float(v) for v in np.percentile(values, AUTO_PERCENTILES))
+    if hi <= lo:
+        hi = lo + 1.0
+    # Linear window (PS3.3 C.11.2.1.2.1): lo maps to the first output value, hi to the last.
+    return round((lo + hi + 1.0) / 2.0, 3), round(hi - lo + 1.0, 3), "MEDREGA AUTO {:g}-{:g} PCT".format(*AUTO_PERCENTILES)
 
 
 def _laterality(image: Dataset) -> str:
@@ -165,6 +209,7 @@ def _annotations(
     for language, regions in by_language.items():
         name, order, description, colour = LAYERS[language]
         layer = GraphicLayer(layer_name=name, order=order, description=description, display_color=colour)
+        layer.GraphicLayerRecommendedDisplayGrayscaleValue = LAYER_GRAYSCALE[language]
         layers.append(layer)
         frames: dict[int | None, list[RegionFinding]] = {}
         for region in regions:
@@ -233,9 +278,17 @@ def plan_presentation_states(
             continue
         image = with_type2_defaults(image)
         layers, annotations = _annotations(image, by_language)
-        kwargs = {}
+        kwargs: dict[str, object] = {}
         if cls is ColorSoftcopyPresentationState:
             kwargs["icc_profile"] = bytes(image.ICCProfile) if "ICCProfile" in image else srgb_icc_profile()
+        else:
+            window = computed_window(image)
+            if window is not None:
+                center, width, explanation = window
+                kwargs["voi_lut_transformations"] = [
+                    SoftcopyVOILUTTransformation(window_center=[center], window_width=[width],
+                                                 window_explanation=[explanation], voi_lut_function="LINEAR")
+                ]
         ps = cls(
             referenced_images=[image],
             series_instance_uid=series_uid,

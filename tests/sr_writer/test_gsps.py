@@ -8,15 +8,24 @@ import logging
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
-from PIL import ImageCms
+from PIL import Image, ImageCms, ImageDraw
 from pydicom.uid import ColorSoftcopyPresentationStateStorage, GrayscaleSoftcopyPresentationStateStorage
 
 from sr_writer import coding
 from sr_writer.content import referenced_frame
 from sr_writer.errors import InvalidContentError
-from sr_writer.gsps import LAYERS, build_presentation_states, plan_presentation_states, srgb_icc_profile
+from model.imaging import CT_PRESETS, ct_preset_for
+from sr_writer.gsps import (
+    LAYER_GRAYSCALE,
+    LAYERS,
+    build_presentation_states,
+    computed_window,
+    plan_presentation_states,
+    srgb_icc_profile,
+)
 from sr_writer.io import write_dataset
 from tests.conftest import require_tool
 from tests.peers.dciodvfy import validate
@@ -184,3 +193,81 @@ def test_dcmtk_presentation_state_checker_passes(built, tmp_path) -> None:
     result = subprocess.run(["dcmpschk", str(path)], capture_output=True, text=True, env=peer_env(), timeout=60)
     output = result.stdout + result.stderr
     assert "Test passed." in output and "E:" not in output, output
+
+
+def _render_with_dcmtk(image: Path, state: Path, out: Path) -> np.ndarray:
+    """DCMTK's presentation state renderer: the image through the state's Modality/VOI/Presentation LUTs."""
+    run = subprocess.run([require_tool("dcmp2pgm"), "-p", str(state), str(image), str(out)],
+                         capture_output=True, text=True, timeout=60, env=peer_env())
+    assert run.returncode == 0, run.stdout + run.stderr
+    return np.array(Image.open(out))
+
+
+@pytest.mark.peers
+def test_ct_without_a_window_displays_with_the_computed_voi(built, states, tmp_path) -> None:
+    """The test CT has no window: without the state's VOI it shows 9 grey levels, with it > 100."""
+    sample = built["CT"].sample
+    assert "WindowCenter" not in sample.datasets[0]
+    [state] = states["CT"]
+    ps = pydicom.dcmread(state)
+    voi = ps.SoftcopyVOILUTSequence[0]
+    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == CT_PRESETS[ct_preset_for(sample.datasets[0].get("BodyPartExamined"))]
+    assert voi.VOILUTFunction == "LINEAR" and voi.WindowCenterWidthExplanation.startswith("MEDREGA CT")
+    shown = _render_with_dcmtk(sample.paths[0], state, tmp_path / "with_state.pgm")
+    assert len(np.unique(shown)) > 100
+    without = subprocess.run([require_tool("dcmp2pgm"), str(sample.paths[0]), str(tmp_path / "plain.pgm")],
+                             capture_output=True, timeout=60, env=peer_env())
+    assert without.returncode == 0
+    assert len(np.unique(np.array(Image.open(tmp_path / "plain.pgm")))) < 20  # what the issue saw
+
+
+@pytest.mark.parametrize("modality", ["MR", "CR", "DX"])
+def test_other_grayscale_images_keep_or_get_a_window(built, states, modality: str) -> None:
+    sample = built[modality].sample
+    for path in states[modality]:
+        ps = pydicom.dcmread(path)
+        image = sample.by_sop_uid[ps.ReferencedSeriesSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID]
+        voi = ps.SoftcopyVOILUTSequence[0]
+        computed = computed_window(image)
+        if computed is None:  # the image has its own window: the state carries it
+            own = image.WindowCenter
+            assert float(voi.WindowCenter) == float(own[0] if isinstance(own, pydicom.multival.MultiValue) else own)
+        else:
+            assert (float(voi.WindowCenter), float(voi.WindowWidth)) == pytest.approx(computed[:2])
+            assert voi.WindowCenterWidthExplanation.startswith("MEDREGA AUTO")
+
+
+@pytest.mark.peers
+def test_layers_are_told_apart_in_grayscale_and_boxes_render(built, states, tmp_path) -> None:
+    """Each layer has a Recommended Display Grayscale Value (EN and ZH differ); drawn on DCMTK's
+    rendering of the CT through the state, every box outline has its layer's grey."""
+    sample = built["CT"].sample
+    [state] = states["CT"]
+    ps = pydicom.dcmread(state)
+    grey = {layer.GraphicLayer: int(layer.GraphicLayerRecommendedDisplayGrayscaleValue)
+            for layer in ps.GraphicLayerSequence}
+    assert grey == {LAYERS[lang][0]: LAYER_GRAYSCALE[lang] for lang in ("en", "zh")}
+    assert abs(grey["MEDREGA_EN"] - grey["MEDREGA_ZH"]) >= 0x4000
+    shown = _render_with_dcmtk(sample.paths[0], state, tmp_path / "ct.pgm")
+    drawn = 0
+    for layer, value16 in grey.items():  # one layer at a time, as a viewer showing one language
+        value = value16 >> 8  # P-value (16 bit) -> 8-bit display value
+        canvas = Image.fromarray(shown)
+        draw = ImageDraw.Draw(canvas)
+        edges = []
+        for annotation in ps.GraphicAnnotationSequence:
+            if annotation.GraphicLayer != layer:
+                continue
+            for graphic in annotation.GraphicObjectSequence:
+                assert graphic.GraphicAnnotationUnits == "PIXEL" and graphic.GraphicType == "POLYLINE"
+                points = [(float(x), float(y)) for x, y in zip(graphic.GraphicData[0::2], graphic.GraphicData[1::2])]
+                draw.line(points, fill=value, width=1)
+                edges.append((int(round((points[0][0] + points[1][0]) / 2)), int(round(points[0][1]))))
+        canvas.save(tmp_path / f"ct_{layer}.png")
+        pixels = np.array(canvas)
+        assert edges
+        for column, row in edges:  # the top edge, within the pixel the line was rounded to
+            assert value in pixels[max(row - 1, 0):row + 2, column], (layer, column, row)
+        assert len(np.unique(pixels)) > 100
+        drawn += len(edges)
+    assert drawn == len(content_for(sample, "en").regions) + len(content_for(sample, "zh").regions)
