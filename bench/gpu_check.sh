@@ -11,7 +11,10 @@
 #      32 layers x 2560, about 3 B parameters) in bfloat16 on CUDA: prefill time, batched greedy
 #      generation at batch 1/4/8, new tokens per second, peak GPU memory;
 #   4. the parity fixture on CUDA in float32 with TF32 off, when ../shared/medrega-parity exists
-#      beside the repository (greedy ids must equal MedRegA's).
+#      beside the repository (greedy ids must equal MedRegA's);
+#   5. bench/model_throughput.py at the same ~3 B size in bfloat16: one study (5 images, their
+#      plans' prompts), the old path (vision tower once per prompt) against the new one (once per
+#      image, prompts of all images batched by length): tokens/s, vision tower work per study.
 # Prints Markdown tables; exit status is non-zero if a step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -146,4 +149,10 @@ if parity.is_dir():
 else:
     print(f"\n(parity fixture not found at {parity}: step 4 skipped)")
 PYEOF
+if [ -n "$GPU_CHECK_CPU" ]; then
+  timeout 240 "$PY" bench/model_throughput.py --quick
+else
+  timeout 240 "$PY" bench/model_throughput.py --size gpu --device cuda --dtype bfloat16 \
+    --batch-size 8 --max-new-tokens 64 --rounds 3
+fi
 echo "gpu_check: done"

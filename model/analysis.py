@@ -2,7 +2,8 @@
 
 :func:`analyse_study` chooses the images (:mod:`model.selection`), renders each chosen image or
 frame once (:mod:`model.imaging`), asks every prompt of its plan (:mod:`model.plans`) in both
-languages in batches of ``settings.batch_size``, parses the answers (:mod:`model.parse`), maps the
+languages in one backend call (the engine encodes each image once and batches the prompts of
+all images, ``settings.batch_size`` at a time), parses the answers (:mod:`model.parse`), maps the
 boxes to source pixels and gives the same finding in English and Chinese one ``match_key``
 (best IoU >= 0.5, one to one, :mod:`model.geometry`), from which the SR writer derives a shared
 Tracking UID.
@@ -134,11 +135,21 @@ def analyse_study(
     _say(progress, f"{len(choices)} image(s) chosen of {len(images)} instance(s)")
     plans_path = settings.plans_path or None
     per_image: list[list[_Pending]] = []
-    queue: list[_Pending] = []
-
-    def flush() -> None:
-        batch = queue[:]
-        queue.clear()
+    for n, choice in enumerate(choices, start=1):
+        try:
+            prepared = prepare_image(choice.image.path, choice.frame_number)
+        except ImagingError as exc:
+            _say(progress, f"skipped {choice.image.sop_instance_uid}: {exc}")
+            if skipped is not None:
+                skipped.append((choice.image, str(exc)))
+            continue
+        prompts = plan_for(choice.image.modality, choice.image.body_part_examined, plans_path)
+        per_image.append([_Pending(choice, prepared, prompt) for prompt in prompts])
+        _say(progress, f"image {n}/{len(choices)}: {choice.reason}; {len(prompts)} prompt(s)")
+    # The whole study in one call: the backend encodes each image once (all its prompts hold the
+    # same prepared RGB object) and batches prompts across images (model.backends.engine).
+    batch = [p for pending in per_image for p in pending]
+    if batch:
         requests = [
             GenerationRequest(
                 image=p.prepared.rgb,
@@ -157,26 +168,7 @@ def analyse_study(
         for p, answer in zip(batch, answers):
             p.answer = answer
             p.duration_s = elapsed / len(batch)
-        _say(progress, f"answered {len(batch)} question(s) in {elapsed:.1f} s")
-
-    for n, choice in enumerate(choices, start=1):
-        try:
-            prepared = prepare_image(choice.image.path, choice.frame_number)
-        except ImagingError as exc:
-            _say(progress, f"skipped {choice.image.sop_instance_uid}: {exc}")
-            if skipped is not None:
-                skipped.append((choice.image, str(exc)))
-            continue
-        prompts = plan_for(choice.image.modality, choice.image.body_part_examined, plans_path)
-        pending = [_Pending(choice, prepared, prompt) for prompt in prompts]
-        per_image.append(pending)
-        _say(progress, f"image {n}/{len(choices)}: {choice.reason}; {len(pending)} prompt(s)")
-        for p in pending:
-            queue.append(p)
-            if len(queue) >= settings.batch_size:
-                flush()
-    if queue:
-        flush()
+        _say(progress, f"answered {len(batch)} question(s) about {len(per_image)} image(s) in {elapsed:.1f} s")
     results: list[RunResult] = []
     for pending in per_image:
         results.extend(_results_for_image(pending))

@@ -40,7 +40,11 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One question about one image, worded as MedRegA was trained (``<image>`` placeholder)."""
+    """One question about one image, worded as MedRegA was trained (``<image>`` placeholder).
+
+    Requests about the same image hold the same :class:`~PIL.Image.Image` object: an engine
+    backend encodes that object once for all of them.
+    """
 
     image: "Image.Image"  # RGB; the backend resizes to its input size
     question: str
@@ -82,12 +86,14 @@ class EngineBackend(ModelBackend):
         return [answer.text for answer in self.generate_answers(requests)]
 
     def generate_answers(self, requests: Sequence[GenerationRequest]) -> list[GeneratedAnswer]:
-        """Greedy answers; one without ``<|im_end|>`` in its new ids was cut at max_new_tokens."""
-        answers: list[GeneratedAnswer] = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start : start + self.batch_size]
-            for ids in self.engine.generate_ids([r.question for r in chunk], [r.image for r in chunk]):
-                ids = list(ids)
-                answers.append(GeneratedAnswer(self.engine.decode_answer(ids),
-                                               truncated=self.engine.eos_token_id not in ids))
-        return answers
+        """Greedy answers of all ``requests`` in one schedule: each image (the same object)
+        through the vision tower once, then the prompts ordered by length in batches of
+        :attr:`batch_size`. An answer without ``<|im_end|>`` in its new ids was cut at
+        max_new_tokens."""
+        all_ids = self.engine.generate_ids(
+            [r.question for r in requests], [r.image for r in requests], batch_size=self.batch_size
+        )
+        return [
+            GeneratedAnswer(self.engine.decode_answer(ids), truncated=self.engine.eos_token_id not in ids)
+            for ids in all_ids
+        ]

@@ -3,7 +3,9 @@
 Faithful to InternVL-Chat-V1.2's ``chat()`` (the path MedRegA's demo uses): Hermes-2 template,
 ``<image>`` expanded to ``image_seq_length`` ``<IMG_CONTEXT>`` tokens, one 448x448 tile per image,
 greedy decoding with one beam, at least one and at most ``max_new_tokens`` new tokens, stop at
-``<|im_end|>``. Unlike ``chat()``, answers are decoded with special tokens kept, so ``<ref>`` and
+``<|im_end|>``. Unlike ``chat()``, which encodes the image again for every question, the vision
+tower runs once per distinct image and its features serve every prompt about that image
+(:meth:`InternVLEngine.generate_ids`); prompts of several images share a batch, ordered by length. Unlike ``chat()``, answers are decoded with special tokens kept, so ``<ref>`` and
 ``<box>`` reach the parser; the text before ``<|im_end|>`` is returned, stripped.
 
 Imports torch/transformers: only imported by a backend that loads a model.
@@ -44,6 +46,8 @@ class InternVLEngine:
             )
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else tokenizer.unk_token_id
+        #: Images encoded by the vision tower since the engine was made (benchmarks, tests).
+        self.vit_images = 0
 
     # -- inputs ---------------------------------------------------------------------------------
     def query(self, question: str) -> str:
@@ -71,27 +75,45 @@ class InternVLEngine:
     # -- model ------------------------------------------------------------------------------------
     @torch.inference_mode()
     def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """The projected image tokens the language model receives, (N, image_seq_length, hidden)."""
-        return self.model.model.get_image_features(pixel_values=self.pixel_tensor(images)).pooler_output
+        """The projected image tokens the language model receives, (N, image_seq_length, hidden).
+
+        The only place the vision tower runs: one forward pass over ``images``;
+        :attr:`vit_images` counts the images it encoded.
+        """
+        features = self.model.model.get_image_features(pixel_values=self.pixel_tensor(images)).pooler_output
+        self.vit_images += len(images)
+        return features
+
+    def _encoded(self, features: torch.Tensor) -> dict[str, Any]:
+        """``features`` as transformers' pre-encoded multimodal input (one row per prompt)."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return {"image": BaseModelOutputWithPooling(pooler_output=features.to(self._text_device()))}
 
     @torch.inference_mode()
     def first_step_logits(self, question: str, image: Image.Image) -> torch.Tensor:
         """Raw next-token logits at the last prompt position (before any logits processor)."""
         input_ids, attention_mask = self.encode([question])
         out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, pixel_values=self.pixel_tensor([image])
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mm_encoder_outputs=self._encoded(self.image_features([image])),
         )
         return out.logits[0, -1]
 
     @torch.inference_mode()
-    def generate_ids(
-        self, questions: Sequence[str], images: Sequence[Image.Image], max_new_tokens: int | None = None
+    def generate_from_features(
+        self, questions: Sequence[str], features: torch.Tensor, max_new_tokens: int | None = None
     ) -> list[list[int]]:
-        """Greedy new token ids per prompt (up to and including ``<|im_end|>`` when reached)."""
+        """Greedy new token ids per prompt; ``features[i]`` are the image tokens of ``questions[i]``.
+
+        Up to and including ``<|im_end|>`` when reached. The features go to ``generate`` as
+        pre-encoded multimodal outputs, so the vision tower does not run again here.
+        """
         from transformers import GenerationConfig
 
-        if len(questions) != len(images):
-            raise ValueError("one image per question")
+        if len(questions) != features.shape[0]:
+            raise ValueError("one row of image features per question")
         input_ids, attention_mask = self.encode(questions)
         config = GenerationConfig(
             max_new_tokens=max_new_tokens or self.max_new_tokens,
@@ -104,7 +126,7 @@ class InternVLEngine:
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            pixel_values=self.pixel_tensor(images),
+            mm_encoder_outputs=self._encoded(features),
             generation_config=config,
         )
         new = out[:, input_ids.shape[1] :].tolist()
@@ -115,6 +137,52 @@ class InternVLEngine:
             result.append(ids)
         return result
 
+    def prompt_lengths(self, questions: Sequence[str]) -> list[int]:
+        """Number of tokens of each full prompt (image tokens included), unpadded."""
+        return [len(ids) for ids in self.tokenizer([self.query(q) for q in questions])["input_ids"]]
+
+    def generate_ids(
+        self,
+        questions: Sequence[str],
+        images: Sequence[Image.Image],
+        max_new_tokens: int | None = None,
+        *,
+        batch_size: int | None = None,
+    ) -> list[list[int]]:
+        """Greedy new token ids per (question, image), in the order given.
+
+        The schedule: the vision tower encodes each distinct image once (images are the same
+        when they are the same object, as all the prompts of one prepared image are), in
+        batches of ``batch_size`` images; the prompts, whatever their image, are ordered by
+        prompt length (so a batch pads little) and generated ``batch_size`` at a time (all at
+        once when ``batch_size`` is None), each with its image's features.
+        """
+        if len(questions) != len(images):
+            raise ValueError("one image per question")
+        if not questions:
+            return []
+        step = batch_size or len(questions)
+        slot: dict[int, int] = {}
+        distinct: list[Image.Image] = []
+        which = []
+        for image in images:
+            if id(image) not in slot:
+                slot[id(image)] = len(distinct)
+                distinct.append(image)
+            which.append(slot[id(image)])
+        features = torch.cat(
+            [self.image_features(distinct[i : i + step]) for i in range(0, len(distinct), step)]
+        )
+        lengths = self.prompt_lengths(questions)
+        order = sorted(range(len(questions)), key=lambda i: (lengths[i], i))
+        result: list[list[int]] = [[] for _ in questions]
+        for start in range(0, len(order), step):
+            chunk = order[start : start + step]
+            rows = features[torch.tensor([which[i] for i in chunk], device=features.device)]
+            for i, ids in zip(chunk, self.generate_from_features([questions[i] for i in chunk], rows, max_new_tokens)):
+                result[i] = ids
+        return result
+
     def decode_answer(self, ids: Sequence[int]) -> str:
         """Text before ``<|im_end|>``, special tokens kept (``<ref>``, ``<box>``), stripped."""
         ids = list(ids)
@@ -123,6 +191,12 @@ class InternVLEngine:
         return self.tokenizer.decode(ids, skip_special_tokens=False).strip()
 
     def answer(
-        self, questions: Sequence[str], images: Sequence[Image.Image], max_new_tokens: int | None = None
+        self,
+        questions: Sequence[str],
+        images: Sequence[Image.Image],
+        max_new_tokens: int | None = None,
+        *,
+        batch_size: int | None = None,
     ) -> list[str]:
-        return [self.decode_answer(ids) for ids in self.generate_ids(questions, images, max_new_tokens)]
+        ids = self.generate_ids(questions, images, max_new_tokens, batch_size=batch_size)
+        return [self.decode_answer(i) for i in ids]

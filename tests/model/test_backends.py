@@ -176,3 +176,73 @@ def test_medrega_backend_on_the_converted_fixture(tmp_path: Path) -> None:
     answers = backend.generate([GenerationRequest(image, expected["question"], "en")] * 3)
     first5 = backend.engine.tokenizer.decode(expected["greedy"]["ids"][:5], skip_special_tokens=False).strip()
     assert answers == [first5] * 3
+
+
+def _pictures(n: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (120 + 40 * i, 160, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def test_engine_encodes_each_image_once_and_batches_across_images(tiny, monkeypatch) -> None:
+    """Issue 14: the vision tower runs once per image, the prompts of all images are batched
+    together ordered by prompt length, and the greedy ids equal one-prompt-at-a-time generation
+    with the image encoded for that prompt alone (float32)."""
+    engine = tiny.engine
+    pictures = _pictures(3)
+    chest, abdomen = plan_for("DX", "CHEST"), plan_for("CT", "ABDOMEN")
+    pairs = [(p.question, pictures[0]) for p in chest] + [
+        (p.question, picture) for picture in pictures[1:] for p in abdomen
+    ]
+    questions, images = [q for q, _ in pairs], [i for _, i in pairs]
+    batches: list[list[str]] = []
+    original = engine.generate_from_features
+
+    def recording(qs, features, max_new_tokens=None):
+        batches.append(list(qs))
+        return original(qs, features, max_new_tokens)
+
+    monkeypatch.setattr(engine, "generate_from_features", recording)
+    before = engine.vit_images
+    batched = engine.generate_ids(questions, images, 6, batch_size=4)
+    assert engine.vit_images - before == 3  # one encoding per image, not per prompt
+    assert [len(b) for b in batches] == [4] * (len(pairs) // 4) + ([len(pairs) % 4] if len(pairs) % 4 else [])
+    lengths = dict(zip(questions, engine.prompt_lengths(questions)))
+    flat = [lengths[q] for b in batches for q in b]
+    assert flat == sorted(flat)  # ordered by prompt length across the whole study
+    owners = {q: {id(i) for q2, i in pairs if q2 == q} for q in questions}
+    assert any(len(set().union(*(owners[q] for q in b))) > 1 for b in batches)  # batches span images
+    monkeypatch.undo()
+    single = []
+    for q, im in pairs:
+        start = engine.vit_images
+        single.append(engine.generate_ids([q], [im], 6)[0])
+        assert engine.vit_images == start + 1
+    assert batched == single
+    assert engine.answer(questions, images, 6, batch_size=4) == [engine.decode_answer(i) for i in single]
+
+
+def test_engine_backend_generates_a_study_in_one_schedule(tiny) -> None:
+    """EngineBackend.generate hands all requests to one schedule: images shared by object."""
+    pictures = _pictures(2, seed=1)
+    prompts = plan_for("DX", "CHEST")
+    requests = [GenerationRequest(im, p.question, p.language) for im in pictures for p in prompts]
+    before = tiny.engine.vit_images
+    answers = tiny.generate(requests)
+    assert tiny.engine.vit_images - before == 2 and len(answers) == len(requests)
+    assert tiny.generate([]) == []
+
+
+def test_model_throughput_bench_quick(tmp_path: Path) -> None:
+    """bench/model_throughput.py --quick: the old path encodes per prompt, the new per image,
+    and both give the same greedy ids."""
+    out = tmp_path / "throughput.json"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "model_throughput.py"), "--quick", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["old"]["vit_images"] == report["prompts"] > report["images"] == report["new"]["vit_images"]
+    assert report["greedy_ids_equal"] == report["prompts"]
+    assert report["old"]["new_tokens"] == report["new"]["new_tokens"] > 0
+    assert "| new |" in run.stdout and "tokens per CPU s" in run.stdout
