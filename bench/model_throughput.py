@@ -44,8 +44,11 @@ from model.internvl_v1 import MedRegAForConditionalGeneration  # noqa: E402
 from model.plans import plan_for  # noqa: E402
 from model.template import IMG_CONTEXT  # noqa: E402
 
-#: Model sizes (vision tower / language model). "mid" keeps MedRegA's proportions (InternViT-6B
-#: is about a sixth of the 40B): 13 M vision and 100 M language parameters; "gpu" is ~3 B.
+#: Model sizes (vision tower / language model). "mid" (165 M parameters: 15 M vision, 50 M in the
+#: Llama layers, 98 M in the embeddings and output layer of Yi's 64,000-token vocabulary) keeps
+#: MedRegA's balance of work per prompt: the vision tower costs about half a prompt's prefill
+#: (MedRegA: InternViT-6B over 1,025 patches ~12 TFLOP, Yi-34B over ~420 tokens ~29 TFLOP);
+#: "gpu" is ~3 B (InternViT 24 x 1024, Llama 32 x 2560).
 SIZES: dict[str, dict[str, int]] = {
     "quick": dict(v_hidden=64, v_layers=2, v_heads=4, v_mlp=128, t_hidden=64, t_layers=2, t_heads=4, t_kv=2, t_mlp=128, vocab=0),
     "mid": dict(v_hidden=384, v_layers=8, v_heads=6, v_mlp=1536, t_hidden=768, t_layers=8, t_heads=12, t_kv=4, t_mlp=2048, vocab=64000),
@@ -231,8 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "speedup_cpu": statistics.median(old.cpu_s) / statistics.median(new.cpu_s),
     }
     print(f"## Model throughput ({time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, torch {torch.__version__})\n")
-    print(f"{size} random model of MedRegA's topology: {params / 1e6:.0f} M parameters "
-          f"({params_v / 1e6:.0f} M vision), {args.dtype} on {args.device}, {args.threads} thread(s); "
+    print(f"{size} random model of MedRegA's topology: {params / 1e6:.1f} M parameters "
+          f"({params_v / 1e6:.1f} M vision), {args.dtype} on {args.device}, {args.threads} thread(s); "
           f"study of {n_images} images, {len(questions)} prompts ({min(lengths)}-{max(lengths)} tokens), "
           f"batch {args.batch_size}, at most {max_new} new tokens, median of {rounds} round(s)\n")
     print("| path | vision tower passes / images encoded per study | new tokens | seconds | tokens/s | tokens per CPU s |")

@@ -95,7 +95,8 @@ def test_batches_frames_and_undecodable_images(tmp_path: Path) -> None:
     messages: list[str] = []
     settings = ModelSettings(backend="replay", batch_size=3)
     results = analyse_study([cine, broken], backend, settings, progress=messages.append)
-    assert [len(b) for b in backend.batches] == [3, 1]
+    # the whole study in one call: the backend batches it (batch_size) and encodes each image once
+    assert [len(b) for b in backend.batches] == [4]
     assert {r.frame_number for r in results} == {3}
     assert backend.batches[0][0].frame_number == 3 and backend.batches[0][0].sop_instance_uid == cine.sop_instance_uid
     assert any(m.startswith(f"skipped {broken.sop_instance_uid}") for m in messages)
