@@ -148,6 +148,7 @@ def old_path(engine: InternVLEngine, questions: Sequence[str], images: Sequence[
 
 
 def new_path(engine: InternVLEngine, questions: Sequence[str], images: Sequence[Image.Image], batch_size: int, max_new_tokens: int) -> list[list[int]]:
+    engine.clear_feature_cache()  # each round starts cold, as a new study does
     return engine.generate_ids(questions, images, max_new_tokens, batch_size=batch_size)
 
 

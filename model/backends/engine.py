@@ -13,6 +13,8 @@ Imports torch/transformers: only imported by a backend that loads a model.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +30,7 @@ __all__ = ["InternVLEngine"]
 class InternVLEngine:
     """A loaded native InternVL model (v1 pixel shuffle aware) and its tokenizer."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int, feature_cache_size: int = 32) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
@@ -48,6 +50,9 @@ class InternVLEngine:
         self.pad_token_id = pad if pad is not None else tokenizer.unk_token_id
         #: Images encoded by the vision tower since the engine was made (benchmarks, tests).
         self.vit_images = 0
+        #: Image features kept for images still alive: id -> (weak reference, features).
+        self._feature_cache: OrderedDict[int, tuple[weakref.ref[Image.Image], torch.Tensor]] = OrderedDict()
+        self.feature_cache_size = feature_cache_size
 
     # -- inputs ---------------------------------------------------------------------------------
     def query(self, question: str) -> str:
@@ -137,6 +142,45 @@ class InternVLEngine:
             result.append(ids)
         return result
 
+    def _features_of(self, images: Sequence[Image.Image], step: int) -> torch.Tensor:
+        """Features of distinct ``images``: from the cache, the others encoded ``step`` at a time."""
+        cached = [self._cached(image) for image in images]
+        missing = [image for image, f in zip(images, cached) if f is None]
+        fresh = [self.image_features(missing[i : i + step]) for i in range(0, len(missing), step)]
+        new = iter(torch.cat(fresh) if fresh else [])
+        rows = []
+        for image, f in zip(images, cached):
+            if f is None:
+                f = next(new)
+                self._remember(image, f)
+            rows.append(f)
+        return torch.stack(rows)
+
+    def clear_feature_cache(self) -> None:
+        """Forget every kept image feature (benchmarks measure a study from a cold start)."""
+        self._feature_cache.clear()
+
+    def _cached(self, image: Image.Image) -> torch.Tensor | None:
+        entry = self._feature_cache.get(id(image))
+        if entry is None or entry[0]() is not image:
+            return None
+        self._feature_cache.move_to_end(id(image))
+        return entry[1]
+
+    def _remember(self, image: Image.Image, features: torch.Tensor) -> None:
+        """Keep ``features`` while ``image`` lives (a weak reference drops them with it), at most
+        :attr:`feature_cache_size` images, the least recently used dropped first."""
+        key = id(image)
+
+        def forget(ref: "weakref.ref[Image.Image]", key: int = key) -> None:
+            entry = self._feature_cache.get(key)
+            if entry is not None and entry[0] is ref:
+                del self._feature_cache[key]
+
+        self._feature_cache[key] = (weakref.ref(image, forget), features)
+        while len(self._feature_cache) > self.feature_cache_size:
+            self._feature_cache.popitem(last=False)
+
     def prompt_lengths(self, questions: Sequence[str]) -> list[int]:
         """Number of tokens of each full prompt (image tokens included), unpadded."""
         return [len(ids) for ids in self.tokenizer([self.query(q) for q in questions])["input_ids"]]
@@ -153,7 +197,8 @@ class InternVLEngine:
 
         The schedule: the vision tower encodes each distinct image once (images are the same
         when they are the same object, as all the prompts of one prepared image are), in
-        batches of ``batch_size`` images; the prompts, whatever their image, are ordered by
+        batches of ``batch_size`` images, and keeps its features while the image object lives
+        (a later call about the same image, such as a follow-up question, reuses them); the prompts, whatever their image, are ordered by
         prompt length (so a batch pads little) and generated ``batch_size`` at a time (all at
         once when ``batch_size`` is None), each with its image's features.
         """
@@ -170,9 +215,7 @@ class InternVLEngine:
                 slot[id(image)] = len(distinct)
                 distinct.append(image)
             which.append(slot[id(image)])
-        features = torch.cat(
-            [self.image_features(distinct[i : i + step]) for i in range(0, len(distinct), step)]
-        )
+        features = self._features_of(distinct, step)
         lengths = self.prompt_lengths(questions)
         order = sorted(range(len(questions)), key=lambda i: (lengths[i], i))
         result: list[list[int]] = [[] for _ in questions]

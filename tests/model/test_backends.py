@@ -212,13 +212,36 @@ def test_engine_encodes_each_image_once_and_batches_across_images(tiny, monkeypa
     owners = {q: {id(i) for q2, i in pairs if q2 == q} for q in questions}
     assert any(len(set().union(*(owners[q] for q in b))) > 1 for b in batches)  # batches span images
     monkeypatch.undo()
+    # the same image objects again (a follow-up round): their features are reused
+    again = engine.generate_ids(questions[:2], images[:2], 6)
+    assert engine.vit_images - before == 3 and again == batched[:2]
     single = []
     for q, im in pairs:
         start = engine.vit_images
-        single.append(engine.generate_ids([q], [im], 6)[0])
+        single.append(engine.generate_ids([q], [im.copy()], 6)[0])  # a new object: encoded alone
         assert engine.vit_images == start + 1
     assert batched == single
     assert engine.answer(questions, images, 6, batch_size=4) == [engine.decode_answer(i) for i in single]
+
+
+def test_engine_forgets_features_with_their_image(tiny) -> None:
+    import gc
+
+    engine = tiny.engine
+    picture = _pictures(1, seed=5)[0]
+    engine.generate_ids(["q"], [picture], 1)
+    assert id(picture) in engine._feature_cache
+    key = id(picture)
+    del picture
+    gc.collect()
+    assert key not in engine._feature_cache
+    size, engine.feature_cache_size = engine.feature_cache_size, 2
+    try:
+        kept = _pictures(3, seed=6)
+        engine.generate_ids(["q"] * 3, kept, 1)
+        assert len(engine._feature_cache) == 2 and id(kept[0]) not in engine._feature_cache
+    finally:
+        engine.feature_cache_size = size
 
 
 def test_engine_backend_generates_a_study_in_one_schedule(tiny) -> None:
