@@ -22,9 +22,9 @@ from .geometry import box_to_pixels, match_boxes
 from .imaging import ImagingError, PreparedImage, prepare_image
 from .parse import parse_answer
 from .plans import PlannedPrompt, plan_for
-from .selection import ImageChoice, SourceImage, select_images
+from .selection import ImageChoice, SourceImage, select_images, slice_positions
 
-__all__ = ["SourceImage", "RegionResult", "RunResult", "analyse_study", "IOU_MATCH_THRESHOLD"]
+__all__ = ["SourceImage", "RegionResult", "RunResult", "analyse_study", "number_regions", "IOU_MATCH_THRESHOLD"]
 
 IOU_MATCH_THRESHOLD = 0.5
 
@@ -116,6 +116,38 @@ def _results_for_image(pending: list[_Pending]) -> list[RunResult]:
         )
         for i, (p, answer) in enumerate(zip(pending, parsed))
     ]
+
+
+def _study_order(image: SourceImage, frame_number: int | None, region: RegionResult) -> tuple:
+    """Where a box stands in the study: series, instance, slice position, frame, then place in the image."""
+    position = slice_positions([image])
+    missing = float("inf")
+    return (
+        image.series_number if image.series_number is not None else missing,
+        image.instance_number if image.instance_number is not None else missing,
+        position[0] if position else 0.0,
+        frame_number or 0,
+        region.pixels[1],  # top edge, then left edge: reading order within the image
+        region.pixels[0],
+        region.match_key,
+    )
+
+
+def number_regions(results: Sequence[RunResult]) -> dict[str, int]:
+    """Region number (1, 2, ...) of every ``match_key``, in the study's order, not arrival order.
+
+    The order is Series Number, Instance Number, position along the slice normal, frame, then the
+    box's top-left corner; a finding seen in both languages takes its first place. The same study
+    therefore numbers the same boxes alike whatever order its instances arrived in.
+    """
+    first: dict[str, tuple] = {}
+    for result in results:
+        for region in result.regions:
+            key = _study_order(result.image, result.frame_number, region)
+            if region.match_key not in first or key < first[region.match_key]:
+                first[region.match_key] = key
+    ordered = sorted(first, key=first.__getitem__)
+    return {match_key: number for number, match_key in enumerate(ordered, start=1)}
 
 
 def analyse_study(

@@ -57,6 +57,8 @@ class SourceImage:
     instance_number: int | None
     image_position_patient: list[float] | None
     image_orientation_patient: list[float] | None
+    #: Series Number (0020,0011) of the instance's series; orders regions across series.
+    series_number: int | None = None
 
 
 @dataclass(frozen=True)

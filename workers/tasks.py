@@ -19,7 +19,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from celery import Task
 from sqlalchemy import delete, select, update
@@ -41,6 +42,9 @@ from gateway.models import (
 )
 
 from .app import CPU_QUEUE, celery_app, settings
+
+if TYPE_CHECKING:  # the model package is imported by the GPU task only
+    from model.analysis import RunResult
 
 __all__ = ["process_study", "deliver_document", "run_job", "record_event", "PermanentJobError"]
 
@@ -116,7 +120,7 @@ def _heartbeat(job_id: int) -> Callable[[str], None]:
 
 def _infer(job_id: int) -> None:
     """Run the model over the job's images and record model runs and findings (one transaction)."""
-    from model.analysis import SourceImage, analyse_study
+    from model.analysis import SourceImage, analyse_study, number_regions
     from model.backends import load_backend
     from model.prompts import REGION_TASKS
     from sr_writer.uids import derive_uid
@@ -142,6 +146,7 @@ def _infer(job_id: int) -> None:
                 instance_number=row.instance_number,
                 image_position_patient=row.image_position_patient,
                 image_orientation_patient=row.image_orientation_patient,
+                series_number=row.series.series_number,
             )
             for row in rows
         ]
@@ -168,7 +173,8 @@ def _infer(job_id: int) -> None:
         # Remove what an interrupted earlier attempt may have written, then record afresh.
         session.execute(delete(Finding).where(Finding.job_id == job_id))
         session.execute(delete(ModelRun).where(ModelRun.job_id == job_id))
-        tracking_numbers: dict[str, int] = {}
+        numbers = number_regions(results)
+        codes = _finding_codes(results)
         n_regions = 0
         for result in results:
             run = ModelRun(
@@ -198,19 +204,20 @@ def _infer(job_id: int) -> None:
                                     referenced_sop_class_uid=result.image.sop_class_uid,
                                     frame_number=result.frame_number))
             for region in result.regions:
-                number = tracking_numbers.setdefault(region.match_key, len(tracking_numbers) + 1)
+                code_value, code_scheme, code_meaning = codes[region.match_key][result.language]
                 x1, y1, x2, y2 = region.box
                 px1, py1, px2, py2 = region.pixels
                 session.add(Finding(
                     job_id=job_id, model_run_id=run.id, language=result.language, kind="region",
                     label=_db_text(region.label)[:256], text=_db_text(region.description),
+                    code_value=code_value, code_scheme=code_scheme, code_meaning=code_meaning,
                     box_x1=x1, box_y1=y1, box_x2=x2, box_y2=y2,
                     px_x1=px1, px_y1=py1, px_x2=px2, px_y2=py2,
                     referenced_sop_instance_uid=result.image.sop_instance_uid,
                     referenced_sop_class_uid=result.image.sop_class_uid,
                     frame_number=result.frame_number,
                     tracking_uid=derive_uid("tracking", study_uid, str(version), region.match_key),
-                    tracking_identifier=f"region {number}",
+                    tracking_identifier=f"region {numbers[region.match_key]}",
                 ))
                 n_regions += 1
         job = session.get(Job, job_id)
@@ -219,6 +226,21 @@ def _infer(job_id: int) -> None:
         if skipped:
             detail += "; could not read " + "; ".join(f"{image.sop_instance_uid}: {why}" for image, why in skipped)
         record_event(session, job, JobState.INFERRED, detail)
+
+
+def _finding_codes(results: Sequence[RunResult]) -> dict[str, dict[str, tuple[str, str, str]]]:
+    """One Finding code per box (``match_key``, hence Tracking UID), meaning per language.
+
+    The box's labels in every language are resolved together (:func:`sr_writer.coding.resolve_finding_codes`),
+    so the English and the Chinese SR code the same box alike.
+    """
+    from sr_writer.coding import resolve_finding_codes
+
+    labels: dict[str, dict[str, str]] = {}
+    for result in results:
+        for region in result.regions:
+            labels.setdefault(region.match_key, {}).setdefault(result.language, region.label)
+    return {match_key: resolve_finding_codes(by_language) for match_key, by_language in labels.items()}
 
 
 def _write_results(job_id: int) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -26,24 +27,31 @@ from gateway.models import (
     StudyState,
 )
 from gateway.samples import make_sample_study
-from gateway.settings import load_settings
+from gateway.settings import Settings, load_settings
 
 
-@pytest.fixture
-def gateway(tmp_path: Path, sqlite_url: str):
-    """Settings with a replay model, a received 3-series study and a complete job for it."""
+REPLAY_LINES = [
+    {"language": "en", "prompt_contains": "<ref>", "answer": "<ref>heart</ref><box>[[400, 450, 700, 800]]</box>: big"},
+    {"language": "zh", "prompt_contains": "<ref>", "answer": "<ref>心脏</ref><box>[[402, 452, 698, 801]]</box>：增大"},
+    {"language": "en", "answer": "Findings: cardiomegaly."},
+    {"language": "zh", "answer": "影像结论：心影增大。"},
+]
+
+
+def received_job(tmp_path: Path, sqlite_url: str, *, replay_lines: list[dict] = REPLAY_LINES,
+                 arrival: Callable[[list[Path]], list[Path]] = list) -> tuple[Settings, int]:
+    """Settings with a replay model, a received 3-series study and a complete job for it.
+
+    ``arrival`` orders the sample's files as they are filed (instance rows in that order).
+    """
     from dicom_node.assembler import complete_study
     from model.backends import clear_cache
     from workers.app import configure
 
     sample = make_sample_study(tmp_path / "study")
     replay = tmp_path / "replay.jsonl"
-    replay.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in [
-        {"language": "en", "prompt_contains": "<ref>", "answer": "<ref>heart</ref><box>[[400, 450, 700, 800]]</box>: big"},
-        {"language": "zh", "prompt_contains": "<ref>", "answer": "<ref>心脏</ref><box>[[402, 452, 698, 801]]</box>：增大"},
-        {"language": "en", "answer": "Findings: cardiomegaly."},
-        {"language": "zh", "answer": "影像结论：心影增大。"},
-    ]) + "\n", encoding="utf-8")
+    replay.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in replay_lines) + "\n",
+                      encoding="utf-8")
     settings = load_settings(environ={}, storage={"data_dir": str(tmp_path / "var")},
                              database={"url": sqlite_url}, model={"backend": "replay", "path": str(replay)})
     configure(settings)
@@ -53,12 +61,12 @@ def gateway(tmp_path: Path, sqlite_url: str):
         s.add(study)
         s.add(Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=1))
         s.flush()
-        for path in sample.files:
+        for path in arrival(list(sample.files)):
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             series = s.scalar(select(Series).where(Series.series_instance_uid == ds.SeriesInstanceUID))
             if series is None:
                 series = Series(study_id=study.id, series_instance_uid=ds.SeriesInstanceUID, modality=ds.Modality,
-                                body_part_examined=ds.get("BodyPartExamined"))
+                                body_part_examined=ds.get("BodyPartExamined"), series_number=ds.get("SeriesNumber"))
                 s.add(series)
                 s.flush()
             rel = Path("spool") / path.name
@@ -66,6 +74,7 @@ def gateway(tmp_path: Path, sqlite_url: str):
             shutil.copy(path, settings.data_dir / rel)
             s.add(Instance(study_id=study.id, series_id=series.id, sop_instance_uid=ds.SOPInstanceUID,
                            sop_class_uid=ds.SOPClassUID, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+                           instance_number=ds.get("InstanceNumber"),
                            rows=ds.Rows, columns=ds.Columns, path=str(rel), size_bytes=path.stat().st_size,
                            sha256="0" * 64, pixel_spacing=[float(v) for v in ds.get("PixelSpacing", [])] or None))
         s.flush()
@@ -73,6 +82,12 @@ def gateway(tmp_path: Path, sqlite_url: str):
         assert job is not None and study.state == StudyState.COMPLETE
         job_id = job.id
     return settings, job_id
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, sqlite_url: str):
+    """Settings with a replay model, a received 3-series study and a complete job for it."""
+    return received_job(tmp_path, sqlite_url)
 
 
 def _counts(url: str, job_id: int) -> tuple[int, int, int, int]:
