@@ -48,6 +48,8 @@ def _run(tmp_path: Path, url: str, arrival, monkeypatch: pytest.MonkeyPatch) -> 
                           (f.code_value, f.code_scheme, f.code_meaning)) for f in findings],
             "order": order,
             "srs": srs,
+            "settings": settings,
+            "study_instance_uid": s.get(Instance, 1).study.study_instance_uid,
         }
 
 
@@ -109,3 +111,31 @@ def test_one_code_per_box_in_both_languages_and_in_the_database(two_runs) -> Non
     for language, sr in first["srs"].items():
         for region in read_report(sr).regions:
             assert region.finding == codes[region.tracking_uid][language]
+
+
+def test_api_and_study_page_show_the_stored_codes(two_runs) -> None:
+    """The API lists each finding with its code; the study page shows it next to both names."""
+    from fastapi.testclient import TestClient
+
+    from gateway.api.app import create_app
+    from gateway.api.ui import COOKIE_NAME
+    from gateway.db import session_factory
+    from gateway.tokens import create_token
+
+    first, _ = two_runs
+    settings = first["settings"]
+    with session_factory(settings.database_url)() as s:
+        token = create_token(s, "carol-auditor", "auditor")
+        s.commit()
+    stored = {(language, label): code for language, label, _, _, _, code in first["findings"]}
+    with TestClient(create_app(settings)) as client:
+        listed = client.get("/api/v1/findings", params={"kind": "region", "limit": 100},
+                            headers={"Authorization": f"Bearer {token}"})
+        assert listed.status_code == 200, listed.text
+        items = [f for f in listed.json()["items"] if f["kind"] == "region"]  # not the report texts
+        assert items and {(f["language"], f["label"]): (f["code_value"], f["code_scheme"], f["code_meaning"])
+                          for f in items} == stored
+        page = client.get(f"/ui/studies/{first['study_instance_uid']}", headers={"Cookie": f"{COOKIE_NAME}={token}"})
+        assert page.status_code == 200, page.text[:500]
+    for value, scheme, _ in set(stored.values()):
+        assert f"{scheme} {value}" in page.text
