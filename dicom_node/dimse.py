@@ -11,16 +11,23 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from common.uids import ui_value_text, valid_uid
+
 __all__ = [
     "C_STORE_RQ",
     "C_STORE_RSP",
     "C_ECHO_RQ",
     "C_ECHO_RSP",
+    "C_CANCEL_RQ",
     "NO_DATA_SET",
     "STATUS_UNRECOGNIZED_OPERATION",
     "STATUS_PROCESSING_FAILURE",
     "STATUS_OUT_OF_RESOURCES",
+    "STATUS_SPOOL_ERROR",
+    "STATUS_SOP_CLASS_NOT_SUPPORTED",
+    "STATUS_INVALID_SOP_INSTANCE",
     "CommandSetError",
+    "request_status",
     "Command",
     "decode_command",
     "encode_response",
@@ -31,6 +38,7 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
+C_CANCEL_RQ = 0x0FFF
 #: (0000,0800) Command Data Set Type: no data set follows (PS3.7 E.1)
 NO_DATA_SET = 0x0101
 #: PS3.7 C.4.2: the operation is not supported on this association
@@ -39,6 +47,15 @@ STATUS_UNRECOGNIZED_OPERATION = 0x0211
 STATUS_PROCESSING_FAILURE = 0x0110
 #: PS3.4 B.2.3: C-STORE refused, out of resources (the data set could not even be written)
 STATUS_OUT_OF_RESOURCES = 0xA700
+#: PS3.4 B.2.3 "Refused: Out of Resources" range: the node's code for a spool that could not
+#: be written (an I/O error other than a full disk)
+STATUS_SPOOL_ERROR = 0xA702
+#: PS3.7 9.1.1.1.9 and Annex C (C-STORE, C-ECHO): Refused, SOP Class not supported: the Affected SOP Class UID
+#: is missing, not a UID, or not the abstract syntax of the presentation context it came on
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+#: PS3.7 9.1.1.1.9 and Annex C (C-STORE): Invalid SOP Instance: the Affected SOP Instance UID is missing or
+#: violates the UID construction rules (PS3.5 9.1)
+STATUS_INVALID_SOP_INSTANCE = 0x0117
 
 _AFFECTED_SOP_CLASS_UID = 0x00000002
 _COMMAND_FIELD = 0x00000100
@@ -73,10 +90,6 @@ class Command:
     move_originator_message_id: int | None = None
 
 
-def _uid(value: bytes) -> str:
-    return value.rstrip(b"\x00 ").decode("ascii", "replace")
-
-
 def decode_command(data: bytes | bytearray) -> Command:
     """Decode an Implicit VR Little Endian command set (group 0000 only, PS3.7 6.3.1)."""
     elements: dict[int, bytes] = {}
@@ -107,13 +120,37 @@ def decode_command(data: bytes | bytearray) -> Command:
         command_field=us(_COMMAND_FIELD),
         message_id=us(_MESSAGE_ID),
         has_data_set=us(_COMMAND_DATA_SET_TYPE) != NO_DATA_SET,
-        affected_sop_class_uid=_uid(elements.get(_AFFECTED_SOP_CLASS_UID & 0xFFFF, b"")),
-        affected_sop_instance_uid=_uid(elements.get(_AFFECTED_SOP_INSTANCE_UID & 0xFFFF, b"")),
+        affected_sop_class_uid=ui_value_text(elements.get(_AFFECTED_SOP_CLASS_UID & 0xFFFF, b"")),
+        affected_sop_instance_uid=ui_value_text(elements.get(_AFFECTED_SOP_INSTANCE_UID & 0xFFFF, b"")),
         priority=us(_PRIORITY, 0),
         move_originator_ae_title=elements.get(_MOVE_ORIGINATOR_AE_TITLE & 0xFFFF, b"")
         .decode("ascii", "replace").strip(),
         move_originator_message_id=int(_US.unpack(move_id)[0]) if move_id and len(move_id) == 2 else None,
     )
+
+
+def request_status(command: Command, abstract_syntax: str) -> int | None:
+    """The failure status for a request whose mandatory command elements are missing or wrong,
+    ``None`` when it may proceed; ``abstract_syntax`` is that of the presentation context the
+    command came on.
+
+    C-STORE-RQ (PS3.7 9.3.1.1) and C-ECHO-RQ (9.3.5.1) name the SOP Class in Affected SOP Class
+    UID (M), which must be the context's abstract syntax (PS3.8 7.1.1.13: a context is negotiated
+    for one abstract syntax), else 0x0122; a C-STORE-RQ names the instance in Affected SOP
+    Instance UID (M), a valid UID (PS3.5 9.1), else 0x0117. Both UIDs are checked with the one
+    strict validator, so a UID with a line feed, a NUL or a non-ASCII byte fails here.
+    """
+    if command.command_field == C_STORE_RQ:
+        if command.affected_sop_class_uid != abstract_syntax or not valid_uid(command.affected_sop_class_uid):
+            return STATUS_SOP_CLASS_NOT_SUPPORTED
+        if not valid_uid(command.affected_sop_instance_uid):
+            return STATUS_INVALID_SOP_INSTANCE
+        return None
+    if command.command_field == C_ECHO_RQ:
+        if command.affected_sop_class_uid != abstract_syntax or not valid_uid(command.affected_sop_class_uid):
+            return STATUS_SOP_CLASS_NOT_SUPPORTED
+        return None
+    return STATUS_UNRECOGNIZED_OPERATION
 
 
 def _ui(tag: int, uid: str) -> bytes:
@@ -129,14 +166,16 @@ def _us(tag: int, value: int) -> bytes:
 
 def encode_response(request: Command, status: int) -> bytes:
     """The response command set to ``request`` (C-STORE-RSP PS3.7 9.3.1.2, C-ECHO-RSP 9.3.5.2),
-    elements in ascending tag order with (0000,0000) Command Group Length first."""
+    elements in ascending tag order with (0000,0000) Command Group Length first. The Affected
+    SOP Class and Instance UIDs (U(=) in both responses) are returned only when the request's
+    are valid UIDs."""
     body = b""
-    if request.affected_sop_class_uid:
+    if valid_uid(request.affected_sop_class_uid):
         body += _ui(_AFFECTED_SOP_CLASS_UID, request.affected_sop_class_uid)
     body += _us(_COMMAND_FIELD, request.command_field | 0x8000)
     body += _us(_MESSAGE_ID_BEING_RESPONDED_TO, request.message_id)
     body += _us(_COMMAND_DATA_SET_TYPE, NO_DATA_SET)
     body += _us(_STATUS, status)
-    if request.affected_sop_instance_uid:
+    if valid_uid(request.affected_sop_instance_uid):
         body += _ui(_AFFECTED_SOP_INSTANCE_UID, request.affected_sop_instance_uid)
     return _ELEMENT.pack(0x0000, 0x0000, 4) + struct.pack("<I", len(body)) + body

@@ -21,7 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 
-from .spool import valid_uid
+from common.uids import ui_value_text, valid_uid
 
 __all__ = [
     "HeaderError",
@@ -173,15 +173,17 @@ def _vr(ds: Dataset, keyword: str) -> str:
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
-    text = _raw_text(ds, keyword, ("UI",))
-    if text is not None and "\\" not in text:  # with a backslash pydicom makes it a list
-        return _uid_value(text)
-    return str(ds.get(keyword, "") or "").strip().rstrip("\x00")
-
-
-def _uid_value(text: str) -> str:
-    """A UI value without its padding (trailing NUL, spaces)."""
-    return text.rstrip("\x00 ").strip().rstrip("\x00")
+    """A UID attribute's value as it was sent, less its one NUL pad byte (PS3.5 6.2): nothing
+    else is stripped, so that :func:`~common.uids.valid_uid` refuses a line feed, a space or a
+    NUL inside. Empty when absent."""
+    tag = _KEYWORD_TAGS[keyword]
+    if tag not in ds:
+        return ""
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        return ui_value_text(elem.value or b"")
+    value = ds[tag].value
+    return value if isinstance(value, str) else "\\".join(str(v) for v in (value or ()))
 
 
 # -- fast path: a raw element scan of Little Endian data sets ----------------------------------
@@ -612,11 +614,11 @@ def _decode_simple(
     try:
         for field_name, keyword in _UID_FIELDS:
             elem = raw.get(_KEYWORD_TAGS[keyword])
-            if elem is None:
+            if elem is None or elem.VR not in (None, "UI"):
                 return None
-            uid = _uid_value(_ascii(elem, "UI"))
+            uid = ui_value_text(elem.value or b"")
             if not valid_uid(uid):
-                return None
+                return None  # refused on pydicom's path, with the reason
             fields[field_name] = uid
         if affected_sop_class_uid and fields["sop_class_uid"] != affected_sop_class_uid.strip():
             return None

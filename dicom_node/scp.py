@@ -7,7 +7,12 @@ rows are committed, and only then is the C-STORE-RSP sent. Status codes (PS3.4 B
 
 ========  =================================================================================
 0x0000    Success: stored (or an identical copy was already stored: not processed twice)
-0xA700    Refused, out of resources: free disk below ``node.minimum_free_disk_mb``
+0x0117    Refused, invalid SOP instance: Affected SOP Instance UID missing or not a UID (PS3.7)
+0x0122    Refused, SOP class not supported: Affected SOP Class UID missing, not a UID, or not
+          the abstract syntax of the presentation context it came on (PS3.7)
+0xA700    Refused, out of resources: the data set would take free disk under
+          ``node.minimum_free_disk_mb``, or the disk is full (ENOSPC) while it is written;
+          answered at once, the rest of the data set is read and dropped
 0xA701    Refused, out of resources: the database could not record the instance
 0xA702    Refused, out of resources: the spool could not be written (I/O error)
 0xA900    Error: SOP Class UID in the data set differs from the Affected SOP Class UID
@@ -26,6 +31,7 @@ Association control is :mod:`dicom_node.policy` (evaluated on each A-ASSOCIATE-R
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import multiprocessing
@@ -33,6 +39,8 @@ import os
 import socket
 import ssl
 import threading
+import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -63,7 +71,7 @@ from gateway.db import make_engine
 from gateway.logs import configure_logging
 from gateway.settings import Settings
 
-from .dimse import Command
+from .dimse import STATUS_OUT_OF_RESOURCES, STATUS_SPOOL_ERROR, Command
 from .header import HEAD_BYTES, HeaderError, parse_head, read_header
 from .ingest import IngestError, IngestOutcome, SeriesStudyConflictError, record_instance
 from .policy import (
@@ -76,13 +84,7 @@ from .policy import (
     AssociationPolicy,
 )
 from .quarantine import quarantine_file
-from .spool import (
-    InsufficientDiskSpaceError,
-    SpoolError,
-    check_free_disk,
-    fsync_fd,
-    incoming_dir,
-)
+from .spool import SpoolError, fsync_fd, incoming_dir
 from .tls import server_context
 from .upper_layer import AcceptorAssociation, AssociationRequest, StoreRequest
 
@@ -126,10 +128,10 @@ LOSSY: tuple[str, ...] = (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossles
 TRANSFER_SYNTAXES: tuple[str, ...] = LOSSLESS_COMPRESSED + UNCOMPRESSED + LOSSY
 
 STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATABASE_UNAVAILABLE = 0xA701
-STATUS_SPOOL_ERROR = 0xA702
 STATUS_SERIES_CONFLICT = 0xC003
+#: how often the deadlines of all connections of a listener process are looked at
+DEADLINE_TICK_S = 0.2
 
 
 class NodeError(RuntimeError):
@@ -202,6 +204,41 @@ class _Loads:
             self._array[slot] -= 1
 
 
+class _PendingByAddress:
+    """Connections per client address that are not yet an association (TCP accepted, no
+    A-ASSOCIATE-AC sent), across all listener processes: ``node.maximum_pending_connections_per_address``.
+
+    ``shared`` is a ``multiprocessing`` Array of counters; an address counts in the slot its
+    CRC-32 selects (the same in every process, unlike ``hash``), so two addresses that share a
+    slot share its limit: with 4096 slots that is rare, and costs only a stricter limit.
+    """
+
+    SLOTS = 4096
+
+    def __init__(self, shared: Any, limit: int) -> None:
+        self._array = shared
+        self._limit = limit
+
+    @staticmethod
+    def _slot(address: str) -> int:
+        return zlib.crc32(address.encode()) % _PendingByAddress.SLOTS
+
+    def take(self, address: str) -> bool:
+        """Count a new connection from ``address``; False (not counted) when at the limit."""
+        slot = self._slot(address)
+        with self._array.get_lock():
+            if self._array[slot] >= self._limit:
+                return False
+            self._array[slot] += 1
+            return True
+
+    def release(self, address: str) -> None:
+        slot = self._slot(address)
+        with self._array.get_lock():
+            if self._array[slot] > 0:
+                self._array[slot] -= 1
+
+
 class _Listener:
     """The node's associations in one process: each connection runs in a thread of its own
     (:class:`~dicom_node.upper_layer.AcceptorAssociation`) and this object is their
@@ -214,11 +251,13 @@ class _Listener:
         *,
         counter: _AssociationCounter,
         loads: _Loads,
+        pending: _PendingByAddress,
         slot: int = 0,
     ) -> None:
         self.settings = settings
         self._counter = counter
         self._loads = loads
+        self._pending = pending
         self._slot = slot
         self._engine: Engine | None = None
         self._ssl_context: ssl.SSLContext | None = None
@@ -227,7 +266,11 @@ class _Listener:
         self._incoming = incoming_dir(settings.data_dir)
         self._connections: set[AcceptorAssociation] = set()
         self._counted: set[AcceptorAssociation] = set()
+        #: connections still counted in _PendingByAddress (not yet an association)
+        self._unassociated: set[AcceptorAssociation] = set()
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._reaper: threading.Thread | None = None
         self._io = ThreadPoolExecutor(
             max_workers=2 * settings.node.maximum_associations, thread_name_prefix="dicom-node-fsync"
         )
@@ -239,20 +282,37 @@ class _Listener:
         self._policy = AssociationPolicy(
             self._engine, ae_title=node.ae_title, require_known_callers=node.require_known_callers
         )
+        self._reaper = threading.Thread(target=self._enforce_deadlines, name="dicom-node-deadlines", daemon=True)
+        self._reaper.start()
+
+    def _enforce_deadlines(self) -> None:
+        """Every :data:`DEADLINE_TICK_S`, end the waits whose deadline has passed (see
+        :meth:`AcceptorAssociation.check_deadline`): the deadlines bound total times, which no
+        socket timeout can, since a socket timeout starts again with every byte."""
+        while not self._stopped.wait(DEADLINE_TICK_S):
+            with self._lock:
+                connections = list(self._connections)
+            now = time.monotonic()
+            for association in connections:
+                if association.check_deadline(now):
+                    LOGGER.warning("connection from %s (%s): %s deadline passed in %s",
+                                   association.calling_ae_title or "?", association.peer_address,
+                                   "association establishment" if association.state == "Sta2" else "a",
+                                   association.state)
 
     def serve_connection(self, client: socket.socket, address: tuple[str, int]) -> None:
         """Run a new TCP connection's association in a thread of its own (the slot in
-        :class:`_Loads` was taken by the acceptor and is given back when it closes)."""
+        :class:`_Loads` and the one in :class:`_PendingByAddress` were taken by the acceptor and
+        are given back when it closes, the latter once it is an association)."""
         node = self.settings.node
         with self._lock:
             # connections that have not sent an A-ASSOCIATE-RQ yet do not count against
             # node.maximum_associations; this only bounds the threads a flood can start
             if len(self._connections) >= 4 * node.maximum_associations:
                 client.close()
-                self.release_slot()
+                self.release_slot(address[0])
                 LOGGER.warning("connection from %s refused: too many open connections", address[0])
                 return
-        client.settimeout(node.acse_timeout_s)
         if self._ssl_context is not None:
             # the handshake happens in the connection's thread: a slow or hostile client
             # must not hold up accepting other connections
@@ -265,17 +325,33 @@ class _Listener:
             acse_timeout=node.acse_timeout_s,
             dimse_timeout=node.dimse_timeout_s,
             network_timeout=node.network_timeout_s,
+            minimum_transfer_rate=node.minimum_transfer_rate_kb_s * 1000.0,
+            minimum_free_bytes=int(node.minimum_free_disk_mb * (1 << 20)),
             head_bytes=HEAD_BYTES,
         )
         with self._lock:
             self._connections.add(association)
+            self._unassociated.add(association)
         threading.Thread(
-            target=association.run, name=f"dicom-assoc:{address[0]}:{address[1]}", daemon=True
+            target=self._run, args=(association,), name=f"dicom-assoc:{address[0]}:{address[1]}", daemon=True
         ).start()
 
-    def release_slot(self) -> None:
-        """A connection handed to this process ended before it became an association."""
+    def _run(self, association: AcceptorAssociation) -> None:
+        try:
+            association.run()
+        finally:
+            with self._lock:
+                self._connections.discard(association)
+                unassociated = association in self._unassociated
+                self._unassociated.discard(association)
+            self._loads.done(self._slot)
+            if unassociated:
+                self._pending.release(association.peer_address)
+
+    def release_slot(self, address: str) -> None:
+        """A connection handed to this process ended before it was served."""
         self._loads.done(self._slot)
+        self._pending.release(address)
 
     def stop(self) -> None:
         """Abort the associations in progress and wait for their flushes."""
@@ -283,6 +359,7 @@ class _Listener:
             connections = list(self._connections)
         for association in connections:
             association.abort()
+        self._stopped.set()
         self._io.shutdown(wait=True)
         if self._engine is not None:
             self._engine.dispose()
@@ -310,10 +387,16 @@ class _Listener:
                 "association policy failed",
             )
 
-    def closed(self, association: AcceptorAssociation, how: str) -> None:
-        self.release_slot()
+    def established(self, association: AcceptorAssociation) -> None:
+        """An association now: no longer counted against its address's pending connections."""
         with self._lock:
-            self._connections.discard(association)
+            unassociated = association in self._unassociated
+            self._unassociated.discard(association)
+        if unassociated:
+            self._pending.release(association.peer_address)
+
+    def closed(self, association: AcceptorAssociation, how: str) -> None:
+        with self._lock:
             counted = association in self._counted
             self._counted.discard(association)
         if counted:
@@ -352,12 +435,7 @@ class _Listener:
         calling = association.calling_ae_title or None
         peer = association.peer_address
         affected_uid = command.affected_sop_instance_uid or None
-        try:
-            check_free_disk(data_dir, self.settings.node.minimum_free_disk_mb)
-        except InsufficientDiskSpaceError as exc:
-            received.unlink(missing_ok=True)
-            LOGGER.error("C-STORE refused (0xA700): %s", exc)
-            return STATUS_OUT_OF_RESOURCES
+        # (the disk floor was enforced while the data set arrived: upper_layer._DiskFloor)
         # The data flush runs in a worker thread (it releases the GIL) while the header is
         # parsed; it goes on while the file is renamed into place.
         try:
@@ -393,6 +471,9 @@ class _Listener:
             LOGGER.error("C-STORE refused (0xA701): %s", exc)
             return STATUS_DATABASE_UNAVAILABLE
         except (SpoolError, OSError) as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a delayed allocation failing at fsync
+                LOGGER.error("C-STORE refused (0xA700): disk full: %s", exc)
+                return STATUS_OUT_OF_RESOURCES
             LOGGER.error("C-STORE refused (0xA702): spool write failed: %s", exc)
             return STATUS_SPOOL_ERROR
         finally:
@@ -423,10 +504,15 @@ class _Acceptor:
     with SO_REUSEPORT, where the kernel may put three of four associations on one process,
     this spreads associations evenly."""
 
-    def __init__(self, settings: Settings, local: _Listener, loads: _Loads, channels: list[socket.socket]) -> None:
+    def __init__(
+        self, settings: Settings, local: _Listener, loads: _Loads, pending: _PendingByAddress,
+        channels: list[socket.socket],
+    ) -> None:
         self.settings = settings
         self._local = local
         self._loads = loads
+        self._pending = pending
+        self._refusals_logged_at = 0.0
         self._channels = channels
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -471,6 +557,10 @@ class _Acceptor:
             except OSError:
                 pass
             address = (str(address[0]), int(address[1]))
+            if not self._pending.take(address[0]):
+                client.close()
+                self._log_refusal(address[0])
+                continue
             slot = self._loads.take_least_busy()
             if slot and self._hand_over(slot, client, address):
                 continue
@@ -482,7 +572,17 @@ class _Acceptor:
             except Exception:  # one bad connection must not stop the node accepting
                 LOGGER.exception("cannot serve a connection from %s", address[0])
                 client.close()
-                self._local.release_slot()
+                self._local.release_slot(address[0])
+
+    def _log_refusal(self, address: str) -> None:
+        """A warning at most every 10 s: a flood must not flood the log too."""
+        now = time.monotonic()
+        if now - self._refusals_logged_at >= 10.0:
+            self._refusals_logged_at = now
+            LOGGER.warning(
+                "connection from %s closed: node.maximum_pending_connections_per_address (%d) reached",
+                address, self.settings.node.maximum_pending_connections_per_address,
+            )
 
     def _hand_over(self, slot: int, client: socket.socket, address: tuple[str, int]) -> bool:
         try:
@@ -508,7 +608,7 @@ class _Acceptor:
 
 
 def _listener_process(
-    settings_json: str, channel: socket.socket, slot: int, loads: Any, shared: Any,
+    settings_json: str, channel: socket.socket, slot: int, loads: Any, shared: Any, pending: Any,
     ready: Any, stop: Any, log_level: int,
 ) -> None:
     """Entry point of an additional listener process (``spawn``: no inherited threads or locks):
@@ -516,7 +616,10 @@ def _listener_process(
     settings = Settings.model_validate_json(settings_json)
     configure_logging(logging.getLevelName(log_level), settings.logging.format)
     parent = os.getppid()
-    listener = _Listener(settings, counter=_AssociationCounter(shared), loads=_Loads(loads), slot=slot)
+    listener = _Listener(
+        settings, counter=_AssociationCounter(shared), loads=_Loads(loads),
+        pending=_PendingByAddress(pending, settings.node.maximum_pending_connections_per_address), slot=slot,
+    )
     try:
         listener.start()
     except Exception as exc:
@@ -545,7 +648,7 @@ def _listener_process(
             except Exception:  # one bad connection must not end this process
                 LOGGER.exception("cannot serve a connection from %s", host)
                 client.close()
-                listener.release_slot()
+                listener.release_slot(str(host))
     finally:
         listener.stop()
 
@@ -586,12 +689,14 @@ class StorageSCP:
         try:
             shared = _SPAWN.Value("i", 0)
             loads = _SPAWN.Array("i", self.processes)
-            channels = self._start_processes(shared, loads) if self.processes > 1 else []
+            pending_counts = _SPAWN.Array("i", _PendingByAddress.SLOTS)
+            channels = self._start_processes(shared, loads, pending_counts) if self.processes > 1 else []
             counter, loads = _AssociationCounter(shared), _Loads(loads)
-            listener = _Listener(self.settings, counter=counter, loads=loads, slot=0)
+            pending = _PendingByAddress(pending_counts, node.maximum_pending_connections_per_address)
+            listener = _Listener(self.settings, counter=counter, loads=loads, pending=pending, slot=0)
             listener.start()
             self._listener = listener
-            acceptor = _Acceptor(self.settings, listener, loads, channels)
+            acceptor = _Acceptor(self.settings, listener, loads, pending, channels)
             acceptor.start()
             self._acceptor = acceptor
         except Exception:
@@ -602,7 +707,7 @@ class StorageSCP:
             self.processes, "es" if self.processes > 1 else "", ", TLS" if node.tls_certificate else "",
         )
 
-    def _start_processes(self, shared: Any, loads: Any) -> list[socket.socket]:
+    def _start_processes(self, shared: Any, loads: Any, pending: Any) -> list[socket.socket]:
         """Start the other listener processes; the channels to hand them connections."""
         ctx = _SPAWN
         self._stop_event = ctx.Event()
@@ -618,7 +723,7 @@ class StorageSCP:
             ours.settimeout(2.0)
             proc = ctx.Process(
                 target=_listener_process,
-                args=(settings_json, theirs, n, loads, shared, ready, self._stop_event, level),
+                args=(settings_json, theirs, n, loads, shared, pending, ready, self._stop_event, level),
                 name=f"dicom-node-{n}", daemon=True,
             )
             proc.start()

@@ -14,7 +14,7 @@ name in the same file system, ``fsync``-ed, renamed into place (atomic, POSIX ``
 directory is ``fsync``-ed. Only then is the database row written and the C-STORE answered
 (PS3.4 B.2.2: success means the SCP has taken responsibility for the instance).
 
-UIDs are used as file names: they are validated (PS3.5 9.1: digits and dots, at most 64 characters)
+UIDs are used as file names: they are validated (PS3.5 9.1, :func:`common.uids.valid_uid`)
 before they reach the file system, so a malformed UID can never escape the spool folder.
 """
 
@@ -24,25 +24,26 @@ import datetime
 import errno
 import hashlib
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.uids import InvalidUIDError, valid_uid
+
 __all__ = [
     "SpoolError",
-    "InvalidUIDError",
     "InsufficientDiskSpaceError",
     "SPOOL_DIR",
     "INCOMING_DIR",
     "QUARANTINE_DIR",
     "StoredFile",
-    "valid_uid",
     "instance_relpath",
     "incoming_dir",
     "free_disk_mb",
     "check_free_disk",
     "sha256_file",
+    "data_set_offset",
+    "data_set_sha256",
     "fsync_dir",
     "durable_move",
     "fsync_file",
@@ -59,17 +60,11 @@ INCOMING_DIR = "incoming"
 QUARANTINE_DIR = "quarantine"
 REPLACED_DIR = "replaced"
 
-#: PS3.5 9.1: a UID is digits and dots, components without leading zeros, 64 characters at most.
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _HASH_CHUNK = 1 << 20
 
 
 class SpoolError(OSError):
     """The spool could not store an object."""
-
-
-class InvalidUIDError(ValueError):
-    """A UID that is not a valid PS3.5 9.1 UID (and so cannot be used as a file name)."""
 
 
 class InsufficientDiskSpaceError(SpoolError):
@@ -84,11 +79,6 @@ class StoredFile:
     relpath: str  # relative to data_dir, POSIX separators
     size_bytes: int
     sha256: str
-
-
-def valid_uid(uid: str | None) -> bool:
-    """True when ``uid`` is a syntactically valid UID (PS3.5 9.1)."""
-    return bool(uid) and len(uid) <= 64 and _UID_RE.match(uid) is not None  # type: ignore[arg-type]
 
 
 def instance_relpath(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
@@ -127,17 +117,37 @@ def check_free_disk(data_dir: Path, minimum_mb: float) -> None:
         )
 
 
-def sha256_file(path: Path) -> tuple[str, int]:
-    """SHA-256 (hex) and size of a file, read in 1 MiB chunks (bounded memory)."""
+def sha256_file(path: Path, *, skip: int = 0) -> tuple[str, int]:
+    """SHA-256 (hex) and size of a file from byte ``skip`` on, read in 1 MiB chunks (bounded
+    memory)."""
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as f:
+        f.seek(skip)
         buf = bytearray(_HASH_CHUNK)
         view = memoryview(buf)
         while n := f.readinto(buf):
             digest.update(view[:n])
             size += n
     return digest.hexdigest(), size
+
+
+def data_set_offset(path: Path) -> int:
+    """Where the data set starts in a PS3.10 file the node wrote: after the 128-byte preamble,
+    ``DICM`` and the File Meta Information group, whose length (0002,0000) is its first element
+    (PS3.10 7.1, explicit VR little endian). Raises :class:`SpoolError` for another layout."""
+    with open(path, "rb") as f:
+        head = f.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+        raise SpoolError(errno.EINVAL, f"{path.name} does not start with File Meta Information")
+    return 144 + int.from_bytes(head[140:144], "little")
+
+
+def data_set_sha256(path: Path) -> str:
+    """SHA-256 of the data set of a stored file, its File Meta left out: what the node records
+    for an instance (the hash the Upper Layer takes while the data set arrives), so that the
+    node's identity in the File Meta can change without changing an instance's hash."""
+    return sha256_file(path, skip=data_set_offset(path))[0]
 
 
 def fsync_dir(path: Path) -> None:

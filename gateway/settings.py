@@ -79,9 +79,23 @@ class NodeSettings(_Section):
     #: One Python process uses one core at most, so several serve simultaneous associations
     #: faster. 0: one per CPU core, at most 8.
     processes: int = Field(0, ge=0)
-    acse_timeout_s: float = Field(30.0, gt=0)
-    dimse_timeout_s: float = Field(60.0, gt=0)
-    network_timeout_s: float = Field(60.0, gt=0)
+    acse_timeout_s: float = Field(30.0, gt=0, description=(
+        "Association establishment, in all: from the TCP accept (TLS handshake included) until the "
+        "A-ASSOCIATE-RQ has arrived whole; also the ARTIM timer after a reject, release or abort "
+        "(PS3.8 9.1.5)."))
+    dimse_timeout_s: float = Field(60.0, gt=0, description=(
+        "Each P-DATA-TF PDU must arrive whole within this plus its length at "
+        "minimum_transfer_rate_kb_s, counted from its header; also the most time between the PDUs "
+        "of one DIMSE message. Past it the association is aborted."))
+    network_timeout_s: float = Field(60.0, gt=0, description=(
+        "An association on which no PDU starts for this long is idle and aborted."))
+    minimum_transfer_rate_kb_s: float = Field(64.0, gt=0, description=(
+        "The slowest transfer (kB/s, 1 kB = 1000 bytes) a PDU is given time for: a PDU of N bytes "
+        "may take dimse_timeout_s + N / rate seconds."))
+    maximum_pending_connections_per_address: int = Field(8, ge=1, description=(
+        "TCP connections from one client address that are not yet an association (accepted, no "
+        "A-ASSOCIATE-AC sent yet); further ones from that address are closed at once, so that "
+        "one client cannot hold every connection the node serves."))
     #: Refuse C-STORE with 0xA700 (Out of Resources) when less than this is free in data_dir.
     minimum_free_disk_mb: float = Field(512.0, ge=0)
     #: When true only callers listed in the AE title table may associate.

@@ -33,12 +33,12 @@ def render() -> str:
         if is_list:
             model = typing.get_args(model)[0]
         out.append(f"## `[[{name}]]` (list)\n" if is_list else f"## `[{name}]`\n")
-        out.append("| key | default | environment variable |")
-        out.append("|---|---|---|")
+        out.append("| key | default | environment variable | description |")
+        out.append("|---|---|---|---|")
         for key, f in model.model_fields.items():
             default = "(required)" if f.is_required() else f"`{f.default!r}`"
             env = f"MEDREGA_{name.upper()} (JSON list)" if is_list else f"MEDREGA_{name.upper()}__{key.upper()}"
-            out.append(f"| `{key}` | {default} | `{env}` |")
+            out.append(f"| `{key}` | {default} | `{env}` | {f.description or ''} |")
         out.append("")
     return "\n".join(out)
 

@@ -13,6 +13,7 @@ from gateway.db import session_scope
 from gateway.models import Instance, Series, Study, StudyState
 from tests.dicom_node.conftest import NODE_AE
 from tests.dicom_node.corpus import write_series, write_study
+from dicom_node.spool import data_set_offset, data_set_sha256
 from tests.peers.dcmtk import echoscu, storescu
 
 pytestmark = pytest.mark.peers
@@ -52,7 +53,7 @@ def test_study_from_storescu_is_filed_and_recorded(node, settings, tmp_path):
         assert inst.path == f"spool/{study_uid}/{ds.SeriesInstanceUID}/{inst.sop_instance_uid}.dcm"
         stored = settings.data_dir / inst.path
         data = stored.read_bytes()
-        assert inst.sha256 == hashlib.sha256(data).hexdigest()
+        assert inst.sha256 == hashlib.sha256(data[data_set_offset(stored):]).hexdigest()
         assert inst.size_bytes == len(data)
         assert (inst.rows, inst.columns, inst.number_of_frames) == (128, 128, None)
         assert inst.instance_number == ds.InstanceNumber
@@ -107,7 +108,7 @@ def test_changed_instance_with_same_uid_replaces_the_stored_bytes(node, settings
     (inst,) = _rows(settings, Instance)
     assert inst.duplicate_count == 0
     stored = settings.data_dir / inst.path
-    assert inst.sha256 == hashlib.sha256(stored.read_bytes()).hexdigest()
+    assert inst.sha256 == data_set_sha256(stored)
     assert pydicom.dcmread(stored).SeriesDescription == "corrected"
 
 

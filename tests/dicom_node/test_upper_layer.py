@@ -29,6 +29,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import CTImageStorage, PatientRootQueryRetrieveInformationModelFind, Verification
 from sqlalchemy import create_engine, func, select
 
+from common.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.dimse import Command, decode_command, encode_response
 from dicom_node.upper_layer import _file_meta
 from gateway.models import Instance
@@ -88,7 +89,8 @@ def test_file_meta_is_byte_identical_to_pydicom(sop_instance, transfer_syntax):
     buffer.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(buffer, create_file_meta(
         sop_class_uid=UID(CTImageStorage), sop_instance_uid=UID(sop_instance),
-        transfer_syntax=UID(transfer_syntax),
+        transfer_syntax=UID(transfer_syntax), implementation_uid=UID(IMPLEMENTATION_CLASS_UID),
+        implementation_version=IMPLEMENTATION_VERSION_NAME,
     ))
     assert _file_meta(Command(1, 1, True, CTImageStorage, sop_instance), transfer_syntax) == buffer.getvalue()
 
@@ -160,9 +162,11 @@ def _associated(node, **kw) -> socket.socket:
 
 
 def _expect_abort(sock: socket.socket) -> bytes:
+    """Read the node's A-ABORT, then close the connection as the requestor does (AA-3); the node
+    waits for that close (Sta13, PS3.8 9.2) and sends nothing more."""
     pdu_type, body = _read_pdu(sock)
     assert pdu_type == 0x07, f"A-ABORT expected, got PDU type 0x{pdu_type:02X}"
-    assert sock.recv(1) == b"", "the node closes the connection after A-ABORT"
+    sock.close()
     return body
 
 
@@ -275,7 +279,7 @@ def test_store_in_many_small_fragments_then_release(node, settings):
     sock.sendall(_pdu(0x05, b"\x00\x00\x00\x00"))
     pdu_type, _ = _read_pdu(sock)
     assert pdu_type == 0x06  # A-RELEASE-RP
-    assert sock.recv(1) == b""
+    sock.close()  # the requestor closes (AR-3)
     assert _instances(settings) == 1
 
 
@@ -404,7 +408,7 @@ def test_random_pdus_after_association_never_leave_files_or_stop_the_node(node, 
             sock.sendall(_pdu(0x05, b"\x00\x00\x00\x00"))  # then a release request
             sock.settimeout(10)
             try:
-                while sock.recv(65536):  # responses, A-RELEASE-RP or A-ABORT, until closed
+                while _read_pdu(sock)[0] not in (0x06, 0x07):  # responses, until A-RELEASE-RP or A-ABORT
                     pass
             except (ConnectionError, TimeoutError, socket.timeout):
                 pass
@@ -441,3 +445,19 @@ def test_a_reception_file_that_cannot_be_created_is_refused_with_a700(node, sett
     finally:
         assoc.release()
     assert _instances(settings) == 1
+
+
+def test_data_set_offset_is_where_pydicom_ends_the_file_meta(tmp_path):
+    """The hash the node records covers the data set alone: its start is where pydicom's own
+    File Meta reader stops."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    from dicom_node.spool import data_set_offset
+
+    path = tmp_path / "x.dcm"
+    element = b"\x08\x00\x16\x00UI\x04\x001.23"  # (0008,0016) SOP Class UID
+    path.write_bytes(_file_meta(Command(1, 1, True, CTImageStorage, "1.2.3.45"), ExplicitVRLittleEndian) + element)
+    with open(path, "rb") as f:
+        read_preamble(f, False)
+        _read_file_meta_info(f)
+        assert data_set_offset(path) == f.tell() == path.stat().st_size - len(element)
