@@ -50,7 +50,17 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from gateway.models import Instance, InstanceReplacement, Series, Study, StudyState, utcnow
 
 from .header import InstanceHeader
-from .spool import StoredFile, durable_move, fsync_dir, instance_relpath, keep_replaced, place
+from .spool import (
+    SpoolError,
+    StoredFile,
+    data_set_offset,
+    data_set_sha256,
+    durable_move,
+    fsync_dir,
+    instance_relpath,
+    keep_replaced,
+    place,
+)
 from .statements import PreparedStatement, database_errors, dbapi_connection
 
 __all__ = [
@@ -476,6 +486,23 @@ def _error_name(exc: Exception) -> str:
     return type(orig if orig is not None else exc).__name__
 
 
+def _hashed_with_file_meta(data_dir: Path, existing: _Existing, sha256: str, received: Path,
+                           size_bytes: int) -> bool:
+    """True when ``existing`` is a row filed before the recorded SHA-256 covered the data set
+    alone (until issue 13 it was the whole file's, the node's File Meta included) and its data
+    set is the one just received (``sha256``): such a row's hash is brought up to date on its
+    first re-send, so stored hashes keep recognising identical re-sends without a pass over the
+    spool. Only a re-send whose data set has the filed one's length is hashed again."""
+    path = data_dir / existing.path
+    try:
+        offset = data_set_offset(path)
+        if existing.size_bytes - offset != size_bytes - data_set_offset(received):
+            return False
+        return data_set_sha256(path) == sha256
+    except (OSError, SpoolError):  # the filed file is gone or not ours: a changed re-send then
+        return False
+
+
 def record_instance(
     engine: Engine,
     data_dir: Path,
@@ -489,8 +516,9 @@ def record_instance(
 ) -> IngestResult:
     """File ``received`` (a temp file in ``incoming/``) under the spool and record it.
 
-    An identical re-send (same SOP Instance UID and SHA-256) only increments
-    ``Instance.duplicate_count``: the study's state is untouched and ``received`` is removed.
+    An identical re-send (same SOP Instance UID and SHA-256 of the data set, ``sha256``) only
+    increments ``Instance.duplicate_count``: the study's state is untouched and ``received`` is
+    removed.
     ``data_synced``, when given, returns once ``received`` has been fsync-ed by the caller (the SCP
     starts that flush early, in parallel with parsing); without it the data are flushed here.
     Raises :class:`SeriesStudyConflictError`, :class:`IngestError` or
@@ -503,10 +531,15 @@ def record_instance(
     common = _CommonCase.for_engine(engine)
     # Re-sends are answered without touching the file system.
     existing = common.existing(engine, header.sop_instance_uid)
-    if existing is not None and existing.sha256 == sha256:
+    rehashed = existing is not None and existing.sha256 != sha256 and _hashed_with_file_meta(
+        data_dir, existing, sha256, received, size_bytes
+    )
+    if existing is not None and (existing.sha256 == sha256 or rehashed):
         try:
             with write_transaction(engine) as conn:
                 _count_duplicate(conn, existing.id)
+                if rehashed:
+                    conn.execute(update(_INSTANCES).where(_INSTANCES.c.id == existing.id).values(sha256=sha256))
         except OperationalError as exc:
             raise IngestError(f"database unavailable: {exc.orig.__class__.__name__}") from exc
         received.unlink(missing_ok=True)

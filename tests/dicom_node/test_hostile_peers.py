@@ -26,7 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
-from sqlalchemy import create_engine, select as sql_select
+from sqlalchemy import create_engine, func, select as sql_select
 
 from common.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.scp import StorageSCP
@@ -417,3 +417,44 @@ def test_stored_file_names_the_node_and_its_hash_covers_the_data_set_alone(node,
     assert stored.file_meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
     assert row.sha256 == hashlib.sha256(_dataset_bytes(ds)).hexdigest(), "the hash of the data set as sent"
     assert row.duplicate_count == 1
+
+
+def test_a_row_hashed_with_its_file_meta_still_recognises_an_identical_resend(node, settings):
+    """A row filed before issue 13 holds the SHA-256 of the whole file, pynetdicom's File Meta
+    included: the identical re-send is still a duplicate (not a replacement), and the row's hash
+    becomes the data set's."""
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+    from sqlalchemy import update
+
+    from gateway.models import InstanceReplacement
+
+    ds = pydicom.dcmread(CT)
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+
+    def send() -> int:
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+        try:
+            return int(assoc.send_c_store(ds).Status)
+        finally:
+            assoc.release()
+
+    assert send() == 0x0000
+    engine = create_engine(settings.database_url)
+    try:
+        with engine.begin() as conn:  # what the node before issue 13 left: its File Meta, its hash
+            path = Path(settings.data_dir) / conn.execute(sql_select(Instance.path)).scalar_one()
+            old = pydicom.dcmread(path)
+            old.file_meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
+            old.file_meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
+            old.save_as(path, enforce_file_format=True)
+            old_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+            conn.execute(update(Instance).values(sha256=old_hash, size_bytes=path.stat().st_size))
+        assert send() == 0x0000
+        with engine.connect() as conn:
+            row = conn.execute(sql_select(Instance.sha256, Instance.duplicate_count)).one()
+            replacements = conn.execute(sql_select(func.count()).select_from(InstanceReplacement)).scalar_one()
+    finally:
+        engine.dispose()
+    assert row.duplicate_count == 1 and replacements == 0
+    assert row.sha256 == hashlib.sha256(_dataset_bytes(ds)).hexdigest()
