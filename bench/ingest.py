@@ -7,6 +7,8 @@ Receivers:
 * ``storescp-fork``   DCMTK storescp --fork (a process per association)
 * ``orthanc``         Orthanc 1.10 (its SQLite index + storage area; fsyncs every instance)
 * ``node``            our StorageSCP in its own process (fsync per instance, database row, then answer)
+* ``node-base``       the same from another checkout (``--baseline DIR``, e.g. main before a
+                      change, in a ``git worktree``): before and after in one interleaved run
 
 Corpora (generated once into --work, reused): ``ct`` 1000 CT-like instances of ~0.5 MB in 4
 series, ``xr`` 200 radiographs of ~8.4 MB, and with --rss a 2000-instance study for the node's
@@ -16,6 +18,8 @@ time (user + system, all the receiver's processes) it spent per instance.
 
     .venv/bin/python bench/ingest.py --quick            # ~2 minutes on 2 cores
     .venv/bin/python bench/ingest.py --rounds 3 --rss   # the numbers in docs/benchmarks.md
+    git worktree add /tmp/base BASE_COMMIT                # a change against its base:
+    .venv/bin/python bench/ingest.py --baseline /tmp/base --receivers node-base,node,orthanc
 
 The node runs with its default settings (``node.processes = 0``: one listener process per CPU
 core); its peak RSS is the sum over its processes.
@@ -183,16 +187,24 @@ class Receiver:
         return rss
 
 
-def _popen(args: list[str], folder: Path, **kw) -> subprocess.Popen:
+def _popen(args: list[str], folder: Path, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
     log = open(folder / "receiver.log", "w")
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=folder,
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env or ENV, cwd=folder,
                             start_new_session=True, **kw)
+
+
+#: the checkout ``node-base`` runs (``--baseline``); ``node`` runs this one
+CHECKOUTS = {"node": REPO}
 
 
 NODE_CODE = """
 import logging, signal, sys, threading
-from gateway.settings import load_settings
-from gateway.db import upgrade
+try:
+    from common.settings import load_settings
+    from common.db import upgrade
+except ImportError:  # a checkout from before issue 12's layout (--baseline)
+    from gateway.settings import load_settings
+    from gateway.db import upgrade
 from dicom_node.scp import StorageSCP
 logging.basicConfig(level=logging.WARNING)
 settings = load_settings(environ={}, storage={"data_dir": sys.argv[1]},
@@ -230,7 +242,8 @@ def start_receiver(kind: str, work: Path, processes: int) -> Receiver:
         proc = _popen(["Orthanc", str(folder / "orthanc.json")], folder)
         ae = "ORTHANC"
     elif kind.startswith("node"):
-        proc = _popen([PYTHON, "-c", NODE_CODE, str(folder / "data"), str(port), str(processes)], folder)
+        env = dict(ENV, PYTHONPATH=str(CHECKOUTS[kind]))
+        proc = _popen([PYTHON, "-c", NODE_CODE, str(folder / "data"), str(port), str(processes)], folder, env)
         ae = "MEDREGA"
     else:
         raise ValueError(kind)
@@ -274,7 +287,10 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=0,
                     help="node listener processes (default 0: the node's default, node.processes = 0, one per CPU core)")
     ap.add_argument("--rss", action="store_true", help="also: node peak RSS receiving a 2000-instance study")
+    ap.add_argument("--baseline", type=Path, help="checkout that the node-base receiver runs (e.g. a git worktree of main)")
     args = ap.parse_args()
+    if args.baseline is not None:
+        CHECKOUTS["node-base"] = args.baseline.resolve()
     scale = 0.2 if args.quick else 1.0
     rounds = 1 if args.quick else args.rounds
     args.work.mkdir(parents=True, exist_ok=True)
