@@ -9,8 +9,8 @@ runs it. A (state, event) pair the table leaves blank raises :class:`InvalidEven
 
 The node only accepts associations and never releases one itself, so the states of a requestor
 and of a release collision (Sta4, Sta5, Sta7, Sta9-Sta12) are never entered; their cells are in
-the table all the same, and the actions only a requestor performs (AE-1 to AE-4, AR-1, AR-3,
-AR-6, AR-8 to AR-10) raise :class:`InvalidEventError` naming the action.
+the table all the same, and the actions only a requestor performs (:data:`REQUESTOR_ACTIONS`)
+raise :class:`InvalidEventError` naming the action.
 
 Data transfer streams: the data set fragments of each C-STORE-RQ go to a file in ``incoming/``
 as they arrive (hashed on the way: the SHA-256 of the data set alone, not of the File Meta),
@@ -46,6 +46,7 @@ presentation contexts negotiated by :func:`pynetdicom.presentation.negotiate_as_
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import itertools
 import logging
@@ -96,6 +97,7 @@ __all__ = [
     "EVENTS",
     "ACTIONS",
     "TRANSITIONS",
+    "REQUESTOR_ACTIONS",
     "InvalidEventError",
     "UpperLayerError",
     "AssociationRequest",
@@ -184,6 +186,10 @@ ACTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "AA-8": ("Send A-ABORT PDU (service-provider source), issue an A-P-ABORT indication, and "
              "start ARTIM timer", ("Sta13",)),
 }
+
+#: Actions only an association requestor performs: the node never does (they raise
+#: InvalidEventError), so the states they lead to (Sta4, Sta5, Sta7, Sta9-Sta12) are never entered.
+REQUESTOR_ACTIONS = frozenset({"AE-1", "AE-2", "AE-3", "AE-4", "AR-1", "AR-3", "AR-6", "AR-8", "AR-9", "AR-10"})
 
 _ = ""  # a blank cell: the event cannot happen in that state
 #: PS3.8 Table 9-10, one row per event, one column per state (Sta1 ... Sta13)
@@ -546,7 +552,9 @@ class AcceptorAssociation:
         self._send_lock = threading.Lock()
         self._spare: Future[tuple[int, str]] | None = None
         self._actions: dict[str, Callable[[bytes], str]] = {
-            name: getattr(self, "_" + name.lower().replace("-", "_")) for name in ACTIONS
+            name: functools.partial(self._requestor_only, name) if name in REQUESTOR_ACTIONS
+            else getattr(self, "_" + name.lower().replace("-", "_"))
+            for name in ACTIONS
         }
         # set by another thread: a deadline passed / the node is stopping
         self._expired = False
@@ -727,20 +735,8 @@ class AcceptorAssociation:
         self.deadline = time.monotonic() + seconds
 
     # -- Association establishment (PS3.8 Table 9-6) -----------------------------------------------
-    def _requestor_only(self, action: str) -> str:
+    def _requestor_only(self, action: str, data: bytes) -> str:
         raise InvalidEventError(f"{action} is performed by an association requestor; the node only accepts")
-
-    def _ae_1(self, data: bytes) -> str:
-        return self._requestor_only("AE-1")
-
-    def _ae_2(self, data: bytes) -> str:
-        return self._requestor_only("AE-2")
-
-    def _ae_3(self, data: bytes) -> str:
-        return self._requestor_only("AE-3")
-
-    def _ae_4(self, data: bytes) -> str:
-        return self._requestor_only("AE-4")
 
     def _ae_5(self, data: bytes) -> str:
         """Connection accepted: ARTIM runs until the A-ASSOCIATE-RQ has arrived whole."""
@@ -1011,16 +1007,10 @@ class AcceptorAssociation:
         self._command_parts, self._command_size = [], 0
 
     # -- Association release (PS3.8 Table 9-8) ----------------------------------------------------
-    def _ar_1(self, data: bytes) -> str:
-        return self._requestor_only("AR-1")
-
     def _ar_2(self, data: bytes) -> str:
         """A-RELEASE-RQ: the node is asked (Sta8); it answers at once (Evt14)."""
         self.deadline = _FOREVER
         return "Sta8"
-
-    def _ar_3(self, data: bytes) -> str:
-        return self._requestor_only("AR-3")
 
     def _ar_4(self, data: bytes) -> str:
         self._how = "released"
@@ -1029,25 +1019,15 @@ class AcceptorAssociation:
         return "Sta13"
 
     def _ar_5(self, data: bytes) -> str:
+        """AR-5 "Stop ARTIM timer", AA-2 "Stop ARTIM timer if running. Close transport
+        connection" and AA-5 "Stop ARTIM timer" end the same way here: the connection closed."""
         self.deadline = _FOREVER
         self._close()
         return "Sta1"
 
-    def _ar_6(self, data: bytes) -> str:
-        return self._requestor_only("AR-6")
-
     def _ar_7(self, data: bytes) -> str:
         self._send(data)
         return "Sta8"
-
-    def _ar_8(self, data: bytes) -> str:
-        return self._requestor_only("AR-8")
-
-    def _ar_9(self, data: bytes) -> str:
-        return self._requestor_only("AR-9")
-
-    def _ar_10(self, data: bytes) -> str:
-        return self._requestor_only("AR-10")
 
     # -- Association abort (PS3.8 Table 9-9) ------------------------------------------------------
     def _aa_1(self, data: bytes) -> str:
@@ -1065,10 +1045,7 @@ class AcceptorAssociation:
         self._wait(self.acse_timeout)
         return "Sta13"
 
-    def _aa_2(self, data: bytes) -> str:
-        self.deadline = _FOREVER
-        self._close()
-        return "Sta1"
+    _aa_2 = _aa_5 = _ar_5
 
     def _aa_3(self, data: bytes) -> str:
         """The peer aborted (A-ABORT indication)."""
@@ -1080,11 +1057,6 @@ class AcceptorAssociation:
     def _aa_4(self, data: bytes) -> str:
         """The connection was lost (A-P-ABORT indication)."""
         self._drop_reception()
-        self._close()
-        return "Sta1"
-
-    def _aa_5(self, data: bytes) -> str:
-        self.deadline = _FOREVER
         self._close()
         return "Sta1"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,8 +48,9 @@ def settings(settings_factory: Callable[..., Settings]) -> Settings:
     return settings_factory()
 
 
-@pytest.fixture
-def node(settings: Settings) -> Iterator["StorageSCP"]:
+@contextlib.contextmanager
+def running_node(settings: Settings) -> Iterator["StorageSCP"]:
+    """A StorageSCP listening for the duration of the block."""
     from dicom_node.scp import StorageSCP
 
     scp = StorageSCP(settings)
@@ -57,3 +59,9 @@ def node(settings: Settings) -> Iterator["StorageSCP"]:
         yield scp
     finally:
         scp.stop()
+
+
+@pytest.fixture
+def node(settings: Settings) -> Iterator["StorageSCP"]:
+    with running_node(settings) as scp:
+        yield scp

@@ -6,7 +6,6 @@ and pynetdicom. Each test failed on the node before issue 13 (the case number is
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
@@ -29,13 +28,12 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 from sqlalchemy import create_engine, func, select as sql_select
 
 from common.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dicom_node.scp import StorageSCP
 from gateway.logs import TextFormatter
 from gateway.models import Instance
 from tests.faults.malformed import associate_rq, dataset, fresh_uids, part10, raw_store, valid_elements
 from tests.peers.dcmtk import echoscu
 
-from .conftest import NODE_AE
+from .conftest import NODE_AE, running_node
 from .test_upper_layer import (
     _associated,
     _command,
@@ -50,16 +48,6 @@ from .test_upper_layer import (
 CT = get_testdata_file("CT_small.dcm", download=False)
 #: a second loopback address: the hostile peers' (Linux routes all of 127/8 to lo)
 HOSTILE = "127.0.0.2"
-
-
-@contextlib.contextmanager
-def _running(settings) -> Iterator[StorageSCP]:  # type: ignore[no-untyped-def]
-    scp = StorageSCP(settings)
-    scp.start()
-    try:
-        yield scp
-    finally:
-        scp.stop()
 
 
 def _status(body: bytes) -> tuple[int, int]:
@@ -126,7 +114,7 @@ def test_c_echo_succeeds_while_128_connections_trickle_an_association_request(se
     others when the association establishment deadline (acse_timeout_s, counted from the
     accept, not from the last byte) passes. A C-ECHO from another caller meanwhile succeeds."""
     settings = settings_factory(node={"acse_timeout_s": 3, "maximum_pending_connections_per_address": 8})
-    with _running(settings) as node:
+    with running_node(settings) as node:
         socks = []
         for _ in range(128):
             sock = _hostile_connection(node.port)
@@ -160,7 +148,7 @@ def test_c_echo_succeeds_while_maximum_associations_trickle_p_data(settings_fact
     that found them all taken succeeds within that bound instead of never."""
     settings = settings_factory(node={"maximum_associations": 4, "dimse_timeout_s": 2,
                                       "minimum_transfer_rate_kb_s": 1000, "network_timeout_s": 60})
-    with _running(settings) as node:
+    with running_node(settings) as node:
         socks = []
         for _ in range(4):
             sock = _hostile_connection(node.port)
@@ -202,7 +190,7 @@ def test_a_4_gb_p_data_under_the_disk_floor_is_refused_at_once(settings_factory)
     """A C-STORE whose P-DATA-TF announces 4 GB while free disk is under
     node.minimum_free_disk_mb: answered 0xA700 before its data set arrives, nothing written."""
     settings = settings_factory(node={"minimum_free_disk_mb": 1e12})
-    with _running(settings) as node:
+    with running_node(settings) as node:
         sock = _associated(node)
         _store_rq(sock, "1.2.3.4.5")
         length = 0xFFFFFFF0
@@ -223,7 +211,7 @@ def test_a_refused_data_set_leaves_the_association_usable(settings_factory):
     C-STORE 0xA700 (sent early, the rest of its data set read and dropped), then a C-ECHO 0x0000."""
     settings = settings_factory(node={"minimum_free_disk_mb": 1e12})
     ds = pydicom.dcmread(CT)
-    with _running(settings) as node:
+    with running_node(settings) as node:
         sock = _associated(node)
         _store_rq(sock, ds.SOPInstanceUID, message_id=5)
         data = _dataset_bytes(ds)
@@ -269,7 +257,7 @@ def test_a_full_disk_mid_write_gets_a700_not_a_reset(settings_factory, sqlite_ur
     from tests.dicom_node.conftest import make_settings
 
     settings = make_settings(small_disk, sqlite_url, node={"minimum_free_disk_mb": floor_mb})
-    with _running(settings) as node:
+    with running_node(settings) as node:
         ae = AE(ae_title="PYSCU")
         ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
         assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
