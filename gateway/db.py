@@ -1,6 +1,7 @@
 """Database engine, sessions and schema version control (Alembic).
 
-The schema is owned by the migrations in ``migrations/``. :func:`check_schema_current` is called
+The schema is owned by the migrations in the ``migrations`` package, read from wherever it is
+installed (importlib.resources), so a wheel installed with pip migrates as a checkout does. :func:`check_schema_current` is called
 at start-up by every long-running command: a database that is behind stops the process with the
 command to run (``medrega-gateway db upgrade``).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 
 from alembic import command
@@ -33,7 +35,9 @@ __all__ = [
     "check_schema_current",
 ]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+#: The Alembic scripts: package data of the ``migrations`` package (a folder on disk in a checkout
+#: and in an installed wheel alike, as Alembic needs).
+MIGRATIONS_DIR = Path(str(files("migrations")))
 
 
 class SchemaNotCurrentError(RuntimeError):
