@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install everything medrega-gateway needs on a fresh Debian machine: the DICOM peers used by the
 # tests (DCMTK, dicom3tools, Orthanc and its DICOMweb plugin), a CJK font, Chromium for the UI
-# test, Node.js with OHIF's SR code (npm ci from tests/viewers/ohif/package-lock.json), and a Python
-# virtual environment with the pinned packages. Safe to run again: it installs only what is missing.
+# test, Node.js with OHIF's SR code (npm ci from tests/viewers/ohif/package-lock.json), Docker
+# (docker.io, Debian's docker-compose, debootstrap for base images without a registry, Debian's pip
+# for the image's wheelhouse: tests/deploy/), and a Python virtual environment with the pinned
+# packages. Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb fonts-wqy-zenhei chromium docker-compose)
+APT_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb fonts-wqy-zenhei chromium docker-compose docker.io debootstrap python3-pip)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

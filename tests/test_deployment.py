@@ -1,4 +1,6 @@
-"""docker-compose.yml is valid and says what production needs (no Docker engine runs here)."""
+"""docker-compose.yml is valid and says what production needs.
+
+The stack itself is built and started by tests/deploy/test_compose_stack.py."""
 
 from __future__ import annotations
 
@@ -26,10 +28,10 @@ def _compose_config() -> dict:
 def test_compose_config_is_valid_and_complete() -> None:
     config = _compose_config()
     services = config["services"]
-    assert {"redis", "postgres", "migrate", "node", "worker", "api", "orthanc"} <= set(services)
+    assert {"redis", "postgres", "migrate", "node", "worker", "worker-cpu", "api", "orthanc"} <= set(services)
     # Only the one-shot migrate service migrates; the others wait until it has finished.
     assert services["migrate"]["command"] == ["db", "upgrade"]
-    for name in ("node", "worker", "api"):
+    for name in ("node", "worker", "worker-cpu", "api"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
@@ -37,6 +39,17 @@ def test_compose_config_is_valid_and_complete() -> None:
         assert "healthcheck" in services[name], f"{name} has no healthcheck"
     assert {"spool", "pgdata"} <= set(config["volumes"])
     assert services["orthanc"]["profiles"] == ["demo"]
+    # The GPU worker only where asked for; the CPU worker runs the stack on a machine without one.
+    assert services["worker"]["profiles"] == ["gpu"] and services["worker-cpu"]["profiles"] == ["cpu"]
+    assert "deploy" not in services["worker-cpu"]
+    # The configuration file the services mount is in the repository (not created as a folder).
+    for name in ("migrate", "node", "worker", "worker-cpu", "api"):
+        sources = [v["source"] if isinstance(v, dict) else v.split(":")[0] for v in services[name]["volumes"]]
+        config_file = next(s for s in sources if s.endswith("gateway.toml"))
+        assert (REPO / "deploy" / "gateway.toml").samefile(config_file), config_file
+    # Every image is built here from deploy/, on the base image given as a build argument.
+    for name in ("redis", "postgres", "migrate", "orthanc"):
+        assert "BASE_IMAGE" in services[name]["build"]["args"], name
     for name, service in services.items():
         image = service.get("image", "")
         assert ":" in image and not image.endswith(":latest"), f"{name}: image {image!r} is not pinned"
