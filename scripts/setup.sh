@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb fonts-wqy-zenhei chromium docker-compose docker.io debootstrap python3-pip)
+# wordnet-base, wordnet-sense-index: WordNet 3.0 for METEOR in `evaluate`, offline (evaluation/wordnet.py).
+APT_PACKAGES=(dcmtk dicom3tools orthanc orthanc-dicomweb fonts-wqy-zenhei chromium docker-compose docker.io debootstrap python3-pip wordnet-base wordnet-sense-index)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
