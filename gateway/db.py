@@ -33,6 +33,7 @@ __all__ = [
     "current_revision",
     "head_revision",
     "check_schema_current",
+    "installation_uid_root",
 ]
 
 #: The Alembic scripts: package data of the ``migrations`` package (a folder on disk in a checkout
@@ -124,3 +125,17 @@ def check_schema_current(url: str) -> None:
             f"database schema is at {current or 'nothing (empty database)'}, this gateway needs "
             f"{head}: run `medrega-gateway db upgrade --config <your config>`"
         )
+
+
+def installation_uid_root(session: Session) -> str:
+    """This installation's UID root (a UUID), the namespace of every UID it mints.
+
+    Written once by the migration that created the ``installation`` table; see
+    :class:`gateway.models.Installation` and :func:`sr_writer.uids.derive_uid`.
+    """
+    from .models import Installation
+
+    row = session.get(Installation, 1)
+    if row is None:
+        raise SchemaNotCurrentError("the database has no installation row: run `medrega-gateway db upgrade`")
+    return row.uid_root

@@ -55,6 +55,7 @@ __all__ = [
     "Route",
     "ApiToken",
     "AuditEvent",
+    "Installation",
 ]
 
 UID = String(64)  # PS3.5 6.2: UI values are at most 64 characters
@@ -481,3 +482,18 @@ class AuditEvent(Base):
 
     #: The audit log is read and exported in time order (keyset pagination).
     __table_args__ = (Index("ix_audit_events_at_id", "at", "id"),)
+
+
+class Installation(Base):
+    """This installation's identity: one row, written by the migration that creates the table.
+
+    ``uid_root`` is a random UUID; every DICOM UID the gateway mints (SR, presentation state,
+    Tracking UIDs) is name-based under it (:func:`sr_writer.uids.derive_uid`), so a retry
+    rewrites the same UID while two installations never mint the same one.
+    """
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uid_root: Mapped[str] = mapped_column(String(36), unique=True)
+    created_at: Mapped[dt.datetime] = _ts()

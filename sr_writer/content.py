@@ -98,6 +98,9 @@ class ReportContent:
     #: model read to write it; empty, or None for a text, when not known. A study of several
     #: images gets one report per image: the reference says which is which.
     report_sources: Sequence[tuple[str, str, int | None] | None] = ()
+    #: The installation's UID root (a UUID, ``gateway.models.Installation``): the SR's and the
+    #: presentation states' UIDs derive from it. ``None``: the fixed default (tests, samples).
+    uid_root: str | None = None
 
 
 def is_multiframe(dataset: pydicom.Dataset) -> bool:

@@ -249,7 +249,9 @@ def plan_presentation_states(
     study_uid = str(first.evidence[0].StudyInstanceUID)
     version = str(first.study_version)
     tag = "+".join(languages)
-    series_uid = derive_uid(study_uid, version, tag, "ps-series")
+    if len({c.uid_root for c in contents}) != 1:
+        raise InvalidContentError("the contents of one study version come from one installation (uid_root)")
+    series_uid = derive_uid(study_uid, version, tag, "ps-series", root=first.uid_root)
 
     images: dict[str, dict[str, list[RegionFinding]]] = {}
     for content in sorted(contents, key=lambda c: languages.index(c.language)):
@@ -293,7 +295,7 @@ def plan_presentation_states(
             referenced_images=[image],
             series_instance_uid=series_uid,
             series_number=series_number(first.study_version, _PS_SLOT),
-            sop_instance_uid=derive_uid(study_uid, version, tag, "ps", sop_uid),
+            sop_instance_uid=derive_uid(study_uid, version, tag, "ps", sop_uid, root=first.uid_root),
             instance_number=len(datasets) + 1,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=MANUFACTURER,

@@ -88,12 +88,16 @@ __all__ = [
 _LANGUAGE_SLOT = {"en": 1, "zh": 2}
 
 
-def sr_uids(study_instance_uid: str, study_version: int, language: str) -> tuple[str, str]:
-    """(Series Instance UID, SOP Instance UID) of the SR of one study version and language."""
+def sr_uids(study_instance_uid: str, study_version: int, language: str,
+            root: str | None = None) -> tuple[str, str]:
+    """(Series Instance UID, SOP Instance UID) of the SR of one study version and language.
+
+    ``root``: the installation's UID root (see :mod:`sr_writer.uids`); ``None`` for the default.
+    """
     version = str(study_version)
     return (
-        derive_uid(study_instance_uid, version, language, "sr-series"),
-        derive_uid(study_instance_uid, version, language, "sr"),
+        derive_uid(study_instance_uid, version, language, "sr-series", root=root),
+        derive_uid(study_instance_uid, version, language, "sr", root=root),
     )
 
 
@@ -367,7 +371,8 @@ def build_sr(content: ReportContent) -> Comprehensive3DSR:
     validate_content(content)
     source = content.evidence[0]
     report, findings = build_measurement_report(content)
-    series_uid, sop_uid = sr_uids(str(source.StudyInstanceUID), content.study_version, content.language)
+    series_uid, sop_uid = sr_uids(str(source.StudyInstanceUID), content.study_version, content.language,
+                                  content.uid_root)
     schemes = [
         CodingSchemeIdentificationItem(
             designator=item.CodingSchemeDesignator,

@@ -16,6 +16,7 @@ import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gateway.db import installation_uid_root
 from gateway.models import Delivery, Destination, Document, Finding, Instance, Job, ModelRun, Study
 from gateway.settings import Settings
 
@@ -62,6 +63,7 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
     evidence = [pydicom.dcmread(settings.data_dir / row.path, stop_before_pixels=True) for row in instances]
     spacing = {row.sop_instance_uid: tuple(row.pixel_spacing) if row.pixel_spacing else None for row in instances}
 
+    uid_root = installation_uid_root(session)
     contents: dict[str, object] = {}
     for language in LANGUAGES:
         findings = session.scalars(
@@ -97,6 +99,7 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
             study_version=job.study_version,
             content_datetime=_as_utc(job.created_at),
             predecessor=_predecessors(session, job, language),
+            uid_root=uid_root,
         )
     return contents
 

@@ -26,7 +26,7 @@ from celery import Task
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import OperationalError
 
-from gateway.db import session_scope
+from gateway.db import installation_uid_root, session_scope
 from gateway.models import (
     Delivery,
     DeliveryState,
@@ -152,6 +152,7 @@ def _infer(job_id: int) -> None:
         ]
         instance_ids = {row.sop_instance_uid: row.id for row in rows}
         study_uid, version = study.study_instance_uid, job.study_version
+        uid_root = installation_uid_root(session)
         if not rows:
             # Every instance moved to another study after the job was made (a changed re-send,
             # see dicom_node.ingest): nothing is left to report on.
@@ -216,7 +217,8 @@ def _infer(job_id: int) -> None:
                     referenced_sop_instance_uid=result.image.sop_instance_uid,
                     referenced_sop_class_uid=result.image.sop_class_uid,
                     frame_number=result.frame_number,
-                    tracking_uid=derive_uid("tracking", study_uid, str(version), region.match_key),
+                    tracking_uid=derive_uid("tracking", study_uid, str(version), region.match_key,
+                                            root=uid_root),
                     tracking_identifier=f"region {numbers[region.match_key]}",
                 ))
                 n_regions += 1

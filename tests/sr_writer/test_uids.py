@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import uuid
 
 import pytest
 
-from sr_writer.uids import derive_uid
+from sr_writer.gsps import build_presentation_states
+from sr_writer.uids import NAMESPACE, derive_uid
+from tests.sr_writer.samples import content_for
 
 UID = re.compile(r"^2\.25\.(0|[1-9][0-9]*)$")
 
@@ -42,3 +46,26 @@ def test_known_value_is_stable_across_releases() -> None:
 def test_bad_parts_are_rejected(bad) -> None:
     with pytest.raises((TypeError, ValueError)):
         derive_uid(*bad)
+
+
+def test_the_root_separates_installations() -> None:
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    parts = ("1.2.3", "1", "en", "sr")
+    assert derive_uid(*parts, root=first) == derive_uid(*parts, root=uuid.UUID(first))
+    assert derive_uid(*parts, root=first) != derive_uid(*parts, root=second)
+    assert derive_uid(*parts, root=None) == derive_uid(*parts, root=NAMESPACE) == derive_uid(*parts)
+    assert UID.match(derive_uid(*parts, root=first))
+
+
+def test_presentation_states_take_their_uids_from_the_installation(built) -> None:
+    """Same root: the same presentation state UIDs (a retry); another root: none shared."""
+    sample = built["CR"].sample
+    roots = [str(uuid.uuid4()), str(uuid.uuid4())]
+
+    def uids(root: str) -> set[str]:
+        contents = [dataclasses.replace(content_for(sample, lang), uid_root=root) for lang in ("en", "zh")]
+        states = build_presentation_states(contents, sample.by_sop_uid)
+        return {str(ds.SOPInstanceUID) for ds in states} | {str(ds.SeriesInstanceUID) for ds in states}
+
+    assert uids(roots[0]) == uids(roots[0])
+    assert uids(roots[0]) and not uids(roots[0]) & uids(roots[1])

@@ -8,8 +8,8 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from gateway.db import session_scope
-from gateway.models import Document, Finding, Instance, Series
+from gateway.db import installation_uid_root, session_scope
+from gateway.models import Document, Finding, Instance, Job, JobState, Series
 from sr_writer import coding
 from sr_writer.readback import read_report
 from tests.workers.test_tasks import received_job
@@ -35,6 +35,10 @@ def _run(tmp_path: Path, url: str, arrival, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(tasks, "publish_delivery", lambda delivery_id: None)  # no broker here
     assert tasks.run_job(job_id) == "done"
     with session_scope(settings.database_url) as s:
+        written = sorted(d.sop_instance_uid for d in s.scalars(select(Document)).all())
+        s.get(Job, job_id).state = JobState.QUEUED  # an administrator's retry: inference and SRs again
+    assert tasks.run_job(job_id) == "done"
+    with session_scope(settings.database_url) as s:
         findings = s.scalars(select(Finding).where(Finding.kind == "region").order_by(Finding.id)).all()
         order = {i.sop_instance_uid: (i.series.series_number, i.instance_number, i.id)
                  for i in s.scalars(select(Instance).join(Series)).all()}
@@ -49,6 +53,8 @@ def _run(tmp_path: Path, url: str, arrival, monkeypatch: pytest.MonkeyPatch) -> 
             "order": order,
             "srs": srs,
             "settings": settings,
+            "written_before_retry": written,
+            "uid_root": installation_uid_root(s),
             "study_instance_uid": s.get(Instance, 1).study.study_instance_uid,
         }
 
@@ -139,3 +145,27 @@ def test_api_and_study_page_show_the_stored_codes(two_runs) -> None:
         assert page.status_code == 200, page.text[:500]
     for value, scheme, _ in set(stored.values()):
         assert f"{scheme} {value}" in page.text
+
+
+def test_a_retry_rewrites_the_same_uids_two_installations_never_share_one(two_runs) -> None:
+    """SR, presentation state and Tracking UIDs derive from the installation's UID root: the same
+    installation re-running a job writes the same instances; another installation, processing
+    the same study, mints other UIDs for its (possibly different) documents."""
+    first, second = two_runs
+    assert first["uid_root"] != second["uid_root"]
+    for run in (first, second):
+        assert sorted(ds.SOPInstanceUID for ds in run["srs"].values()) == run["written_before_retry"]
+    uids = {run_index: {str(ds.SOPInstanceUID) for ds in run["srs"].values()}
+                       | {str(ds.SeriesInstanceUID) for ds in run["srs"].values()}
+                       | {tracking_uid for (_, _, tracking_uid, _, _, _) in run["findings"]}
+            for run_index, run in enumerate((first, second))}
+    assert uids[0] and not uids[0] & uids[1]
+    study_uid = first["study_instance_uid"]
+    assert study_uid == second["study_instance_uid"]
+    # Both follow the documented derivation from their own root.
+    from sr_writer.report import sr_uids
+
+    for run in (first, second):
+        for language, ds in run["srs"].items():
+            assert (ds.SeriesInstanceUID, ds.SOPInstanceUID) == sr_uids(study_uid, 1, language, run["uid_root"])
+
