@@ -9,11 +9,19 @@ data set UIDs (PS3.3) are checked by this one validator.
 
 ``re.fullmatch`` is used on purpose: ``$`` also matches before a final line feed, which let
 ``"1.2.3\\n"`` through the earlier pattern (issue 13, case 5).
+
+Derived UIDs (PS3.5 B.2): the gateway's own objects get name-based UIDs, so that a retry of the
+same work produces the same SOP Instance UIDs (a PACS sees the same instance again and answers
+"duplicate" instead of keeping a second, different SR). Every UID we mint is a function of the
+inputs that identify the object and of the installation that made it: its UID root (a random
+UUID generated once, kept in the database's ``installation`` table) is the namespace of the
+name-based UUID, so two installations that process the same study never mint the same UID.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from importlib.metadata import PackageNotFoundError, version
 
 __all__ = [
@@ -24,6 +32,8 @@ __all__ = [
     "PROJECT_UID_ROOT",
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
+    "NAMESPACE",
+    "derive_uid",
 ]
 
 #: PS3.5 9.1: "shall not exceed 64 total characters"
@@ -71,3 +81,30 @@ IMPLEMENTATION_CLASS_UID = f"{PROJECT_UID_ROOT}.1"
 #: Implementation Version Name (PS3.7 D.3.3.2, (0002,0013); SH, 1 to 16 characters):
 #: ``MEDREGA_`` and the package version.
 IMPLEMENTATION_VERSION_NAME = "MEDREGA_" + _package_version()
+
+
+#: Namespace of name-based UUIDs that do not belong to one installation (the algorithm's
+#: Device UID, sample studies) and the default root (fixed forever: changing it would give
+#: every existing object a new identity on its next retry).
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:medrega-gateway:dicom-uid")
+
+
+def derive_uid(*parts: str, root: uuid.UUID | str | None = None) -> str:
+    """Return ``2.25.<decimal UUID>``, a UID that depends only on ``root`` and ``parts`` (in order).
+
+    ``root`` is the installation's UID root (``Installation.uid_root`` in the database) for the
+    objects an installation writes; ``None`` is :data:`NAMESPACE`. The parts are length-prefixed
+    before hashing, so ``("ab", "c")`` and ``("a", "bc")`` differ. The UUID is name-based (RFC 9562 version 5),
+    at most 44 characters as a UID.
+
+    >>> derive_uid("1.2.3", "1", "en", "sr") == derive_uid("1.2.3", "1", "en", "sr")
+    True
+    """
+    if not parts:
+        raise ValueError("derive_uid needs at least one part")
+    for part in parts:
+        if not isinstance(part, str):
+            raise TypeError(f"derive_uid parts must be str, not {type(part).__name__}")
+    namespace = NAMESPACE if root is None else root if isinstance(root, uuid.UUID) else uuid.UUID(root)
+    name = "".join(f"{len(part)}:{part};" for part in parts)
+    return f"2.25.{uuid.uuid5(namespace, name).int}"

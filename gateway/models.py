@@ -488,7 +488,7 @@ class Installation(Base):
     """This installation's identity: one row, written by the migration that creates the table.
 
     ``uid_root`` is a random UUID; every DICOM UID the gateway mints (SR, presentation state,
-    Tracking UIDs) is name-based under it (:func:`sr_writer.uids.derive_uid`), so a retry
+    Tracking UIDs) is name-based under it (:func:`common.uids.derive_uid`), so a retry
     rewrites the same UID while two installations never mint the same one.
     """
 

@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from sr_writer.uids import derive_uid
+from common.uids import derive_uid
 
 __all__ = ["SampleStudy", "make_sample_study", "make_chest_radiograph", "CR_IMAGE_STORAGE"]
 

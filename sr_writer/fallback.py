@@ -40,10 +40,11 @@ from pydicom.uid import (
     EnhancedSRStorage,
 )
 
+from common.uids import derive_uid
+
 from . import coding
 from .errors import NoAcceptedSRClassError, NotConvertibleError
 from .readback import ReadRegion, ReadReport, read_report
-from .uids import derive_uid
 
 __all__ = [
     "SR_CLASSES_BY_PREFERENCE",

@@ -25,22 +25,23 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from highdicom.color import CIELabColor
 from highdicom.pr import (
     AnnotationUnitsValues,
-    SoftcopyVOILUTTransformation,
     ColorSoftcopyPresentationState,
     GraphicAnnotation,
     GraphicLayer,
     GraphicObject,
     GraphicTypeValues,
     GrayscaleSoftcopyPresentationState,
+    SoftcopyVOILUTTransformation,
     TextObject,
 )
-import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
+from common.uids import derive_uid
 from model.imaging import AUTO_PERCENTILES, CT_PRESETS, ct_preset_for
 
 from . import coding, wording
@@ -55,7 +56,6 @@ from .header import (
     with_type2_defaults,
 )
 from .report import box_polyline, series_number
-from .uids import derive_uid
 from .vr import LO, fit
 
 __all__ = [
@@ -144,7 +144,8 @@ def computed_window(image: Dataset) -> tuple[float, float, str] | None:
     if hi <= lo:
         hi = lo + 1.0
     # Linear window (PS3.3 C.11.2.1.2.1): lo maps to the first output value, hi to the last.
-    return round((lo + hi + 1.0) / 2.0, 3), round(hi - lo + 1.0, 3), "MEDREGA AUTO {:g}-{:g} PCT".format(*AUTO_PERCENTILES)
+    explanation = "MEDREGA AUTO {:g}-{:g} PCT".format(*AUTO_PERCENTILES)
+    return round((lo + hi + 1.0) / 2.0, 3), round(hi - lo + 1.0, 3), explanation
 
 
 def _laterality(image: Dataset) -> str:

@@ -18,9 +18,10 @@ import highdicom
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, DT, TM, PersonName
 
+from common.uids import derive_uid
+
 from .coding import PROCESSING_EQUIPMENT
 from .content import AlgorithmInfo
-from .uids import derive_uid
 from .vr import LO, ST, fit
 
 __all__ = [

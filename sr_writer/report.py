@@ -40,13 +40,13 @@ from highdicom.sr import (
     CodedConcept,
     Comprehensive3DSR,
     ContainerContentItem,
-    ImageContentItem,
     ContentSequence,
     CoordinatesForMeasurement,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
-    ImageLibraryEntryDescriptors,
     GraphicTypeValues,
+    ImageContentItem,
+    ImageLibraryEntryDescriptors,
     ImageRegion,
     LanguageOfContentItemAndDescendants,
     Measurement,
@@ -62,6 +62,8 @@ from highdicom.sr import (
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from common.uids import derive_uid
+
 from . import coding, wording
 from .content import RegionFinding, ReportContent, evidence_by_sop_uid, referenced_frame, validate_content
 from .header import (
@@ -73,7 +75,6 @@ from .header import (
     gateway_version,
     with_type2_defaults,
 )
-from .uids import derive_uid
 from .vr import clean_text
 
 __all__ = [
@@ -92,7 +93,7 @@ def sr_uids(study_instance_uid: str, study_version: int, language: str,
             root: str | None = None) -> tuple[str, str]:
     """(Series Instance UID, SOP Instance UID) of the SR of one study version and language.
 
-    ``root``: the installation's UID root (see :mod:`sr_writer.uids`); ``None`` for the default.
+    ``root``: the installation's UID root (see :mod:`common.uids`); ``None`` for the default.
     """
     version = str(study_version)
     return (

@@ -120,10 +120,10 @@ def _heartbeat(job_id: int) -> Callable[[str], None]:
 
 def _infer(job_id: int) -> None:
     """Run the model over the job's images and record model runs and findings (one transaction)."""
+    from common.uids import derive_uid
     from model.analysis import SourceImage, analyse_study, number_regions
     from model.backends import load_backend
     from model.prompts import REGION_TASKS
-    from sr_writer.uids import derive_uid
 
     cfg = settings()
     with session_scope(cfg.database_url) as session:

@@ -21,8 +21,8 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
 
+from common.uids import derive_uid
 from sr_writer.content import AlgorithmInfo, RegionFinding, ReportContent, frame_count, is_multiframe
-from sr_writer.uids import derive_uid
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 

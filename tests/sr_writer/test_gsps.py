@@ -14,10 +14,10 @@ import pytest
 from PIL import Image, ImageCms, ImageDraw
 from pydicom.uid import ColorSoftcopyPresentationStateStorage, GrayscaleSoftcopyPresentationStateStorage
 
+from model.imaging import CT_PRESETS, ct_preset_for
 from sr_writer import coding
 from sr_writer.content import referenced_frame
 from sr_writer.errors import InvalidContentError
-from model.imaging import CT_PRESETS, ct_preset_for
 from sr_writer.gsps import (
     LAYER_GRAYSCALE,
     LAYERS,
@@ -211,7 +211,8 @@ def test_ct_without_a_window_displays_with_the_computed_voi(built, states, tmp_p
     [state] = states["CT"]
     ps = pydicom.dcmread(state)
     voi = ps.SoftcopyVOILUTSequence[0]
-    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == CT_PRESETS[ct_preset_for(sample.datasets[0].get("BodyPartExamined"))]
+    preset = ct_preset_for(sample.datasets[0].get("BodyPartExamined"))
+    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == CT_PRESETS[preset]
     assert voi.VOILUTFunction == "LINEAR" and voi.WindowCenterWidthExplanation.startswith("MEDREGA CT")
     shown = _render_with_dcmtk(sample.paths[0], state, tmp_path / "with_state.pgm")
     assert len(np.unique(shown)) > 100

@@ -9,13 +9,13 @@ import pydicom
 import pytest
 from pydicom.uid import Comprehensive3DSRStorage
 
+from common.uids import derive_uid
 from sr_writer import coding
 from sr_writer.content import ReportContent
 from sr_writer.header import algorithm_device_uid
 from sr_writer.io import write_dataset
 from sr_writer.readback import read_report
 from sr_writer.report import build_sr, sr_uids
-from sr_writer.uids import derive_uid
 from tests.sr_writer.samples import MEDREGA, TINY, WHEN, content_for
 
 

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
+from common.uids import NAMESPACE, derive_uid
 from sr_writer.gsps import build_presentation_states
-from sr_writer.uids import NAMESPACE, derive_uid
 from tests.sr_writer.samples import content_for
 
 UID = re.compile(r"^2\.25\.(0|[1-9][0-9]*)$")
