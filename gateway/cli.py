@@ -4,6 +4,10 @@ Every command takes ``--config PATH`` (TOML; environment variables ``MEDREGA_<SE
 override it). Settings are loaded and validated once, in :func:`_root`; a bad setting exits with
 status 2 and one line naming the key. Sub-command groups live beside the code they drive and are
 registered in :mod:`gateway.commands`.
+
+Start-up problems outside the file are one line too, with their own exit status: a
+``storage.data_dir`` that cannot be created or written (5, checked when the settings are first
+used) and a database that cannot be reached (4, whenever a command's connection fails).
 """
 
 from __future__ import annotations
@@ -40,7 +44,24 @@ class AppContext:
                 self._settings = load_settings(self.config_path)
             except ConfigError as exc:
                 fail(f"configuration error: {exc}", code=2)
+            _check_data_dir(self._settings.data_dir)
         return self._settings
+
+
+#: Exit status of a ``storage.data_dir`` that cannot be used, and of an unreachable database.
+EXIT_STORAGE, EXIT_DATABASE = 5, 4
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    """Create ``data_dir`` if needed and make sure files can be created in it (one line if not)."""
+    import tempfile
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data_dir, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        fail(f"storage.data_dir: {data_dir}: {exc.strerror or exc}", code=EXIT_STORAGE)
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":
@@ -70,9 +91,23 @@ def _register_groups() -> None:
     from . import commands  # noqa: F401  (defines commands on ``app`` and adds sub-apps)
 
 
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
 def main(argv: list[str] | None = None) -> None:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
     _register_groups()
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="medrega-gateway")
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], prog_name="medrega-gateway")
+    except (OperationalError, InterfaceError) as exc:
+        # Raised where a command first connects: one line, not the driver's traceback.
+        typer.echo(f"medrega-gateway: database.url: cannot connect to the database: {_first_line(exc)}",
+                   err=True)
+        raise SystemExit(EXIT_DATABASE) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -148,7 +148,7 @@ def serve(
     if settings.node.metrics_port:
         from .metrics import start_metrics_server
 
-        start_metrics_server(settings.database_url, settings.node.metrics_port)
+        start_metrics_server(settings.database_url, settings.node.metrics_port, settings.metrics_host)
     dispatcher = Dispatcher(settings)
     dispatcher.start()
     log = logging.getLogger("gateway")

@@ -2,7 +2,8 @@
 
 The node, the dispatcher and any number of workers (on several hosts) all record into the
 database, so a collector that reads the database gives one consistent picture without
-multi-process counter files. Exposed by ``serve`` on ``node.metrics_port`` (``/metrics``).
+multi-process counter files. Exposed by ``serve`` on ``node.metrics_port`` (``/metrics``), bound
+to ``node.metrics_host`` (empty: ``node.host``).
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ def make_registry(database_url: str) -> CollectorRegistry:
     return registry
 
 
-def start_metrics_server(database_url: str, port: int, host: str = "0.0.0.0"):
-    """Serve ``/metrics`` in a background thread; returns (server, thread)."""
+def start_metrics_server(database_url: str, port: int, host: str):
+    """Serve ``/metrics`` on ``host``:``port`` in a background thread; returns (server, thread)."""
     from prometheus_client import start_http_server
 
     return start_http_server(port, addr=host, registry=make_registry(database_url))

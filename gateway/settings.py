@@ -34,6 +34,7 @@ __all__ = [
     "RouteSettings",
     "load_settings",
     "validate_ae_title",
+    "DATABASE_SCHEMES",
 ]
 
 ENV_PREFIX = "MEDREGA_"
@@ -106,6 +107,8 @@ class NodeSettings(_Section):
     tls_require_client_certificate: bool = False
     #: Prometheus metrics on this port (HTTP ``/metrics``) while ``serve`` runs; 0 disables.
     metrics_port: int = Field(9100, ge=0, le=65535)
+    metrics_host: str = Field("", description="Address the metrics server binds; empty: node.host, "
+                              "so a node bound to 127.0.0.1 does not publish its metrics elsewhere.")
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: validate_ae_title(v)))
 
@@ -114,9 +117,22 @@ class StorageSettings(_Section):
     data_dir: Path = Path("./var")
 
 
+#: Database URL schemes the gateway supports (SQLAlchemy dialect[+driver]).
+DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
+
+
 class DatabaseSettings(_Section):
     #: Empty: an embedded SQLite database ``gateway.db`` under ``storage.data_dir``.
-    url: str = ""
+    url: str = Field("", description="Empty: an embedded SQLite database gateway.db under "
+                     f"storage.data_dir; else a URL whose scheme is one of {', '.join(DATABASE_SCHEMES)}.")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else None
+        if value and scheme not in DATABASE_SCHEMES:
+            raise ValueError(f"unknown scheme {scheme or value!r}; one of {', '.join(DATABASE_SCHEMES)}")
+        return value
 
 
 class QueueSettings(_Section):
@@ -248,6 +264,11 @@ class Settings(_Section):
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_dir / 'gateway.db'}"
+
+    @property
+    def metrics_host(self) -> str:
+        """Where the metrics server binds (``node.metrics_host``, or else ``node.host``)."""
+        return self.node.metrics_host or self.node.host
 
     @property
     def broker_url(self) -> str:

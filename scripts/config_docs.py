@@ -16,6 +16,10 @@ the lists `destinations`, `callers` and `routes` can be given as JSON in `MEDREG
 `MEDREGA_CALLERS`, `MEDREGA_ROUTES`. Settings are validated once at start-up: a wrong or unknown key
 stops the command with exit status 2 and one line naming the key, e.g.
 `configuration error: node.port: Input should be less than or equal to 65535`.
+Problems the file cannot show are one line too: a `storage.data_dir` that cannot be created or
+written stops every command with exit status 5 (`storage.data_dir: PATH: Permission denied`), a
+database that cannot be reached with exit status 4 (`database.url: cannot connect to the database:
+...`), a database whose schema is behind with exit status 3.
 
 Destinations, callers and routes in the file only *seed* the database: rows that already exist
 (by name / AE title) are kept as an administrator changed them with the CLI or the API, and changes

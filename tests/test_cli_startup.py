@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.harness import cli, free_port, write_config
 
 
@@ -46,3 +48,57 @@ def test_status_reports_what_is_down(tmp_path: Path) -> None:
     assert any(line.startswith("ok") and "database" in line for line in lines), result.stdout
     assert any(line.startswith("DOWN") and " node " in line for line in lines), result.stdout
     assert any(line.startswith("DOWN") and "destination pacs" in line for line in lines), result.stdout
+
+
+def _start_problem(tmp_path: Path, problem: str) -> Path:
+    """A config whose database is down, whose database URL has an unknown scheme, or whose
+    data_dir cannot be written (a path under a regular file: root may write anywhere else)."""
+    config = write_config(tmp_path, node_port=free_port(), backend="replay", model_path="x", destinations=[])
+    text = config.read_text()
+    if problem == "database down":
+        text = text.replace('[database]\nurl = ""', f'[database]\nurl = "postgresql://medrega@127.0.0.1:{free_port()}/gone"')
+    elif problem == "unknown scheme":
+        text = text.replace('[database]\nurl = ""', '[database]\nurl = "mongodb://127.0.0.1/medrega"')
+    else:
+        (tmp_path / "a-file").write_text("not a folder")
+        text = text.replace(f'data_dir = "{tmp_path / "var"}"', f'data_dir = "{tmp_path / "a-file" / "var"}"')
+    assert text != config.read_text()
+    config.write_text(text)
+    return config
+
+
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["serve"], ["worker"], ["jobs", "list"]])
+@pytest.mark.parametrize("problem,code,words", [
+    ("database down", 4, "database.url: cannot connect to the database"),
+    ("unknown scheme", 2, "configuration error: database.url:"),
+    ("unwritable data_dir", 5, "storage.data_dir:"),
+])
+def test_start_problems_give_one_line_and_an_exit_status(tmp_path: Path, command: list[str], problem: str,
+                                                        code: int, words: str) -> None:
+    """Issue 13 case 8: one line naming the setting, no traceback, a documented exit status."""
+    result = cli(_start_problem(tmp_path, problem), *command, check=False, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"medrega-gateway: {words}"), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_the_metrics_server_binds_the_nodes_host(tmp_path: Path) -> None:
+    """Issue 13 case 8: ``node.metrics_host`` empty (the default) is ``node.host``, not 0.0.0.0."""
+    import psutil
+
+    from tests.e2e.harness import gateway_process, port_open, wait_for
+
+    config = write_config(tmp_path, node_port=free_port(), backend="replay", model_path="x", destinations=[])
+    assert "metrics_host" not in config.read_text() and 'host = "127.0.0.1"' in config.read_text()
+    cli(config, "db", "upgrade")
+    metrics_port = int(next(line.split("=")[1] for line in config.read_text().splitlines()
+                            if line.startswith("metrics_port")))
+    serve = gateway_process(config, "serve", tmp_path / "serve.log").start()
+    try:
+        wait_for(lambda: port_open(metrics_port), 60, "the metrics server", [serve])
+        listening = [c.laddr for c in psutil.Process(serve.proc.pid).net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == metrics_port]
+        assert [a.ip for a in listening] == ["127.0.0.1"]
+    finally:
+        serve.stop()
