@@ -45,8 +45,10 @@ class GatewayCollector(Collector):
             yield CounterMetricFamily("medrega_instances_duplicate", "Identical instances received again", value=dup)
             rejected = CounterMetricFamily("medrega_instances_rejected", "Instances quarantined, by reason",
                                            labels=["reason"])
-            for reason, count in s.execute(select(func.substr(QuarantinedInstance.reason, 1, 40),
-                                                  func.count()).group_by(func.substr(QuarantinedInstance.reason, 1, 40))):
+            # Grouped by the label: PostgreSQL sees two substr() with their own bound parameters
+            # as different expressions ("must appear in the GROUP BY clause").
+            reason_prefix = func.substr(QuarantinedInstance.reason, 1, 40).label("reason")
+            for reason, count in s.execute(select(reason_prefix, func.count()).group_by(reason_prefix)):
                 rejected.add_metric([reason], count)
             yield rejected
             depth = GaugeMetricFamily("medrega_jobs", "Jobs by state (pending+queued = queue depth)", labels=["state"])
