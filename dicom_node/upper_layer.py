@@ -840,6 +840,8 @@ class AcceptorAssociation:
                                       ABORT_INVALID_PARAMETER)
             last = bool(control & 0x02)
             if control & 0x01:  # command fragment (PS3.8 E.2)
+                if self._command_size + fragment > MAXIMUM_COMMAND_SET:  # before reading it
+                    raise UpperLayerError("command set too large", ABORT_INVALID_PARAMETER)
                 self._command_fragment(context_id, stream.read_large(fragment), last)
             else:
                 self._data_fragment(context_id, fragment, last)
@@ -853,8 +855,6 @@ class AcceptorAssociation:
         if self._pending is not None:
             raise UpperLayerError("command fragment while a data set was expected")
         self._command_size += len(fragment)
-        if self._command_size > MAXIMUM_COMMAND_SET:
-            raise UpperLayerError("command set too large", ABORT_INVALID_PARAMETER)
         self._command_parts.append(fragment)
         self._command_context = context_id
         if not last:

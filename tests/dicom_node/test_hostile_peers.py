@@ -30,11 +30,12 @@ from sqlalchemy import create_engine, func, select as sql_select
 from common.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from gateway.logs import TextFormatter
 from gateway.models import Instance
-from tests.faults.malformed import associate_rq, dataset, fresh_uids, part10, raw_store, valid_elements
+from tests.faults.malformed import dataset, fresh_uids, part10, raw_store, valid_elements
 from tests.peers.dcmtk import echoscu
 
 from .conftest import NODE_AE, running_node
 from .test_upper_layer import (
+    _associate_rq,
     _associated,
     _command,
     _dataset_bytes,
@@ -107,13 +108,21 @@ def _hostile_connection(port: int) -> socket.socket:
     return sock
 
 
+def _store_rq(sock: socket.socket, sop_instance: str, message_id: int = 1, sop_class: str = CTImageStorage) -> None:
+    sock.sendall(_pdu(0x04, _pdv(1, 0x03, _command(sop_class, 0x0001, message_id, True,
+                                                     AffectedSOPInstanceUID=sop_instance))))
+
+
 # -- case 1: one peer locks out every sender ------------------------------------------------------------
-def test_c_echo_succeeds_while_128_connections_trickle_an_association_request(settings_factory):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_c_echo_succeeds_while_128_connections_trickle_an_association_request(settings_factory, processes):
     """128 connections from one address each announce a 1 MiB A-ASSOCIATE-RQ and send a byte a
-    second. Beyond node.maximum_pending_connections_per_address they are closed at once; the
-    others when the association establishment deadline (acse_timeout_s, counted from the
-    accept, not from the last byte) passes. A C-ECHO from another caller meanwhile succeeds."""
-    settings = settings_factory(node={"acse_timeout_s": 3, "maximum_pending_connections_per_address": 8})
+    second. Beyond node.maximum_pending_connections_per_address they are closed at once (the
+    limit holds across listener processes); the others when the association establishment
+    deadline (acse_timeout_s, counted from the accept, not from the last byte) passes. A C-ECHO
+    from another caller meanwhile succeeds."""
+    settings = settings_factory(node={"acse_timeout_s": 3, "maximum_pending_connections_per_address": 8,
+                                      "processes": processes})
     with running_node(settings) as node:
         socks = []
         for _ in range(128):
@@ -152,9 +161,10 @@ def test_c_echo_succeeds_while_maximum_associations_trickle_p_data(settings_fact
         socks = []
         for _ in range(4):
             sock = _hostile_connection(node.port)
-            sock.sendall(associate_rq(NODE_AE, "TRICKLE"))
+            sock.sendall(_associate_rq(calling="TRICKLE"))
             assert _read_pdu(sock)[0] == 0x02
-            sock.sendall(struct.pack(">BxI", 0x04, 1 << 20) + struct.pack(">IBB", (1 << 20) - 4, 1, 0x03))
+            _store_rq(sock, "1.2.3.4")  # then its data set: a P-DATA-TF announcing 1 MiB
+            sock.sendall(struct.pack(">BxI", 0x04, 1 << 20) + struct.pack(">IBB", (1 << 20) - 4, 1, 0x02))
             socks.append(sock)
         sent = time.monotonic()
         trickler = _Trickler(socks)
@@ -177,11 +187,6 @@ def test_c_echo_succeeds_while_maximum_associations_trickle_p_data(settings_fact
 
 
 # -- case 2: the disk floor, enforced while the data set arrives --------------------------------------
-def _store_rq(sock: socket.socket, sop_instance: str, message_id: int = 1, sop_class: str = CTImageStorage) -> None:
-    sock.sendall(_pdu(0x04, _pdv(1, 0x03, _command(sop_class, 0x0001, message_id, True,
-                                                     AffectedSOPInstanceUID=sop_instance))))
-
-
 def _spool_files(settings) -> list[Path]:  # type: ignore[no-untyped-def]
     return [p for p in (Path(settings.data_dir) / "spool").rglob("*") if p.is_file()]
 

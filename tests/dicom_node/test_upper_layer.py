@@ -461,3 +461,14 @@ def test_data_set_offset_is_where_pydicom_ends_the_file_meta(tmp_path):
         read_preamble(f, False)
         _read_file_meta_info(f)
         assert data_set_offset(path) == f.tell() == path.stat().st_size - len(element)
+
+
+def test_a_command_fragment_announcing_4_gib_is_aborted_before_it_is_read(node):
+    """A command set is at most 64 KiB: a PDV announcing more is refused from its header (A-ABORT,
+    invalid PDU parameter value), not read into memory first."""
+    sock = _associated(node)
+    length = 0xFFFFFFF0
+    sock.sendall(struct.pack(">BxI", 0x04, length) + struct.pack(">IBB", length - 4, 1, 0x03) + b"\x00" * 1024)
+    body = _expect_abort(sock)
+    assert body[2:4] == bytes((0x02, 0x06))
+    _node_still_answers(node)
