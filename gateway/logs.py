@@ -51,7 +51,7 @@ class JsonFormatter(logging.Formatter):
             "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": escape_control(record.getMessage()),  # DEL and C1 too, which JSON leaves
         }
         for field in CONTEXT_FIELDS:
             value = getattr(record, field, None)
