@@ -24,6 +24,8 @@ __all__ = [
     "STATUS_PROCESSING_FAILURE",
     "STATUS_OUT_OF_RESOURCES",
     "STATUS_SPOOL_ERROR",
+    "STATUS_MISTYPED_ARGUMENT",
+    "STATUS_CANNOT_UNDERSTAND",
     "STATUS_SOP_CLASS_NOT_SUPPORTED",
     "STATUS_INVALID_SOP_INSTANCE",
     "CommandSetError",
@@ -47,6 +49,10 @@ STATUS_UNRECOGNIZED_OPERATION = 0x0211
 STATUS_PROCESSING_FAILURE = 0x0110
 #: PS3.4 B.2.3: C-STORE refused, out of resources (the data set could not even be written)
 STATUS_OUT_OF_RESOURCES = 0xA700
+#: PS3.7 Annex C: Mistyped argument (a C-ECHO-RQ announcing a data set)
+STATUS_MISTYPED_ARGUMENT = 0x0212
+#: PS3.4 B.2.3: Error, cannot understand (a C-STORE-RQ announcing no data set)
+STATUS_CANNOT_UNDERSTAND = 0xC000
 #: PS3.4 B.2.3 "Refused: Out of Resources" range: the node's code for a spool that could not
 #: be written (an I/O error other than a full disk)
 STATUS_SPOOL_ERROR = 0xA702
@@ -138,17 +144,23 @@ def request_status(command: Command, abstract_syntax: str) -> int | None:
     UID (M), which must be the context's abstract syntax (PS3.8 7.1.1.13: a context is negotiated
     for one abstract syntax), else 0x0122; a C-STORE-RQ names the instance in Affected SOP
     Instance UID (M), a valid UID (PS3.5 9.1), else 0x0117. Both UIDs are checked with the one
-    strict validator, so a UID with a line feed, a NUL or a non-ASCII byte fails here.
+    strict validator, so a UID with a line feed, a NUL or a non-ASCII byte fails here. A C-STORE-RQ
+    announcing no data set gets 0xC000, a C-ECHO-RQ announcing one 0x0212; any other command
+    0x0211.
     """
     if command.command_field == C_STORE_RQ:
         if command.affected_sop_class_uid != abstract_syntax or not valid_uid(command.affected_sop_class_uid):
             return STATUS_SOP_CLASS_NOT_SUPPORTED
         if not valid_uid(command.affected_sop_instance_uid):
             return STATUS_INVALID_SOP_INSTANCE
+        if not command.has_data_set:  # Command Data Set Type says none follows: nothing to store
+            return STATUS_CANNOT_UNDERSTAND
         return None
     if command.command_field == C_ECHO_RQ:
         if command.affected_sop_class_uid != abstract_syntax or not valid_uid(command.affected_sop_class_uid):
             return STATUS_SOP_CLASS_NOT_SUPPORTED
+        if command.has_data_set:  # a C-ECHO-RQ has none (PS3.7 9.3.5.1)
+            return STATUS_MISTYPED_ARGUMENT
         return None
     return STATUS_UNRECOGNIZED_OPERATION
 

@@ -23,6 +23,8 @@ from pydicom.tag import BaseTag
 
 from common.uids import ui_value_text, valid_uid
 
+from .dimse import STATUS_CANNOT_UNDERSTAND
+
 __all__ = [
     "HeaderError",
     "UnreadableObjectError",
@@ -40,13 +42,13 @@ _HEAD_BYTES = 64 * 1024
 class HeaderError(ValueError):
     """A received object cannot be accepted; ``status`` is the C-STORE status (PS3.4 B.2.3)."""
 
-    status = 0xC000
+    status = STATUS_CANNOT_UNDERSTAND
 
 
 class UnreadableObjectError(HeaderError):
     """The bytes are not a decodable data set in the negotiated transfer syntax."""
 
-    status = 0xC000
+    status = STATUS_CANNOT_UNDERSTAND
 
 
 class MissingAttributeError(HeaderError):

@@ -324,6 +324,11 @@ def test_command_uids_are_checked_with_the_strict_validator(node, settings, capl
     assert _store_and_status(sock, _with_raw_uid(instance, 0x1000, b"1.2.\xe9"), 2, data) == 0x0117
     assert _store_and_status(sock, _with_raw_uid(instance, 0x0002, b"1.2.840.10008.5.1.4.1.1.\xb2"), 2, data) == 0x0122
     assert _store_and_status(sock, _with_raw_uid(instance, 0x1000, b"1.2.3\n\x00\n"), 2, data) == 0x0117
+    no_data_set = _command(CTImageStorage, 0x0001, 9, False, AffectedSOPInstanceUID=ds.SOPInstanceUID)
+    assert _store_and_status(sock, no_data_set, 9) == 0xC000  # was: answered 0x0000, nothing stored
+    echo_with_data = _command(Verification, 0x0030, 10, True)
+    sock.sendall(_pdu(0x04, _pdv(3, 0x03, echo_with_data) + _pdv(3, 0x02, b"\x08\x00\x16\x00UI\x00\x00")))
+    assert _status(_read_pdu(sock)[1]) == (10, 0x0212)
     assert _store_and_status(sock, instance, 2, data) == 0x0000  # the same association goes on
     sock.sendall(_pdu(0x05, b"\x00\x00\x00\x00"))
     assert _read_pdu(sock)[0] == 0x06
