@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install everything medrega-gateway needs on a fresh Debian machine: the DICOM peers used by the
-# tests (DCMTK, dicom3tools, Orthanc and its DICOMweb plugin), a CJK font, Chromium for the UI
-# test, Node.js with OHIF's SR code (npm ci from tests/viewers/ohif/package-lock.json), Docker
-# (docker.io, Debian's docker-compose, debootstrap for base images without a registry, Debian's pip
-# for the image's wheelhouse: tests/deploy/), and a Python virtual environment with the pinned
-# packages. Safe to run again: it installs only what is missing.
+# tests (DCMTK, dicom3tools, Orthanc and its DICOMweb plugin), a CJK font, Chromium for the browser
+# tests, Node.js with the viewers' npm packages pinned by their lock files (tests/viewers/*/: OHIF's
+# SR code, OHIF's published build), Docker (docker.io, Debian's docker-compose, debootstrap for base
+# images without a registry, Debian's pip for the image's wheelhouse: tests/deploy/), and a Python
+# virtual environment with the pinned packages. Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,10 +34,15 @@ if ! cmp -s requirements.txt .venv/.requirements.installed 2>/dev/null; then
   cp requirements.txt .venv/.requirements.installed
 fi
 .venv/bin/pip install -q --no-deps -e . >/dev/null 2>&1 || .venv/bin/pip install --no-deps -e .
-OHIF_DIR=tests/viewers/ohif
-if ! cmp -s "$OHIF_DIR/package-lock.json" "$OHIF_DIR/node_modules/.package-lock.installed" 2>/dev/null; then
-  echo "setup: installing OHIF's SR packages (npm ci, pinned in $OHIF_DIR/package-lock.json)"
-  (cd "$OHIF_DIR" && npm ci --no-audit --no-fund --loglevel=error)
-  cp "$OHIF_DIR/package-lock.json" "$OHIF_DIR/node_modules/.package-lock.installed"
-fi
+# The viewers the tests run, exactly as their committed lock files say (tests/viewers/ohif: OHIF's
+# SR code; tests/viewers/ohif-app: OHIF's published build, ~200 MB); never committed themselves
+# (node_modules/ is ignored).
+for lock in tests/viewers/*/package-lock.json; do
+  dir=$(dirname "$lock")
+  if ! cmp -s "$lock" "$dir/node_modules/.package-lock.installed" 2>/dev/null; then
+    echo "setup: installing $dir (npm ci, pinned in $lock)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$lock" "$dir/node_modules/.package-lock.installed"
+  fi
+done
 echo "setup: done (.venv ready)"

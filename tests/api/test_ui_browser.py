@@ -6,7 +6,6 @@ Chromium is Debian's (/usr/bin/chromium, installed by `make setup`); its absence
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -22,12 +21,9 @@ from gateway.api.app import create_app
 from gateway.models import AuditEvent, Delivery, DeliveryState
 
 from ..conftest import free_port
+from ..peers.chromium import chromium
 from .conftest import Env
 from .factories import make_study
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture
@@ -50,16 +46,8 @@ def server(env: Env) -> Iterator[str]:
 
 @pytest.fixture
 def browser():
-    if not Path(CHROMIUM).is_file() and shutil.which("chromium") is None:
-        pytest.fail("Chromium is not installed: run `make setup` (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def test_login_search_study_picture_and_retry(env: Env, server: str, browser, tmp_path: Path) -> None:

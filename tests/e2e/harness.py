@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import require_tool
+import pytest
+
+from tests.conftest import SHARED, require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,6 +24,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def reference_answers() -> dict[int, str]:
+    path = SHARED / "medrega-reference" / "data_file.jsonl"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the tests replay MedRegA's reference answers from it")
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {line["id"]: line["conversations"][1]["value"] for line in lines}
+
+
+def reference_replay_lines(ct_uid: str, cr_uid: str) -> list[dict]:
+    """What the model "says", taken from MedRegA's own reference answers."""
+    ref = reference_answers()
+    return [
+        # Chest radiograph: the grounded report (two regions) and a Chinese located lesion.
+        {"sop_instance_uid": cr_uid, "language": "en", "prompt_contains": "<ref>", "answer": ref[9]},
+        {"sop_instance_uid": cr_uid, "language": "zh", "prompt_contains": "<ref>", "answer": ref[10]},
+        # CT: one label with two boxes (text-to-region answer), and nothing found in Chinese.
+        {"sop_instance_uid": ct_uid, "language": "en", "prompt_contains": "<ref>", "answer": ref[8]},
+        {"sop_instance_uid": ct_uid, "language": "zh", "prompt_contains": "<ref>", "answer": "未见明确病灶。"},
+        {"language": "en", "prompt_contains": "report", "answer": ref[4]},
+        {"language": "zh", "prompt_contains": "报告", "answer": ref[5]},
+    ]
 
 
 def write_config(folder: Path, *, node_port: int, destinations: Iterable[dict], backend: str,

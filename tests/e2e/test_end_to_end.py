@@ -12,7 +12,6 @@ mode (PostgreSQL, the Redis server, a separate ``worker`` process), and the ``ti
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -26,13 +25,14 @@ from gateway.db import session_scope
 from gateway.models import Delivery, DeliveryState, Finding, Instance, Job, JobState
 from gateway.samples import make_sample_study
 from gateway.settings import load_settings
-from tests.conftest import SHARED, require_tool
+from tests.conftest import require_tool
 from tests.e2e.harness import (
     StoreSCP,
     cli,
     free_port,
     gateway_process,
     port_open,
+    reference_replay_lines,
     storescu,
     wait_for,
     write_config,
@@ -42,29 +42,6 @@ from tests.e2e.harness import (
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 CODE_TRACKING_UID = "112040"  # DCM "Tracking Unique Identifier"
-
-
-def _reference_answers() -> dict[int, str]:
-    path = SHARED / "medrega-reference" / "data_file.jsonl"
-    if not path.exists():
-        pytest.fail(f"{path} is missing: the tests replay MedRegA's reference answers from it")
-    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {line["id"]: line["conversations"][1]["value"] for line in lines}
-
-
-def _replay_lines(ct_uid: str, cr_uid: str) -> list[dict]:
-    """What the model "says", taken from MedRegA's own reference answers."""
-    ref = _reference_answers()
-    return [
-        # Chest radiograph: the grounded report (two regions) and a Chinese located lesion.
-        {"sop_instance_uid": cr_uid, "language": "en", "prompt_contains": "<ref>", "answer": ref[9]},
-        {"sop_instance_uid": cr_uid, "language": "zh", "prompt_contains": "<ref>", "answer": ref[10]},
-        # CT: one label with two boxes (text-to-region answer), and nothing found in Chinese.
-        {"sop_instance_uid": ct_uid, "language": "en", "prompt_contains": "<ref>", "answer": ref[8]},
-        {"sop_instance_uid": ct_uid, "language": "zh", "prompt_contains": "<ref>", "answer": "未见明确病灶。"},
-        {"language": "en", "prompt_contains": "report", "answer": ref[4]},
-        {"language": "zh", "prompt_contains": "报告", "answer": ref[5]},
-    ]
 
 
 def _storescu(port: int, files: list[Path]) -> None:
@@ -96,7 +73,7 @@ def _run_scenario(tmp_path: Path, *, backend: str, database_url: str = "", broke
     cr_uid = next(h.SOPInstanceUID for h in headers.values() if h.Modality == "CR")
     model_path = ""
     if backend == "replay":
-        model_path = str(write_replay(tmp_path / "replay.jsonl", _replay_lines(ct_uid, cr_uid)))
+        model_path = str(write_replay(tmp_path / "replay.jsonl", reference_replay_lines(ct_uid, cr_uid)))
     node_port, pacs_port = free_port(), free_port()
     pacs = StoreSCP(tmp_path / "pacs", pacs_port).start()
     destinations = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]

@@ -7,6 +7,8 @@
 
 Runs with a JSON configuration in a temporary folder, no remote access, no authentication,
 ``TCP_NODELAY=1`` in its environment, and fails the test when the binary is missing.
+``dicomweb=True`` loads Debian's DICOMweb plugin (package ``orthanc-dicomweb``: QIDO-RS, WADO-RS
+and STOW-RS of PS3.18 under ``/dicom-web/``), failing the test when it is not installed.
 """
 
 from __future__ import annotations
@@ -22,10 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import free_port, require_tool
 from tests.peers.dcmtk import peer_env, wait_for_port
 
-__all__ = ["Orthanc", "orthanc", "OrthancError"]
+__all__ = ["Orthanc", "orthanc", "OrthancError", "DICOMWEB_ROOT"]
+
+DICOMWEB_ROOT = "/dicom-web"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian's orthanc-dicomweb
+
+
+def dicomweb_plugin() -> str:
+    """Path of Orthanc's DICOMweb plugin; fails the test when it is not installed."""
+    if not DICOMWEB_PLUGIN.exists():
+        pytest.fail(f"{DICOMWEB_PLUGIN} is missing: run `make setup` (installs orthanc-dicomweb)")
+    return str(DICOMWEB_PLUGIN)
 
 
 class OrthancError(RuntimeError):
@@ -100,9 +114,11 @@ def orthanc(
     modalities: dict[str, tuple[str, str, int]] | None = None,
     dicom_port: int | None = None,
     extra_config: dict[str, Any] | None = None,
+    dicomweb: bool = False,
 ) -> Iterator[Orthanc]:
     """Run Orthanc with its storage under ``folder``; ``modalities`` = name -> (AE, host, port)."""
     exe = require_tool("Orthanc")
+    plugins = [dicomweb_plugin()] if dicomweb else []
     folder.mkdir(parents=True, exist_ok=True)
     dicom_port = dicom_port or free_port()
     http_port = free_port()
@@ -120,10 +136,12 @@ def orthanc(
         "DicomAlwaysAllowStore": True,
         "DicomModalities": {k: list(v) for k, v in (modalities or {}).items()},
         "DicomScuTimeout": 30,
-        "Plugins": [],
+        "Plugins": plugins,
         "StorageCompression": False,
         "SaveJobs": False,
         "StableAge": 1,
+        # No "Host" key: BulkDataURIs follow the request's Host header, so a proxy in front keeps its own.
+        **({"DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT + "/", "EnableWado": False}} if dicomweb else {}),
         **(extra_config or {}),
     }
     config_path = folder / "orthanc.json"
