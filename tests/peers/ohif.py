@@ -49,7 +49,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     upstream: str
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:
@@ -102,3 +102,23 @@ def ohif_site(upstream: str) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def main() -> None:
+    """``python -m tests.peers.ohif http://127.0.0.1:8042``: OHIF in front of a running Orthanc
+    (with its DICOMweb plugin) until Ctrl-C, to look at a study as a radiologist would."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("orthanc", help="Orthanc's HTTP address, e.g. http://127.0.0.1:8042")
+    args = parser.parse_args()
+    with ohif_site(args.orthanc.rstrip("/")) as url:
+        print(f"OHIF: {url}/  (a study: {url}/viewer?StudyInstanceUIDs=<Study Instance UID>)", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

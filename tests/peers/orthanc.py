@@ -29,7 +29,7 @@ import pytest
 from tests.conftest import free_port, require_tool
 from tests.peers.dcmtk import peer_env, wait_for_port
 
-__all__ = ["Orthanc", "orthanc", "OrthancError", "DICOMWEB_ROOT"]
+__all__ = ["DICOMWEB_ROOT", "Orthanc", "OrthancError", "orthanc"]
 
 DICOMWEB_ROOT = "/dicom-web"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian's orthanc-dicomweb

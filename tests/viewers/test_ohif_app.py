@@ -50,26 +50,28 @@ from tests.peers.ohif import ohif_site
 from tests.peers.orthanc import Orthanc, orthanc
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Page
+    from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
-VIEWPORT = {"width": 1400, "height": 900}
+VIEWPORT: ViewportSize = {"width": 1400, "height": 900}
 BOXES = "svg.svg-layer g[data-annotation-uid]"
 # What OHIF knows of the one viewport: the image it shows and the annotations drawn on it (the
 # SVG layer of Cornerstone3D; each annotation's group carries its UID, the SR's Tracking UID).
-VIEWPORT_STATE = """() => {
+VIEWPORT_STATE = f"""() => {{
   const viewport = window.cornerstone.getEnabledElements()[0]?.viewport;
-  const boxes = [...document.querySelectorAll('%s')];
-  return {imageId: viewport?.getCurrentImageId?.() ?? null,
-          boxes: boxes.map(g => ({uid: g.dataset.annotationUid, text: g.textContent}))};
-}""" % BOXES
+  const boxes = [...document.querySelectorAll('{BOXES}')];
+  return {{imageId: viewport?.getCurrentImageId?.() ?? null,
+           boxes: boxes.map(g => ({{uid: g.dataset.annotationUid, text: g.textContent}}))}};
+}}"""
 # OHIF's measurements, with their points in pixels of their image (Cornerstone keeps world coordinates).
 MEASUREMENTS = """() => window.services.measurementService.getMeasurements().map(m => ({
   uid: m.uid, label: m.label, sop: m.SOPInstanceUID, text: JSON.stringify(m.displayText ?? ''),
   pixels: (m.points || []).map(p => window.cornerstone.utilities.worldToImageCoords(m.referencedImageId, p))}))"""
 BOX_DRAWN = f"""uids => [...document.querySelectorAll('{BOXES}')].some(g => uids.includes(g.dataset.annotationUid))"""
 WADO_RS_INSTANCE = re.compile(r"/instances/([0-9.]+)/frames/")
+# The rows whose screenshots docs/viewers/ keeps: a region of the radiograph in each language.
+DOCS_ROWS = {("en", 3), ("zh", 1)}
 LOAD_ATTEMPTS = 3
 SETTLE_S = 1.5  # Cornerstone draws the annotations after the image: let a frame or two pass
 
@@ -159,9 +161,10 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
             serve.stop()
         with session_scope(database) as s:
             regions = [Region(f.language, tuple(n for n in (f.label, f.code_meaning) if n), f.tracking_uid or "",
-                              f.referenced_sop_instance_uid or "", (f.px_x1, f.px_y1, f.px_x2, f.px_y2))
+                              f.referenced_sop_instance_uid or "",
+                              (float(f.px_x1 or 0), float(f.px_y1 or 0), float(f.px_x2 or 0), float(f.px_y2 or 0)))
                        for f in s.scalars(select(Finding).where(Finding.kind == "region"))]
-        srs = {}
+        srs: dict[str, pydicom.Dataset] = {}
         modalities = []
         for instance in server.rest("GET", "/instances"):
             ds = pydicom.dcmread(io.BytesIO(server.rest("GET", f"/instances/{instance}/file")))
@@ -217,14 +220,16 @@ def session(browser: Browser) -> Iterator[Session]:
         context.close()
 
 
-def _save(page: Page, folder: Path, name: str) -> Path:
-    """A screenshot; also an optimised copy (palette PNG, docs-sized) in $MEDREGA_OHIF_SCREENSHOTS."""
+def _save(page: Page, folder: Path, name: str, *, docs: bool = False) -> Path:
+    """A screenshot in the test's folder; with ``docs``, also a small copy (96-colour palette PNG)
+    in ``$MEDREGA_OHIF_SCREENSHOTS`` when set: how docs/viewers/ is made."""
     path = folder / f"{name}.png"
     page.screenshot(path=str(path))
-    docs = os.environ.get("MEDREGA_OHIF_SCREENSHOTS")
-    if docs:
-        Path(docs).mkdir(parents=True, exist_ok=True)
-        Image.open(path).convert("RGB").quantize(colors=128).save(Path(docs) / path.name, optimize=True)
+    target = os.environ.get("MEDREGA_OHIF_SCREENSHOTS")
+    if docs and target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        small = Image.open(path).convert("RGB").quantize(colors=96, method=Image.Quantize.FASTOCTREE)
+        small.save(Path(target) / path.name, optimize=True)
     return path
 
 
@@ -278,7 +283,7 @@ def test_sr_viewport_draws_the_boxes_of_the_image_it_shows(pacs: Pacs, site: str
     on_image = {r.tracking_uid for r in regions if r.sop_instance_uid == shown}
     assert on_image, f"OHIF's SR viewport shows {shown}, an image without regions in the {language} SR"
     assert {b["uid"] for b in state["boxes"]} == on_image, (state, session.console[-20:])
-    _save(page, tmp_path, f"ohif-{language}-sr-viewport")
+    _save(page, tmp_path, f"ohif-{language}-sr-viewport", docs=language == "zh")
     session.assert_loopback_only()
 
 
@@ -323,7 +328,7 @@ def test_tracking_lists_each_region_by_name_on_its_image(pacs: Pacs, site: str, 
             raise AssertionError(f"row {title!r} selected, the viewport shows {_sop_of(state['imageId'])} "
                                  f"with {[label_of.get(b['uid']) for b in state['boxes']]}") from exc
         seen.append((title, _sop_of(_state(page)["imageId"])))
-        _save(page, tmp_path, f"ohif-{language}-measurement-{index + 1}")
+        _save(page, tmp_path, f"ohif-{language}-measurement-{index + 1}", docs=(language, index + 1) in DOCS_ROWS)
     for region in regions:
         assert any(region.named_in(title) and shown == region.sop_instance_uid for title, shown in seen), \
             f"no row of OHIF's measurement panel names {region.names} and shows {region.sop_instance_uid}: {seen}"
