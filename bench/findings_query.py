@@ -29,10 +29,10 @@ from collections.abc import Callable
 
 import psycopg
 
-from gateway import audit
+from common import audit
 from gateway.api.query_findings import FindingFilters, search_findings
 from gateway.api.query_studies import get_study, study_timeline
-from gateway.db import make_engine, session_factory, upgrade
+from common.db import make_engine, session_factory, upgrade
 
 EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 SPAN = dt.timedelta(days=365)

@@ -44,7 +44,7 @@ print(f"torch {torch.__version__}, transformers {transformers.__version__}, devi
 if not cpu and not torch.cuda.is_available():
     sys.exit("CUDA is not available")
 
-from gateway.settings import ModelSettings
+from common.settings import ModelSettings
 from model.backends.base import GenerationRequest
 from model.backends.engine import InternVLEngine
 from model.backends.tiny import TinyBackend, build_tiny_tokenizer

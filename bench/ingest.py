@@ -203,8 +203,8 @@ try:
     from common.settings import load_settings
     from common.db import upgrade
 except ImportError:  # a checkout from before issue 12's layout (--baseline)
-    from gateway.settings import load_settings
-    from gateway.db import upgrade
+    from common.settings import load_settings
+    from common.db import upgrade
 from dicom_node.scp import StorageSCP
 logging.basicConfig(level=logging.WARNING)
 settings = load_settings(environ={}, storage={"data_dir": sys.argv[1]},

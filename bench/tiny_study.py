@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gateway.settings import ModelSettings  # noqa: E402
+from common.settings import ModelSettings  # noqa: E402
 from model.analysis import analyse_study  # noqa: E402
 from model.backends import GenerationRequest, load_backend  # noqa: E402
 from model.geometry import box_to_pixels  # noqa: E402

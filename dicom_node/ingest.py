@@ -11,7 +11,7 @@ A changed re-send (same SOP Instance UID, other bytes) is a correction (PS3.4 B.
 re-sent UID to the SCP): under the write lock the filed bytes are first kept under ``replaced/``
 (:func:`~dicom_node.spool.keep_replaced`), the new ones flushed and renamed into place, and the
 instance row, the study's patient and study attributes, an
-:class:`~gateway.models.InstanceReplacement` row and ``Study.instances_changed`` (so the study
+:class:`~common.models.InstanceReplacement` row and ``Study.instances_changed`` (so the study
 makes a new version, whose SRs reference the previous ones) are written in one transaction. When
 the new content names another study the old spool file is removed after the commit, and the old
 study is marked changed and receiving too, so both make a new version.
@@ -47,7 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from gateway.models import Instance, InstanceReplacement, Series, Study, StudyState, utcnow
+from common.models import Instance, InstanceReplacement, Series, Study, StudyState, utcnow
 
 from .header import InstanceHeader
 from .spool import (

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, exists, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.models import CallingAE
+from common.models import CallingAE
 
 __all__ = [
     "RESULT_REJECTED_PERMANENT",

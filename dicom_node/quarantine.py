@@ -3,7 +3,7 @@
 A C-STORE answered with a failure status (PS3.4 B.2.3: 0xA900, 0xCxxx) leaves the SCU responsible
 for the instance, but keeping what arrived lets an administrator see *why* a modality's objects are
 refused (``data_dir/quarantine/<YYYYMMDD>/<uuid>.dcm`` plus a
-:class:`~gateway.models.QuarantinedInstance` row). The reason names the failed check, never a
+:class:`~common.models.QuarantinedInstance` row). The reason names the failed check, never a
 patient attribute value.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from gateway.models import QuarantinedInstance, utcnow
+from common.models import QuarantinedInstance, utcnow
 
 from .ingest import write_transaction
 from .spool import QUARANTINE_DIR, durable_move, sha256_file

@@ -67,9 +67,9 @@ from pynetdicom.presentation import AllStoragePresentationContexts, Presentation
 from pynetdicom.sop_class import Verification
 from sqlalchemy import Engine
 
-from gateway.db import make_engine
-from gateway.logs import configure_logging
-from gateway.settings import Settings
+from common.db import make_engine
+from common.logs import configure_logging
+from common.settings import Settings
 
 from .dimse import STATUS_OUT_OF_RESOURCES, STATUS_SPOOL_ERROR, Command
 from .header import HEAD_BYTES, HeaderError, parse_head, read_header

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from gateway.settings import NodeSettings
+from common.settings import NodeSettings
 
 __all__ = ["TLSConfigurationError", "tls_enabled", "server_context", "client_context"]
 

@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import CallingAE, Destination, Route
-from .settings import Settings, validate_ae_title
+from common.models import CallingAE, Destination, Route
+from common.settings import Settings, validate_ae_title
 
 __all__ = [
     "AdminError",

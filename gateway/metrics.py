@@ -15,8 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select
 
-from .db import session_factory
-from .models import (
+from common.db import session_factory
+from common.models import (
     DeliveryAttempt,
     Instance,
     Job,

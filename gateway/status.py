@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .settings import Settings
+from common.settings import Settings
 
 __all__ = ["Check", "check_database", "check_broker", "check_workers", "check_node", "check_destinations",
            "run_checks"]
@@ -18,7 +18,7 @@ class Check:
 
 
 def check_database(settings: Settings) -> Check:
-    from . import db
+    from common import db
 
     try:
         db.check_schema_current(settings.database_url)
@@ -85,10 +85,10 @@ def check_destinations(settings: Settings) -> list[Check]:
     """C-ECHO every enabled destination, as ``dest test`` does (PS3.4 A)."""
     from sqlalchemy import select
 
-    from dicom_node.sender import SenderError, echo
+    from sender.scu import SenderError, echo
 
-    from .db import session_scope
-    from .models import Destination
+    from common.db import session_scope
+    from common.models import Destination
 
     with session_scope(settings.database_url) as session:
         destinations = [(d.name, f"{d.ae_title}@{d.host}:{d.port}") for d in

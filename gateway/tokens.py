@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import ApiToken, utcnow
+from common.models import ApiToken, utcnow
 
 __all__ = [
     "ROLES",

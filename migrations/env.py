@@ -1,10 +1,10 @@
-"""Alembic environment: runs migrations against the URL given by gateway.db.alembic_config."""
+"""Alembic environment: runs migrations against the URL given by common.db.alembic_config."""
 
 from alembic import context
 from sqlalchemy import pool
 
-from gateway.db import make_engine
-from gateway.models import Base
+from common.db import make_engine
+from common.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.settings import ModelSettings
+from common.settings import ModelSettings
 
 from .backends.base import GenerationRequest, ModelBackend
 from .geometry import box_to_pixels, match_boxes

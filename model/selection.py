@@ -30,7 +30,7 @@ import numpy as np
 from pydicom.uid import UID
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gateway.settings import ModelSettings
+    from common.settings import ModelSettings
 
 __all__ = ["SourceImage", "ImageChoice", "VOLUME_MODALITIES", "is_image", "slice_positions", "select_images"]
 

@@ -1,4 +1,4 @@
-"""Write docs/configuration.md from gateway/settings.py (run after changing a setting)."""
+"""Write docs/configuration.md from common/settings.py (run after changing a setting)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 import typing
 from pathlib import Path
 
-from gateway.settings import Settings
+from common.settings import Settings
 
 HEADER = """# Configuration reference
 
@@ -25,7 +25,7 @@ Destinations, callers and routes in the file only *seed* the database: rows that
 (by name / AE title) are kept as an administrator changed them with the CLI or the API, and changes
 take effect without a restart.
 
-Generated from `gateway/settings.py` by `scripts/config_docs.py` (a test keeps them equal).
+Generated from `common/settings.py` by `scripts/config_docs.py` (a test keeps them equal).
 """
 
 

@@ -1,6 +1,6 @@
 """The input contract of :mod:`sr_writer`: what the worker hands over for one SR.
 
-The worker builds these from database rows (``gateway.models.Finding``) and calls
+The worker builds these from database rows (``common.models.Finding``) and calls
 :func:`sr_writer.report.build_sr` once per language and study version.
 :func:`validate_content` checks the parts the DICOM encoding depends on, so that a broken
 input fails loudly here instead of producing an SR that points at the wrong pixels.
@@ -98,7 +98,7 @@ class ReportContent:
     #: model read to write it; empty, or None for a text, when not known. A study of several
     #: images gets one report per image: the reference says which is which.
     report_sources: Sequence[tuple[str, str, int | None] | None] = ()
-    #: The installation's UID root (a UUID, ``gateway.models.Installation``): the SR's and the
+    #: The installation's UID root (a UUID, ``common.models.Installation``): the SR's and the
     #: presentation states' UIDs derive from it. ``None``: the fixed default (tests, samples).
     uid_root: str | None = None
 

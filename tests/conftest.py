@@ -38,7 +38,7 @@ def free_port() -> int:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A migrated embedded database."""
-    from gateway.db import upgrade
+    from common.db import upgrade
 
     url = f"sqlite:///{tmp_path / 'gateway.db'}"
     upgrade(url)
@@ -61,7 +61,7 @@ def postgres_url() -> Iterator[str]:
     try:
         yield f"{base}/{name}"
     finally:
-        from gateway.db import make_engine
+        from common.db import make_engine
 
         url = f"{base}/{name}"
         make_engine(url).dispose()

@@ -37,8 +37,8 @@ def test_status_reports_what_is_down(tmp_path: Path) -> None:
                           destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": dead}])
     cli(config, "db", "upgrade")
     from gateway.admin import add_destination
-    from gateway.db import session_scope
-    from gateway.settings import load_settings
+    from common.db import session_scope
+    from common.settings import load_settings
 
     with session_scope(load_settings(config, environ={}).database_url) as s:
         add_destination(s, "pacs", "PACS", "127.0.0.1", dead)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from gateway.logs import JsonFormatter, TextFormatter, escape_control
+from common.logs import JsonFormatter, TextFormatter, escape_control
 
 HOSTILE = "1.2.3\n2026-12-07 00:00:00 INFO gateway: FORGED\r\x00\x1b[2J\x7f\x9b"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from gateway.db import session_scope, upgrade
+from common.db import session_scope, upgrade
 from gateway.metrics import make_registry
-from gateway.models import QuarantinedInstance
+from common.models import QuarantinedInstance
 
 
 @pytest.mark.postgres

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import ConfigError, load_settings
+from common.settings import ConfigError, load_settings
 from tests.conftest import REPO
 
 EXAMPLE = """

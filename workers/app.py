@@ -1,4 +1,4 @@
-"""The Celery application, configured from :class:`gateway.settings.Settings`.
+"""The Celery application, configured from :class:`common.settings.Settings`.
 
 Queues (issue 7 "one GPU queue per model and a CPU queue"):
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from gateway.settings import Settings
+from common.settings import Settings
 
 __all__ = ["celery_app", "configure", "settings", "gpu_queue", "CPU_QUEUE", "NotConfiguredError"]
 

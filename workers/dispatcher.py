@@ -13,13 +13,13 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from dicom_node.assembler import complete_stable_studies
-from gateway.db import session_factory
-from gateway.models import Delivery, Job
-from gateway.settings import Settings
+from workflow.assembler import complete_stable_studies
+from common.db import session_factory
+from common.models import Delivery, Job
+from common.settings import Settings
 
 from .app import CPU_QUEUE, gpu_queue
-from .outbox import publish_due_deliveries, publish_pending_jobs, requeue_abandoned_jobs, requeue_lost_messages
+from workflow.outbox import publish_due_deliveries, publish_pending_jobs, requeue_abandoned_jobs, requeue_lost_messages
 
 __all__ = ["Dispatcher", "DispatchPass"]
 

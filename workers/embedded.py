@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.settings import Settings
+from common.settings import Settings
 
 from .app import CPU_QUEUE, celery_app, configure, gpu_queue
 

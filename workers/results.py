@@ -3,7 +3,7 @@
 Reads only what the inference stage recorded (model runs and findings of a job) and the headers
 of the instances they reference, builds one SR per language (PS3.16 TID 1500, see
 :mod:`sr_writer.report`), optionally presentation states, writes them to the spool and records a
-:class:`~gateway.models.Document` and one :class:`~gateway.models.Delivery` per destination.
+:class:`~common.models.Document` and one :class:`~common.models.Delivery` per destination.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.db import installation_uid_root
-from gateway.models import Delivery, Destination, Document, Finding, Instance, Job, ModelRun, Study
-from gateway.settings import Settings
+from common.db import installation_uid_root
+from common.models import Delivery, Destination, Document, Finding, Instance, Job, ModelRun, Study
+from common.settings import Settings
 
 __all__ = ["LANGUAGES", "build_contents", "write_job_documents", "RESULTS_DIR"]
 

@@ -26,8 +26,8 @@ from celery import Task
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import OperationalError
 
-from gateway.db import installation_uid_root, session_scope
-from gateway.models import (
+from common.db import installation_uid_root, session_scope
+from common.models import (
     Delivery,
     DeliveryState,
     Document,
@@ -330,8 +330,8 @@ def process_study(self: Task, job_id: int) -> str:
 
 @celery_app.task(name="medrega.deliver_document", acks_late=True)
 def deliver_document(delivery_id: int) -> str:
-    """C-STORE one document to one destination (see :func:`dicom_node.sender.deliver`)."""
-    from dicom_node.sender import deliver
+    """C-STORE one document to one destination (see :func:`sender.scu.deliver`)."""
+    from sender.scu import deliver
 
     cfg = settings()
     result = deliver(cfg, delivery_id)

@@ -1,7 +1,7 @@
 """The HTTP application: auditors' API, administrators' API, and the web pages under ``/ui``.
 
 ``create_app(settings)`` refuses to build an application on a database whose schema is not at the
-head revision (:class:`gateway.db.SchemaNotCurrentError`): run ``medrega-gateway db upgrade``.
+head revision (:class:`common.db.SchemaNotCurrentError`): run ``medrega-gateway db upgrade``.
 
 Audit messages are also sent to a syslog collector (DICOM PS3.15 A.5 over UDP) when the settings
 name one (``api.audit_syslog_host``), or when an ``audit_sender`` is passed in.
@@ -18,9 +18,9 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..audit import AuditSender, SyslogAuditSender, install_sender
-from ..db import check_schema_current, make_engine
-from ..settings import Settings
+from common.audit import AuditSender, SyslogAuditSender, install_sender
+from common.db import check_schema_current, make_engine
+from common.settings import Settings
 from . import routes_admin, routes_findings, ui
 from .pagination import InvalidCursorError
 from .throttle import AuthFailureLimiter

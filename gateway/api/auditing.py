@@ -1,4 +1,4 @@
-"""Recording API reads and changes in the audit log (thin layer over :mod:`gateway.audit`)."""
+"""Recording API reads and changes in the audit log (thin layer over :mod:`common.audit`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from .. import audit
-from ..models import AuditEvent
+from common import audit
+from common.models import AuditEvent
 from .auth import Principal
 
 __all__ = ["query_text", "audit_request"]

@@ -22,8 +22,8 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from .. import audit
-from ..settings import Settings
+from common import audit
+from common.settings import Settings
 from ..tokens import authenticate
 from .throttle import AuthFailureLimiter
 

@@ -21,8 +21,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
-from .. import audit
-from ..models import utcnow
+from common import audit
+from common.models import utcnow
 from .auth import Principal
 
 __all__ = ["ExportFormat", "MEDIA_TYPES", "stream_export", "csv_cell"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..models import Delivery, DeliveryState, Job, JobEvent, JobState, utcnow
+from common.models import Delivery, DeliveryState, Job, JobEvent, JobState, utcnow
 
 __all__ = [
     "OperationError",

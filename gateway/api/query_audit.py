@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from ..models import AuditEvent
+from common.models import AuditEvent
 from .pagination import after_cursor, as_utc, encode_cursor, to_db
 from .schemas import AuditEventOut
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from ..models import Delivery, DeliveryState, Document, Job, JobState, Study
+from common.models import Delivery, DeliveryState, Document, Job, JobState, Study
 from .pagination import after_cursor, as_utc, encode_cursor, to_db
 from .query_studies import delivery_out
 from .schemas import DeliveryOut, JobOut

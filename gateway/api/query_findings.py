@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Row, Select, and_, exists, select, text
 from sqlalchemy.orm import Session
 
-from ..models import (
+from common.models import (
     Delivery,
     DeliveryState,
     Document,

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from ..models import Delivery, DeliveryState, Document, Instance, Job, JobEvent, Series, Study
+from common.models import Delivery, DeliveryState, Document, Instance, Job, JobEvent, Series, Study
 from .pagination import after_cursor, as_utc, encode_cursor, to_db
 from .query_findings import FindingFilters, search_findings
 from .schemas import (

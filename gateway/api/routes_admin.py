@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, sta
 from sqlalchemy.orm import Session
 
 from .. import admin
-from ..models import DeliveryState, JobState
+from common.models import DeliveryState, JobState
 from .auditing import audit_request, query_text
 from .auth import Principal, get_session, require_admin
 from .hooks import enqueue_delivery

@@ -15,7 +15,7 @@ from pydantic import StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..models import Instance
+from common.models import Instance
 from .auditing import audit_request, query_text
 from .auth import Principal, get_session, get_settings, require_reader
 from .export import stream_export

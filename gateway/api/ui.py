@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from .. import admin
-from ..models import DeliveryState, JobState
+from common.models import DeliveryState, JobState
 from .auditing import audit_request, query_text
 from .auth import (
     Principal,

@@ -393,7 +393,7 @@ def downgrade() -> None:
     # ### end Alembic commands ###
 
 
-# The audit log is append-only (gateway/audit.py): the database refuses UPDATE, DELETE and
+# The audit log is append-only (common/audit.py): the database refuses UPDATE, DELETE and
 # TRUNCATE of audit_events too. (A later SQLite batch migration that recreates audit_events
 # must create these triggers again.)
 _APPEND_ONLY_MESSAGE = 'audit_events is append-only'

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .base import GenerationRequest, ModelBackend, ModelIdentity, ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gateway.settings import ModelSettings
+    from common.settings import ModelSettings
 
 __all__ = ["GenerationRequest", "ModelBackend", "ModelIdentity", "ModelLoadError", "load_backend", "clear_cache"]
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .base import EngineBackend, ModelIdentity, ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gateway.settings import ModelSettings
+    from common.settings import ModelSettings
 
     from .engine import InternVLEngine
 

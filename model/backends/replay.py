@@ -26,7 +26,7 @@ from ..training import TrainingSetError, training_set
 from .base import GeneratedAnswer, GenerationRequest, ModelBackend, ModelIdentity, ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gateway.settings import ModelSettings
+    from common.settings import ModelSettings
 
 __all__ = ["ReplayBackend", "ReplayEntry"]
 

@@ -18,7 +18,7 @@ from ..template import MEDREGA_SPECIAL_TOKENS, YI_SPECIAL_TOKENS
 from .base import EngineBackend, ModelIdentity
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gateway.settings import ModelSettings
+    from common.settings import ModelSettings
 
 __all__ = ["TinyBackend", "build_tiny_tokenizer", "tiny_config"]
 

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.api.app import create_app
-from gateway.db import session_factory
-from gateway.models import AuditEvent
-from gateway.settings import Settings, load_settings
+from common.db import session_factory
+from common.models import AuditEvent
+from common.settings import Settings, load_settings
 from gateway.tokens import create_token
 
 
@@ -59,7 +59,7 @@ def env(sqlite_url: str, tmp_path: Path) -> Env:
 
 @pytest.fixture
 def pg_env(postgres_url: str, tmp_path: Path) -> Env:
-    from gateway.db import upgrade
+    from common.db import upgrade
 
     upgrade(postgres_url)
     return _env(postgres_url, tmp_path / "data")

@@ -18,7 +18,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy.orm import Session
 
-from gateway.models import (
+from common.models import (
     Delivery,
     DeliveryAttempt,
     DeliveryState,

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.api.app import create_app
-from gateway.audit import SyslogAuditSender
+from common.audit import SyslogAuditSender
 
 from .conftest import Env
 from .factories import make_study
@@ -78,7 +78,7 @@ def test_study_read_is_sent_as_dicom_audit_message(env: Env, collector: socket.s
 
 
 def test_nothing_is_sent_for_a_rolled_back_read(env: Env, collector: socket.socket) -> None:
-    from gateway import audit
+    from common import audit
 
     sender = SyslogAuditSender("127.0.0.1", collector.getsockname()[1])
     app = create_app(env.settings, audit_sender=sender)

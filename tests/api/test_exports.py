@@ -14,7 +14,7 @@ from sqlalchemy.orm import sessionmaker
 from gateway.api.auth import Principal
 from gateway.api.export import _chunks, csv_cell
 from gateway.api.query_findings import EXPORT_COLUMNS, FindingFilters, iter_findings
-from gateway.db import make_engine
+from common.db import make_engine
 
 from .conftest import Env
 from .factories import make_study

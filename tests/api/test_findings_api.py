@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.api.app import create_app
-from gateway.models import DeliveryState, JobState
+from common.models import DeliveryState, JobState
 
 from .conftest import Env, make_settings
 from .factories import BASE_TIME, StudyRows, make_study

@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DatabaseError
 
-from gateway.db import (
+from common.db import (
     SchemaNotCurrentError,
     check_schema_current,
     current_revision,
@@ -19,7 +19,7 @@ from gateway.db import (
     make_engine,
     upgrade,
 )
-from gateway.models import Base
+from common.models import Base
 
 #: Indexes the auditors' queries and the keyset pagination rely on (docs/benchmarks.md).
 AUDITOR_INDEXES = {

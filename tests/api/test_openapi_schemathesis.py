@@ -22,7 +22,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from gateway.api.app import create_app
-from gateway.db import session_factory, upgrade
+from common.db import session_factory, upgrade
 
 from .conftest import Env, make_settings
 from .factories import make_study
@@ -59,7 +59,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP, config=CONFIG)
 @pytest.fixture(scope="module", autouse=True)
 def _remove_folder() -> Iterator[None]:
     yield
-    from gateway.db import make_engine
+    from common.db import make_engine
 
     make_engine(ENV.url).dispose()
     shutil.rmtree(_FOLDER, ignore_errors=True)

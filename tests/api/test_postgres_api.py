@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.api.app import create_app
-from gateway.models import DeliveryState
+from common.models import DeliveryState
 
 from .conftest import Env
 from .factories import make_study

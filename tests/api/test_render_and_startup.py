@@ -12,7 +12,7 @@ from PIL import Image
 from gateway.api.app import create_app
 from gateway.api.regions import pair_regions
 from gateway.api.render import CJK_FONT, ImageNotAvailableError, MIN_LONG_SIDE, resolve_spool_path
-from gateway.db import SchemaNotCurrentError
+from common.db import SchemaNotCurrentError
 
 from .conftest import Env, make_settings
 from .factories import COLUMNS, ROWS, make_study

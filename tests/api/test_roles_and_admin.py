@@ -12,7 +12,7 @@ from sqlalchemy import select
 from gateway import admin
 from gateway.api import hooks
 from gateway.api.pagination import as_utc
-from gateway.models import Delivery, DeliveryState, Destination, Job, JobEvent, JobState
+from common.models import Delivery, DeliveryState, Destination, Job, JobEvent, JobState
 from gateway.tokens import revoke_token
 
 from .conftest import Env

@@ -9,11 +9,11 @@ import typer
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from gateway.api.cli import api_command, token_app
+from gateway.cli.api import api_command, token_app
 from gateway.api.pagination import as_utc
-from gateway.cli import _root
-from gateway.db import session_factory
-from gateway.models import ApiToken
+from gateway.cli.base import _root
+from common.db import session_factory
+from common.models import ApiToken
 from gateway.tokens import (
     TokenExistsError,
     TokenNotFoundError,

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from gateway.api import hooks
 from gateway.api.app import create_app
-from gateway.models import AuditEvent, Delivery, DeliveryState
+from common.models import AuditEvent, Delivery, DeliveryState
 
 from ..conftest import free_port
 from ..peers.chromium import chromium

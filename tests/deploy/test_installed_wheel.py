@@ -77,15 +77,15 @@ def test_the_installed_package_holds_its_code_and_data(installed: tuple[Path, di
     venv, env = installed
     probe = """
 import json, sys
-import common, gateway, dicom_node, workers, model, sr_writer, migrations
-from gateway.db import MIGRATIONS_DIR
+import common, gateway, dicom_node, workflow, sender, workers, model, sr_writer, migrations
+from common.db import MIGRATIONS_DIR
 from model.plans import load_plans, PLANS_PATH
 from model.prompts import prompt_library, PROMPTS_PATH
 from sr_writer.coding import lookup_finding_code
 from gateway.api import ui, app
 load_plans(); prompt_library()
 print(json.dumps({
-    "modules": {m.__name__: m.__file__ for m in (common, gateway, dicom_node, workers, model, sr_writer, migrations)},
+    "modules": {m.__name__: m.__file__ for m in (common, gateway, dicom_node, workflow, sender, workers, model, sr_writer, migrations)},
     "data": [str(MIGRATIONS_DIR / "versions"), str(PLANS_PATH), str(PROMPTS_PATH),
              str(app._STATIC / "style.css"), ui.templates.env.get_template("login.html").filename],
     "code": lookup_finding_code("pleural effusion") is not None,

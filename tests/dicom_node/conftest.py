@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from gateway.settings import Settings, load_settings
+from common.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from dicom_node.scp import StorageSCP

@@ -28,8 +28,8 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 from sqlalchemy import create_engine, func, select as sql_select
 
 from common.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from gateway.logs import TextFormatter
-from gateway.models import Instance
+from common.logs import TextFormatter
+from common.models import Instance
 from tests.faults.malformed import dataset, fresh_uids, part10, raw_store, valid_elements
 from tests.peers.dcmtk import echoscu
 
@@ -338,7 +338,7 @@ def test_command_uids_are_checked_with_the_strict_validator(node, settings, capl
 
 
 def test_a_line_feed_in_a_command_uid_cannot_forge_a_log_line(node, settings):
-    """The text log escapes control characters of every value (gateway.logs.TextFormatter)."""
+    """The text log escapes control characters of every value (common.logs.TextFormatter)."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(TextFormatter())
@@ -424,7 +424,7 @@ def test_a_row_hashed_with_its_file_meta_still_recognises_an_identical_resend(no
     from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
     from sqlalchemy import update
 
-    from gateway.models import InstanceReplacement
+    from common.models import InstanceReplacement
 
     ds = pydicom.dcmread(CT)
     ae = AE(ae_title="PYSCU")

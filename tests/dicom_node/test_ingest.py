@@ -12,8 +12,8 @@ from sqlalchemy import delete, select
 from dicom_node import ingest
 from dicom_node.header import InstanceHeader
 from dicom_node.ingest import IngestOutcome, record_instance
-from gateway.db import make_engine, session_scope, upgrade
-from gateway.models import Instance, InstanceReplacement, Series, Study, StudyState
+from common.db import make_engine, session_scope, upgrade
+from common.models import Instance, InstanceReplacement, Series, Study, StudyState
 
 _COLUMNS = (
     "sop_class_uid", "transfer_syntax_uid", "rows", "columns", "number_of_frames",

@@ -6,13 +6,13 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from dicom_node.sender import deliver, echo
+from sender.scu import deliver, echo
 from gateway import admin
-from gateway.db import session_scope
-from gateway.models import DeliveryState, Document, Instance, Study
+from common.db import session_scope
+from common.models import DeliveryState, Document, Instance, Study
 from tests.dicom_node.conftest import NODE_AE
 from tests.dicom_node.corpus import write_study
-from tests.dicom_node.test_sender import make_delivery
+from tests.sender.test_scu import make_delivery
 from tests.peers.orthanc import orthanc
 
 pytestmark = pytest.mark.peers

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from dicom_node.policy import host_matches
 from dicom_node.scp import StorageSCP
 from gateway import admin
-from gateway.db import make_engine, session_scope
+from common.db import make_engine, session_scope
 from tests.dicom_node.conftest import NODE_AE
 from tests.peers.dcmtk import echoscu
 

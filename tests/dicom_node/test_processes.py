@@ -12,8 +12,8 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import func, select
 
 from dicom_node.scp import StorageSCP
-from gateway.db import session_scope, upgrade
-from gateway.models import Instance, Series, Study
+from common.db import session_scope, upgrade
+from common.models import Instance, Series, Study
 from tests.dicom_node.conftest import NODE_AE, make_settings
 from tests.dicom_node.corpus import write_series
 from tests.peers.dcmtk import echoscu, storescu

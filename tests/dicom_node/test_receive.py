@@ -13,8 +13,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from sqlalchemy import select
 
-from gateway.db import session_scope
-from gateway.models import Instance, QuarantinedInstance, Study
+from common.db import session_scope
+from common.models import Instance, QuarantinedInstance, Study
 from tests.conftest import require_tool
 from tests.dicom_node.conftest import NODE_AE
 from tests.dicom_node.corpus import sample, write_series
@@ -281,7 +281,7 @@ def test_database_lost_mid_association_refuses_with_a701_and_the_resend_is_filed
     import psycopg
 
     from dicom_node.scp import StorageSCP
-    from gateway.db import upgrade
+    from common.db import upgrade
     from pynetdicom.sop_class import CTImageStorage, Verification
     from tests.conftest import POSTGRES_ADMIN_URL
     from tests.dicom_node.conftest import make_settings

@@ -9,8 +9,8 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from gateway.db import session_scope
-from gateway.models import Instance, Series, Study, StudyState
+from common.db import session_scope
+from common.models import Instance, Series, Study, StudyState
 from tests.dicom_node.conftest import NODE_AE
 from tests.dicom_node.corpus import write_series, write_study
 from dicom_node.spool import data_set_offset, data_set_sha256

@@ -10,14 +10,14 @@ import pytest
 from sqlalchemy import func, select
 
 from dicom_node.scp import StorageSCP
-from dicom_node.sender import deliver, echo
+from sender.scu import deliver, echo
 from dicom_node.tls import TLSConfigurationError, server_context
 from gateway import admin
-from gateway.db import session_scope
-from gateway.models import DeliveryState, Instance
+from common.db import session_scope
+from common.models import DeliveryState, Instance
 from tests.dicom_node.conftest import NODE_AE
 from tests.dicom_node.corpus import write_series
-from tests.dicom_node.test_sender import make_delivery
+from tests.sender.test_scu import make_delivery
 from tests.peers.dcmtk import echoscu, make_test_pki, storescp, storescu
 
 pytestmark = pytest.mark.peers

@@ -32,7 +32,7 @@ from sqlalchemy import create_engine, func, select
 from common.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.dimse import Command, decode_command, encode_response
 from dicom_node.upper_layer import _file_meta
-from gateway.models import Instance
+from common.models import Instance
 
 from .conftest import NODE_AE
 from .test_scp import echoscu
@@ -347,7 +347,7 @@ def test_mismatch_found_in_the_head_of_a_large_data_set_is_refused_with_c002(nod
     a data set whose SOP Instance UID differs from the command's is still refused (0xC002,
     PS3.4 B.2.3) and quarantined, and the next instance on the association is filed."""
     import numpy as np
-    from gateway.models import QuarantinedInstance
+    from common.models import QuarantinedInstance
 
     ds = pydicom.dcmread(CT)
     ds.Rows, ds.Columns = 256, 256

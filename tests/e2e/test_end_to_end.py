@@ -21,10 +21,10 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from gateway.db import session_scope
-from gateway.models import Delivery, DeliveryState, Finding, Instance, Job, JobState
-from gateway.samples import make_sample_study
-from gateway.settings import load_settings
+from common.db import session_scope
+from common.models import Delivery, DeliveryState, Finding, Instance, Job, JobState
+from gateway.demo.samples import make_sample_study
+from common.settings import load_settings
 from tests.conftest import require_tool
 from tests.e2e.harness import (
     StoreSCP,

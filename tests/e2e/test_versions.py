@@ -12,9 +12,9 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from gateway.db import session_scope
-from gateway.models import Job, JobState
-from gateway.samples import make_sample_study
+from common.db import session_scope
+from common.models import Job, JobState
+from gateway.demo.samples import make_sample_study
 from tests.e2e.harness import (
     Process,
     StoreSCP,
@@ -115,7 +115,7 @@ def test_a_changed_resend_makes_version_two_and_a_moved_instance_keeps_both_stud
     makes version 3 without it, the other study its version 1, and nothing fails."""
     import hashlib
 
-    from gateway.models import InstanceReplacement, Study
+    from common.models import InstanceReplacement, Study
 
     sample = make_sample_study(tmp_path / "study", n_radiographs=2)
     run = _start(tmp_path, [

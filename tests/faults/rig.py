@@ -17,8 +17,8 @@ from pathlib import Path
 import pydicom
 from sqlalchemy import func, select
 
-from gateway.db import session_scope
-from gateway.models import Delivery, DeliveryState, Instance, Job, JobState
+from common.db import session_scope
+from common.models import Delivery, DeliveryState, Instance, Job, JobState
 from tests.conftest import require_tool
 from tests.e2e.harness import (
     Process,

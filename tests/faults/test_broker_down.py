@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.models import JobState
+from common.models import JobState
 from tests.dicom_node.corpus import write_series
 from tests.e2e.harness import free_port, wait_for
 from tests.faults.rig import sr_languages_by_study

@@ -14,10 +14,10 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from dicom_node.sender import backoff_s
-from gateway.db import session_scope
-from gateway.models import Delivery, DeliveryAttempt, DeliveryState, JobState
-from gateway.settings import load_settings
+from sender.scu import backoff_s
+from common.db import session_scope
+from common.models import Delivery, DeliveryAttempt, DeliveryState, JobState
+from common.settings import load_settings
 from tests.dicom_node.corpus import write_series
 from tests.e2e.harness import wait_for
 from tests.faults.rig import sr_languages_by_study

@@ -15,8 +15,8 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from gateway.db import session_scope
-from gateway.models import Instance, Job, QuarantinedInstance, Study
+from common.db import session_scope
+from common.models import Instance, Job, QuarantinedInstance, Study
 from tests.dicom_node.corpus import write_series
 from tests.e2e.harness import wait_for
 from tests.faults.rig import NODE_AE, sr_languages_by_study

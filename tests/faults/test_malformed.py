@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from gateway.db import session_scope
-from gateway.models import Instance
+from common.db import session_scope
+from common.models import Instance
 from tests.dicom_node.corpus import sample
 from tests.e2e.harness import wait_for
 from tests.faults.malformed import (

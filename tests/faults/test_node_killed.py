@@ -17,8 +17,8 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from gateway.db import session_scope
-from gateway.models import Instance
+from common.db import session_scope
+from common.models import Instance
 from tests.conftest import require_tool
 from tests.e2e.harness import Process, wait_for
 from tests.faults.rig import NODE_AE, large_multiframe, sr_languages_by_study

@@ -18,9 +18,9 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from gateway.db import session_scope
-from gateway.models import Delivery, DeliveryState, Document, Finding, JobEvent, JobState, ModelRun
-from gateway.samples import make_sample_study
+from common.db import session_scope
+from common.models import Delivery, DeliveryState, Document, Finding, JobEvent, JobState, ModelRun
+from gateway.demo.samples import make_sample_study
 from tests.e2e.harness import free_port, wait_for
 from tests.faults.rig import sr_languages_by_study
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from gateway.settings import ModelSettings
+from common.settings import ModelSettings
 from model.analysis import analyse_study
 from model.backends import load_backend
 from model.backends.base import GenerationRequest, ModelBackend, ModelIdentity

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.settings import ModelSettings
+from common.settings import ModelSettings
 from model.backends import GenerationRequest, ModelLoadError, clear_cache, load_backend
 from model.parse import parse_answer
 from model.plans import plan_for

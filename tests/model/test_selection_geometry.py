@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from gateway.settings import ModelSettings
+from common.settings import ModelSettings
 from model.geometry import box_to_pixels, iou, match_boxes
 from model.selection import SourceImage, is_image, select_images, slice_positions
 

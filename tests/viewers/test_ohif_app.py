@@ -31,9 +31,9 @@ from PIL import Image
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from sqlalchemy import select
 
-from gateway.db import session_scope
-from gateway.models import Delivery, DeliveryState, Finding, Job, JobState
-from gateway.samples import make_sample_study
+from common.db import session_scope
+from common.models import Delivery, DeliveryState, Finding, Job, JobState
+from gateway.demo.samples import make_sample_study
 from sr_writer.readback import read_report
 from tests.e2e.harness import (
     cli,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from gateway.logs import JsonFormatter
+from common.logs import JsonFormatter
 from tests.e2e.harness import cli, free_port, gateway_process, write_config
 
 

@@ -8,8 +8,8 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from gateway.db import installation_uid_root, session_scope
-from gateway.models import Document, Finding, Instance, Job, JobState, Series
+from common.db import installation_uid_root, session_scope
+from common.models import Document, Finding, Instance, Job, JobState, Series
 from sr_writer import coding
 from sr_writer.readback import read_report
 from tests.workers.test_tasks import received_job
@@ -62,7 +62,7 @@ def _run(tmp_path: Path, url: str, arrival, monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.fixture
 def two_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, dict]:
     """The same study processed by two gateways, its instances arriving in opposite orders."""
-    from gateway.db import upgrade
+    from common.db import upgrade
 
     runs = []
     for name, arrival in (("as-sent", list), ("reversed", lambda files: list(reversed(files)))):
@@ -125,7 +125,7 @@ def test_api_and_study_page_show_the_stored_codes(two_runs) -> None:
 
     from gateway.api.app import create_app
     from gateway.api.ui import COOKIE_NAME
-    from gateway.db import session_factory
+    from common.db import session_factory
     from gateway.tokens import create_token
 
     first, _ = two_runs

@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from gateway.db import session_scope
-from gateway.models import (
+from common.db import session_scope
+from common.models import (
     Delivery,
     Destination,
     Document,
@@ -26,8 +26,8 @@ from gateway.models import (
     Study,
     StudyState,
 )
-from gateway.samples import make_sample_study
-from gateway.settings import Settings, load_settings
+from gateway.demo.samples import make_sample_study
+from common.settings import Settings, load_settings
 
 
 REPLAY_LINES = [
@@ -44,7 +44,7 @@ def received_job(tmp_path: Path, sqlite_url: str, *, replay_lines: list[dict] = 
 
     ``arrival`` orders the sample's files as they are filed (instance rows in that order).
     """
-    from dicom_node.assembler import complete_study
+    from workflow.assembler import complete_study
     from model.backends import clear_cache
     from workers.app import configure
 
@@ -135,7 +135,7 @@ def test_claim_is_exclusive(gateway) -> None:
 
 
 def test_outbox_publishes_urgent_first_and_keeps_jobs_when_the_broker_is_down(gateway) -> None:
-    from workers.outbox import publish_pending_jobs
+    from workflow.outbox import publish_pending_jobs
 
     settings, job_id = gateway
     with session_scope(settings.database_url) as s:
@@ -163,7 +163,7 @@ def test_outbox_publishes_urgent_first_and_keeps_jobs_when_the_broker_is_down(ga
 
 
 def test_embedded_start_requeues_jobs_a_stopped_process_left(gateway) -> None:
-    from workers.outbox import requeue_orphaned_jobs
+    from workflow.outbox import requeue_orphaned_jobs
 
     settings, job_id = gateway
     with session_scope(settings.database_url) as s:
@@ -234,8 +234,8 @@ def test_jobs_whose_message_was_lost_are_published_again(gateway) -> None:
     visibility timeout + lease goes back to pending; a recently published one stays queued."""
     import datetime as dt
 
-    from gateway.models import utcnow
-    from workers.outbox import requeue_lost_messages
+    from common.models import utcnow
+    from workflow.outbox import requeue_lost_messages
 
     settings, job_id = gateway
     with session_scope(settings.database_url) as s:

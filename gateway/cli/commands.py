@@ -10,9 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import db
-from .cli import app, fail, get_settings
-from .settings import Settings
+from common import db
+from gateway.cli.base import app, fail, get_settings
+from common.settings import Settings
 
 __all__: list[str] = []
 
@@ -23,9 +23,9 @@ app.add_typer(study_app, name="study")
 
 
 def _add_groups() -> None:
-    from dicom_node.admin_cli import ae_app, dest_app, route_app
+    from gateway.cli.admin import ae_app, dest_app, route_app
 
-    from .api.cli import api_command, token_app
+    from gateway.cli.api import api_command, token_app
 
     app.add_typer(ae_app, name="ae")
     app.add_typer(dest_app, name="dest")
@@ -38,7 +38,7 @@ _add_groups()
 
 
 def _logging(settings: Settings, level: str | None = None) -> None:
-    from .logs import configure_logging
+    from common.logs import configure_logging
 
     configure_logging(level or settings.logging.level, settings.logging.format)
 
@@ -61,7 +61,7 @@ def _check_schema_and_plans(settings: Settings) -> None:
 
 def _ready(settings: Settings) -> None:
     """Start-up checks shared by long-running commands: schema current, config seeded."""
-    from .admin import seed_from_settings
+    from gateway.admin import seed_from_settings
 
     _check_schema_and_plans(settings)
     with db.session_scope(settings.database_url) as session:
@@ -101,7 +101,7 @@ def db_current(ctx: typer.Context) -> None:
 @study_app.command("process")
 def study_process(ctx: typer.Context, study_instance_uid: str) -> None:
     """Treat a study as complete now and queue a new version of its results."""
-    from dicom_node.assembler import StudyNotFoundError, process_now
+    from workflow.assembler import StudyNotFoundError, process_now
 
     settings = get_settings(ctx)
     _ready(settings)
@@ -134,7 +134,7 @@ def serve(
     from dicom_node.scp import StorageSCP
     from workers.app import configure
     from workers.dispatcher import Dispatcher
-    from workers.outbox import requeue_orphaned_jobs
+    from workflow.outbox import requeue_orphaned_jobs
 
     settings = get_settings(ctx)
     _logging(settings, log_level)
@@ -146,7 +146,7 @@ def serve(
     scp = StorageSCP(settings)
     scp.start()
     if settings.node.metrics_port:
-        from .metrics import start_metrics_server
+        from gateway.metrics import start_metrics_server
 
         start_metrics_server(settings.database_url, settings.node.metrics_port, settings.metrics_host)
     dispatcher = Dispatcher(settings)
@@ -200,7 +200,7 @@ def demo(
     timeout_s: float = 300.0,
 ) -> None:
     """Run the whole path on embedded defaults: a PACS of its own sends a study and gets SRs back."""
-    from .demo import run_demo
+    from gateway.demo.run import run_demo
 
     raise typer.Exit(run_demo(keep=keep, timeout_s=timeout_s))
 
@@ -218,7 +218,7 @@ def jobs_list(
     """List the newest jobs with their state and last error."""
     from sqlalchemy import select
 
-    from .models import Job, JobState, Study
+    from common.models import Job, JobState, Study
 
     settings = get_settings(ctx)
     with db.session_scope(settings.database_url) as session:
@@ -238,7 +238,7 @@ def jobs_list(
 
 
 def _set_job_state(ctx: typer.Context, job_id: int, allowed: tuple, new_state, detail: str) -> None:
-    from .models import Job, JobEvent, utcnow
+    from common.models import Job, JobEvent, utcnow
 
     settings = get_settings(ctx)
     with db.session_scope(settings.database_url) as session:
@@ -255,7 +255,7 @@ def _set_job_state(ctx: typer.Context, job_id: int, allowed: tuple, new_state, d
 @jobs_app.command("retry")
 def jobs_retry(ctx: typer.Context, job_id: int) -> None:
     """Put a dead, failed or cancelled job back in the queue (the dispatcher publishes it)."""
-    from .models import JobState
+    from common.models import JobState
 
     _set_job_state(ctx, job_id, (JobState.DEAD, JobState.FAILED, JobState.CANCELLED), JobState.PENDING, "retried")
 
@@ -263,7 +263,7 @@ def jobs_retry(ctx: typer.Context, job_id: int) -> None:
 @jobs_app.command("cancel")
 def jobs_cancel(ctx: typer.Context, job_id: int) -> None:
     """Cancel a job that has not started writing results."""
-    from .models import JobState
+    from common.models import JobState
 
     _set_job_state(ctx, job_id, (JobState.PENDING, JobState.QUEUED, JobState.FAILED, JobState.DEAD),
                    JobState.CANCELLED, "cancelled")
@@ -275,7 +275,7 @@ def status(
     node_only: Annotated[bool, typer.Option("--node-only", help="only C-ECHO the node (container healthcheck)")] = False,
 ) -> None:
     """Print the health of node, broker, database, workers and destinations; exit 1 if any is down."""
-    from .status import run_checks
+    from gateway.status import run_checks
 
     checks = run_checks(get_settings(ctx), node_only=node_only)
     for check in checks:

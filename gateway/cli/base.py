@@ -1,9 +1,9 @@
-"""``medrega-gateway`` command line (typer).
+"""The root of ``medrega-gateway`` (typer): the application, ``--config`` and settings access.
 
 Every command takes ``--config PATH`` (TOML; environment variables ``MEDREGA_<SECTION>__<KEY>``
 override it). Settings are loaded and validated once, in :func:`_root`; a bad setting exits with
 status 2 and one line naming the key. Sub-command groups live beside the code they drive and are
-registered in :mod:`gateway.commands`.
+registered in :mod:`gateway.cli.commands`.
 
 Start-up problems outside the file are one line too, with their own exit status: a
 ``storage.data_dir`` that cannot be created or written (5, checked when the settings are first
@@ -12,16 +12,15 @@ used) and a database that cannot be reached (4, whenever a command's connection 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .settings import ConfigError, Settings, load_settings
+from common.settings import ConfigError, Settings, load_settings
 
-__all__ = ["app", "main", "AppContext", "get_settings", "fail"]
+__all__ = ["app", "AppContext", "get_settings", "fail"]
 
 app = typer.Typer(
     name="medrega-gateway",
@@ -84,31 +83,3 @@ def _root(
     ] = None,
 ) -> None:
     ctx.obj = AppContext(config_path=config)
-
-
-def _register_groups() -> None:
-    """Attach the commands and the groups that live beside the code they drive."""
-    from . import commands  # noqa: F401  (defines commands on ``app`` and adds sub-apps)
-
-
-def _first_line(exc: BaseException) -> str:
-    cause = getattr(exc, "orig", None) or exc
-    lines = str(cause).strip().splitlines()
-    return lines[0] if lines else type(cause).__name__
-
-
-def main(argv: list[str] | None = None) -> None:
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    _register_groups()
-    try:
-        app(args=argv if argv is not None else sys.argv[1:], prog_name="medrega-gateway")
-    except (OperationalError, InterfaceError) as exc:
-        # Raised where a command first connects: one line, not the driver's traceback.
-        typer.echo(f"medrega-gateway: database.url: cannot connect to the database: {_first_line(exc)}",
-                   err=True)
-        raise SystemExit(EXIT_DATABASE) from None
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

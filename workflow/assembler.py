@@ -5,7 +5,7 @@ study is taken as complete when none of its instances has arrived for the config
 when an administrator says so (``medrega-gateway study process UID``).
 
 The job row is created in the same transaction that marks the study complete (the *outbox*):
-publishing it to the broker happens afterwards (:mod:`workers.outbox`), so a broker outage delays
+publishing it to the broker happens afterwards (:mod:`workflow.outbox`), so a broker outage delays
 work but never loses it. Instances that arrive after a study was processed put it back to
 ``receiving``; when it is stable again a new *version* is made, whose SRs reference the previous
 ones (Predecessor Documents Sequence). So does an instance replaced by other content under its
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from gateway.models import Instance, Job, JobEvent, JobState, Study, StudyState, utcnow
+from common.models import Instance, Job, JobEvent, JobState, Study, StudyState, utcnow
 
 __all__ = ["StudyNotFoundError", "stable_studies", "complete_study", "complete_stable_studies"]
 

@@ -1,6 +1,6 @@
 """Routing: which studies go to the model, and where their results are sent.
 
-Routes are :class:`~gateway.models.Route` rows, tried by ``order`` (then name). A route matches a
+Routes are :class:`~common.models.Route` rows, tried by ``order`` (then name). A route matches a
 study when **every non-empty** criterion matches (case-insensitive):
 
 ``calling_ae_title``    the AE title that sent the study (``Study.calling_ae_title``)
@@ -27,7 +27,7 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.models import CallingAE, Destination, Instance, Route, Series, Study
+from common.models import CallingAE, Destination, Instance, Route, Series, Study
 
 __all__ = ["RouteDecision", "decide", "route_matches"]
 

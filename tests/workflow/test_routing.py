@@ -6,10 +6,10 @@ import pydicom
 import pytest
 from sqlalchemy.orm import Session
 
-from dicom_node.routing import decide
+from workflow.routing import decide
 from gateway import admin
-from gateway.db import session_scope
-from gateway.models import Instance, Series, Study
+from common.db import session_scope
+from common.models import Instance, Series, Study
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 DX = "1.2.840.10008.5.1.4.1.1.1.1"

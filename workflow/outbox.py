@@ -14,7 +14,7 @@ from collections.abc import Callable
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from gateway.models import Delivery, DeliveryState, Job, JobEvent, JobState, utcnow
+from common.models import Delivery, DeliveryState, Job, JobEvent, JobState, utcnow
 
 __all__ = [
     "requeue_lost_messages","publish_pending_jobs", "publish_due_deliveries", "requeue_orphaned_jobs", "requeue_abandoned_jobs",

@@ -187,7 +187,7 @@ def _render(received: list[Path], spool: Path, folder: Path) -> None:
 
 def run_demo(keep: Path | None = None, timeout_s: float = 300.0) -> int:
     """Run the demo; returns the process exit status (0 when both SRs reached the PACS)."""
-    from .db import upgrade
+    from common.db import upgrade
 
     folder = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="medrega-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -223,7 +223,7 @@ port = {pacs_port}
 """,
         encoding="utf-8",
     )
-    from .settings import load_settings
+    from common.settings import load_settings
 
     settings = load_settings(config)
     upgrade(settings.database_url)

@@ -6,9 +6,9 @@ import datetime as dt
 
 from sqlalchemy import select
 
-from dicom_node.assembler import complete_stable_studies, complete_study, process_now
-from gateway.db import session_scope
-from gateway.models import Instance, Job, Series, Study, StudyState, utcnow
+from workflow.assembler import complete_stable_studies, complete_study, process_now
+from common.db import session_scope
+from common.models import Instance, Job, Series, Study, StudyState, utcnow
 
 
 def _study(url: str, n: int, received_ago_s: float = 60) -> int:

@@ -131,7 +131,7 @@ def installation_uid_root(session: Session) -> str:
     """This installation's UID root (a UUID), the namespace of every UID it mints.
 
     Written once by the migration that created the ``installation`` table; see
-    :class:`gateway.models.Installation` and :func:`common.uids.derive_uid`.
+    :class:`common.models.Installation` and :func:`common.uids.derive_uid`.
     """
     from .models import Installation
 

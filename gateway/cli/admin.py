@@ -2,7 +2,7 @@
 
 Thin wrappers around :mod:`gateway.admin` (the HTTP API uses the same functions). Changes apply to
 the next association without restarting the node (:mod:`dicom_node.policy` reads the tables per
-association). Registered by :mod:`gateway.commands`::
+association). Registered by :mod:`gateway.cli.commands`::
 
     app.add_typer(ae_app, name="ae"); app.add_typer(dest_app, name="dest"); app.add_typer(route_app, name="route")
 """
@@ -14,8 +14,8 @@ from typing import Annotated, Optional
 import typer
 
 from gateway import admin
-from gateway.cli import fail, get_settings
-from gateway.db import session_scope
+from gateway.cli.base import fail, get_settings
+from common.db import session_scope
 
 __all__ = ["ae_app", "dest_app", "route_app"]
 
@@ -127,8 +127,8 @@ def dest_remove(ctx: typer.Context, name: str) -> None:
 @dest_app.command("test")
 def dest_test(ctx: typer.Context, name: str) -> None:
     """Send a C-ECHO to a destination and print the result (exit 1 unless it succeeds)."""
-    from .sender import AssociationFailedError, DestinationNotFoundError, echo
-    from .tls import TLSConfigurationError
+    from sender.scu import AssociationFailedError, DestinationNotFoundError, echo
+    from dicom_node.tls import TLSConfigurationError
 
     settings = get_settings(ctx)
     try:

@@ -8,8 +8,8 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from dicom_node import sender
-from dicom_node.sender import (
+import sender.scu as sender
+from sender.scu import (
     AssociationFailedError,
     DeliveryAlreadySentError,
     DestinationNotFoundError,
@@ -18,8 +18,8 @@ from dicom_node.sender import (
     retry_delivery,
 )
 from gateway import admin
-from gateway.db import session_scope
-from gateway.models import Delivery, DeliveryAttempt, DeliveryState, Document, Job, Study
+from common.db import session_scope
+from common.models import Delivery, DeliveryAttempt, DeliveryState, Document, Job, Study
 from tests.conftest import free_port
 from tests.dicom_node.corpus import sample
 from tests.peers.dcmtk import storescp, write_association_profile
@@ -154,7 +154,7 @@ def test_destination_down_then_back_retries_with_backoff(settings, tmp_path):
 
 
 def test_exponential_backoff_is_capped():
-    from gateway.settings import load_settings
+    from common.settings import load_settings
 
     s = load_settings(environ={}, sender={"backoff_initial_s": 5, "backoff_max_s": 60})
     assert [sender.backoff_s(s, n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
@@ -255,7 +255,7 @@ def test_workers_delivering_the_same_delivery_at_once_send_one_copy(settings, tm
 
 @pytest.mark.postgres
 def test_deliver_on_postgresql(postgres_url, tmp_path):
-    from gateway.db import upgrade
+    from common.db import upgrade
     from tests.dicom_node.conftest import make_settings
 
     upgrade(postgres_url)

@@ -1,6 +1,6 @@
 """The audit trail: who read or changed what, written in the reader's own transaction.
 
-:func:`record` adds an :class:`~gateway.models.AuditEvent` to the caller's session, so the read it
+:func:`record` adds an :class:`~common.models.AuditEvent` to the caller's session, so the read it
 describes and the record of that read commit together (or not at all). The table is append-only:
 no code path updates or deletes rows, and the migration installs triggers that refuse it.
 

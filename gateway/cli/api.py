@@ -1,6 +1,6 @@
 """Command-line entry points of the API: ``token`` (create, revoke, list) and ``api`` (serve).
 
-:mod:`gateway.commands` registers them on the main command::
+:mod:`gateway.cli.commands` registers them on the main command::
 
     app.add_typer(token_app, name="token")
     app.command("api")(api_command)
@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from .. import db
-from ..cli import fail, get_settings
+from common import db
+from gateway.cli.base import fail, get_settings
 from ..tokens import ROLES, TokenError, create_token, list_tokens, revoke_token
 
 __all__ = ["token_app", "api_command"]
@@ -85,7 +85,7 @@ def _connect_delivery_retries(settings) -> None:
     from workers.app import configure
     from workers.tasks import publish_delivery
 
-    from .hooks import set_enqueue_delivery
+    from gateway.api.hooks import set_enqueue_delivery
 
     configure(settings)
     set_enqueue_delivery(publish_delivery)
@@ -98,7 +98,7 @@ def api_command(
     """Serve the HTTP API and the web pages on api.host:api.port (uvicorn)."""
     import uvicorn
 
-    from .app import create_app
+    from gateway.api.app import create_app
 
     settings = get_settings(ctx)
     _connect_delivery_retries(settings)

@@ -1,6 +1,6 @@
 """Sending our documents (SR, GSPS) to destinations: C-STORE SCU (PS3.4 B, PS3.7 9.1.1).
 
-:func:`deliver` makes one attempt for one :class:`~gateway.models.Delivery` and records it:
+:func:`deliver` makes one attempt for one :class:`~common.models.Delivery` and records it:
 
 * A delivery already SENT returns at once: a document is never sent twice by us. Before the
   attempt the delivery is *claimed* with a conditional update of ``next_attempt_at`` (a lease as
@@ -9,7 +9,7 @@
   rewritten as (Comprehensive 3D SR -> Comprehensive SR -> Enhanced SR -> Basic Text SR). When the
   destination accepts only a simpler one, :func:`sr_writer.fallback.fallback_document` rewrites the
   document and ``Delivery.sent_sop_class_uid`` records what was sent.
-* Every attempt leaves a :class:`~gateway.models.DeliveryAttempt` with the DIMSE status
+* Every attempt leaves a :class:`~common.models.DeliveryAttempt` with the DIMSE status
   (PS3.7 C.4.2.1.5) or the network error. Success (0x0000) and warning (0xB000, 0xB006, 0xB007)
   mean SENT. Anything else is retried after an exponential backoff
   (``sender.backoff_initial_s`` x 2^(attempts-1), at most ``sender.backoff_max_s``) and marked
@@ -36,11 +36,11 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from gateway.db import session_scope
-from gateway.models import Delivery, DeliveryAttempt, DeliveryState, Destination, Document, utcnow
-from gateway.settings import Settings
+from common.db import session_scope
+from common.models import Delivery, DeliveryAttempt, DeliveryState, Destination, Document, utcnow
+from common.settings import Settings
 
-from .tls import client_context
+from dicom_node.tls import client_context
 
 __all__ = [
     "SenderError",

@@ -6,7 +6,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dicom_node.admin_cli import ae_app, dest_app, route_app
+from gateway.cli.admin import ae_app, dest_app, route_app
 from gateway import cli
 from tests.peers.dcmtk import storescp
 

@@ -1,0 +1,1 @@
+"""``medrega-gateway demo`` and the sample study it sends (not product code)."""

@@ -1,0 +1,1 @@
+"""Study completion (assembler), routing and the outbox: when a received study becomes a job."""
