@@ -763,14 +763,14 @@ class AcceptorAssociation:
         roles = {
             item.sop_class_uid: (item.scu_role, item.scp_role)
             for item in primitive.user_information
-            if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
+            if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid is not None
         }
         results, ac_roles = negotiate_as_acceptor(
             primitive.presentation_context_definition_list, self.supported_contexts, roles
         )
         self.accepted = {
-            int(cx.context_id): (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-            for cx in results if cx.result == 0x00
+            cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+            for cx in results if cx.result == 0x00 and cx.context_id is not None
         }
         accept = A_ASSOCIATE()
         accept.application_context_name = UID(APPLICATION_CONTEXT_NAME)

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from common.db import session_scope
 from common.models import Delivery, DeliveryAttempt, DeliveryState, Destination, Document, utcnow
 from common.settings import Settings
+from common.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 from dicom_node.tls import client_context
 
@@ -143,6 +144,9 @@ def _calling_ae_title(settings: Settings) -> str:
 
 def _make_ae(settings: Settings) -> AE:
     ae = AE(ae_title=_calling_ae_title(settings))
+    # the gateway's own identity (PS3.7 D.3.3.2), as the node's Storage SCP announces it
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = settings.node.acse_timeout_s
     ae.dimse_timeout = settings.node.dimse_timeout_s
     ae.network_timeout = settings.node.network_timeout_s

@@ -46,7 +46,7 @@ from .test_upper_layer import (
     _read_pdu,
 )
 
-CT = get_testdata_file("CT_small.dcm", download=False)
+CT = str(get_testdata_file("CT_small.dcm", download=False))
 #: a second loopback address: the hostile peers' (Linux routes all of 127/8 to lo)
 HOSTILE = "127.0.0.2"
 
@@ -187,7 +187,7 @@ def test_c_echo_succeeds_while_maximum_associations_trickle_p_data(settings_fact
 
 
 # -- case 2: the disk floor, enforced while the data set arrives --------------------------------------
-def _spool_files(settings) -> list[Path]:  # type: ignore[no-untyped-def]
+def _spool_files(settings) -> list[Path]:
     return [p for p in (Path(settings.data_dir) / "spool").rglob("*") if p.is_file()]
 
 

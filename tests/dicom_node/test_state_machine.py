@@ -51,21 +51,21 @@ class _User:
         self.accept = accept
         self.calls: list[str] = []
 
-    def associate(self, association, request):  # type: ignore[no-untyped-def]
+    def associate(self, association, request):
         self.calls.append("associate")
         return ACCEPT if self.accept else AssociationDecision(False, 0x01, 0x01, 0x03, "not listed")
 
-    def established(self, association) -> None:  # type: ignore[no-untyped-def]
+    def established(self, association) -> None:
         self.calls.append("established")
 
-    def parse_head(self, association, command, head):  # type: ignore[no-untyped-def]
+    def parse_head(self, association, command, head):
         return None
 
-    def store(self, association, request) -> int:  # type: ignore[no-untyped-def]
+    def store(self, association, request) -> int:
         self.calls.append("store")
         return 0
 
-    def closed(self, association, how: str) -> None:  # type: ignore[no-untyped-def]
+    def closed(self, association, how: str) -> None:
         self.calls.append(f"closed:{how}")
 
 
@@ -106,7 +106,7 @@ def _received(peer: socket.socket) -> tuple[list[bytes], bool]:
     return pdus, closed
 
 
-def _decoded_rq():  # type: ignore[no-untyped-def]
+def _decoded_rq():
     from pynetdicom.pdu import A_ASSOCIATE_RQ
 
     pdu = A_ASSOCIATE_RQ()

@@ -83,6 +83,31 @@ def test_echo_a_destination(settings, tmp_path):
         assert echo(settings, "pacs") == 0x0000
 
 
+def test_the_scu_announces_the_gateway_not_pynetdicom(settings):
+    """Issue 13, case 7: the Implementation Class UID and Version Name the destination sees."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Verification
+
+    from common.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    seen = []
+
+    def on_echo(event):
+        requestor = event.assoc.requestor
+        seen.append((requestor.implementation_class_uid, requestor.implementation_version_name))
+        return 0x0000
+
+    pacs = AE(ae_title="PACS")
+    pacs.add_supported_context(Verification)
+    server = pacs.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_ECHO, on_echo)])
+    try:
+        add_destination(settings, "probe", server.server_address[1])
+        assert echo(settings, "probe") == 0x0000
+    finally:
+        server.shutdown()
+    assert seen == [(IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)]
+
+
 def test_echo_unknown_destination_and_down_destination(settings):
     with pytest.raises(DestinationNotFoundError):
         echo(settings, "nowhere")
