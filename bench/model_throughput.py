@@ -117,7 +117,7 @@ class VisionCounter:
         engine.model.model.vision_tower.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, _module: Any, args: tuple, kwargs: dict) -> None:
-        pixels = kwargs.get("pixel_values", args[0] if args else None)
+        pixels = kwargs["pixel_values"] if "pixel_values" in kwargs else args[0]
         self.calls += 1
         self.images += int(pixels.shape[0])
 

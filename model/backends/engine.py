@@ -147,7 +147,7 @@ class InternVLEngine:
         cached = [self._cached(image) for image in images]
         missing = [image for image, f in zip(images, cached) if f is None]
         fresh = [self.image_features(missing[i : i + step]) for i in range(0, len(missing), step)]
-        new = iter(torch.cat(fresh) if fresh else [])
+        new = iter(torch.cat(fresh)) if fresh else iter(())
         rows = []
         for image, f in zip(images, cached):
             if f is None:
