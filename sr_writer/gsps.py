@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from highdicom.color import CIELabColor
@@ -281,7 +282,7 @@ def plan_presentation_states(
             continue
         image = with_type2_defaults(image)
         layers, annotations = _annotations(image, by_language)
-        kwargs: dict[str, object] = {}
+        kwargs: dict[str, Any] = {}
         if cls is ColorSoftcopyPresentationState:
             kwargs["icc_profile"] = bytes(image.ICCProfile) if "ICCProfile" in image else srgb_icc_profile()
         else:

@@ -258,7 +258,8 @@ def image_library(evidence: Sequence[Dataset]) -> ContainerContentItem:
         except (AttributeError, ValueError, TypeError):
             descriptors = None
         if descriptors:
-            item.ContentSequence = ContentSequence(list(descriptors))
+            item.ContentSequence = ContentSequence()
+            item.ContentSequence.extend(descriptors)
         items.append(item)
     group = ContainerContentItem(name=codes.DCM.ImageLibraryGroup, relationship_type=RelationshipTypeValues.CONTAINS,
                                  is_content_continuous=False)
