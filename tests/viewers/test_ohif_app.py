@@ -69,6 +69,10 @@ MEASUREMENTS = """() => window.services.measurementService.getMeasurements().map
   uid: m.uid, label: m.label, sop: m.SOPInstanceUID, text: JSON.stringify(m.displayText ?? ''),
   pixels: (m.points || []).map(p => window.cornerstone.utilities.worldToImageCoords(m.referencedImageId, p))}))"""
 BOX_DRAWN = f"""uids => [...document.querySelectorAll('{BOXES}')].some(g => uids.includes(g.dataset.annotationUid))"""
+# OHIF's display sets by modality, with the codes of the messages (warning triangles) it gives them.
+DISPLAY_SET_MESSAGES = """() => Object.fromEntries(window.services.displaySetService.getActiveDisplaySets()
+  .map(d => [d.Modality, (d.messages?.messages ?? []).map(m => m.id)]))"""
+UNSUPPORTED_SOP_CLASS_UID = 14  # DisplaySetMessage.CODES.UNSUPPORTED_SOP_CLASS_UID in OHIF's core
 WADO_RS_INSTANCE = re.compile(r"/instances/([0-9.]+)/frames/")
 # The rows whose screenshots docs/viewers/ keeps: a region of the radiograph in each language.
 DOCS_ROWS = {("en", 3), ("zh", 1)}
@@ -284,6 +288,10 @@ def test_sr_viewport_draws_the_boxes_of_the_image_it_shows(pacs: Pacs, site: str
     assert on_image, f"OHIF's SR viewport shows {shown}, an image without regions in the {language} SR"
     assert {b["uid"] for b in state["boxes"]} == on_image, (state, session.console[-20:])
     _save(page, tmp_path, f"ohif-{language}-sr-viewport", docs=language == "zh")
+    # Our presentation states are listed, and (docs/sr-content.md says so) not applied: OHIF 3.13
+    # has no GSPS support and says so with its "unsupported SOP Class" message.
+    messages = page.evaluate(DISPLAY_SET_MESSAGES)
+    assert messages.get("PR") == [UNSUPPORTED_SOP_CLASS_UID], messages
     session.assert_loopback_only()
 
 
