@@ -37,6 +37,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from common.db import session_scope
+from common.holds import hold_point
 from common.models import Delivery, DeliveryAttempt, DeliveryState, Destination, Document, utcnow
 from common.settings import Settings
 from common.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -317,6 +318,7 @@ def deliver(settings: Settings, delivery_id: int) -> DeliveryResult:
         )
         doc_path = settings.data_dir / document.path if document is not None else None
 
+    hold_point("delivery.sending")
     if document is None or doc_path is None:
         outcome = _Outcome(None, f"document {delivery.document_id} does not exist", None)
     elif target is None:

@@ -1,9 +1,10 @@
 """The dispatcher loop that ``serve`` runs beside the DICOM node.
 
 Each pass: complete the studies that became stable (creating their jobs in the same transaction),
-put running jobs whose worker stopped beating (a killed worker) back to pending, publish pending
-jobs to the GPU queue (urgent first), and publish deliveries whose next attempt is due to the CPU
-queue. Every step works from database rows, so the loop can stop at any point and
+put running jobs whose worker stopped beating (a killed worker), queued jobs whose message was
+lost and failed jobs whose retry never came back to pending, mark delivered the jobs whose
+deliveries were all sent, publish pending jobs to the GPU queue (urgent first) and inferred jobs
+nobody finished again, and publish deliveries whose next attempt is due to the CPU queue. Every step works from database rows, so the loop can stop at any point and
 the next pass (in this or a restarted process) carries on.
 """
 
@@ -19,7 +20,17 @@ from common.models import Delivery, Job
 from common.settings import Settings
 
 from .app import CPU_QUEUE, gpu_queue
-from workflow.outbox import publish_due_deliveries, publish_pending_jobs, requeue_abandoned_jobs, requeue_lost_messages
+from common.holds import hold_point
+from workflow.outbox import (
+    RETRY_COUNTDOWN_MAX_S,
+    finish_delivered_jobs,
+    publish_due_deliveries,
+    publish_pending_jobs,
+    requeue_abandoned_jobs,
+    requeue_failed_jobs,
+    requeue_lost_messages,
+    resume_inferred_jobs,
+)
 
 __all__ = ["Dispatcher", "DispatchPass"]
 
@@ -44,9 +55,11 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._published_deliveries: dict[int, float] = {}
 
-    def _publish_job(self, job: Job) -> None:
+    def publish_job(self, job: Job) -> None:
+        """Give a job's task to the broker (the GPU queue, the job's priority)."""
         from .tasks import process_study
 
+        hold_point("job.pending")
         process_study.apply_async((job.id,), queue=gpu_queue(self.settings), priority=job.priority)
 
     def _publish_delivery(self, delivery: Delivery) -> None:
@@ -63,8 +76,11 @@ class Dispatcher:
             queue = self.settings.queue
             result.jobs_requeued = requeue_abandoned_jobs(session, queue.job_lease_s)
             result.jobs_requeued += requeue_lost_messages(session, queue.visibility_timeout_s + queue.job_lease_s)
+            result.jobs_requeued += requeue_failed_jobs(session, queue.job_lease_s + RETRY_COUNTDOWN_MAX_S)
+            finish_delivered_jobs(session)
             try:
-                result.jobs_published = publish_pending_jobs(session, self._publish_job)
+                result.jobs_published = publish_pending_jobs(session, self.publish_job)
+                result.jobs_published += resume_inferred_jobs(session, self.publish_job, queue.job_lease_s)
                 result.deliveries_published = publish_due_deliveries(session, self._publish_delivery,
                                                                        self._published_deliveries)
             except Exception as exc:  # noqa: BLE001 - broker down: rows stay, next pass retries

@@ -41,7 +41,10 @@ from common.models import (
     utcnow,
 )
 
+from common.holds import hold_point
+
 from .app import CPU_QUEUE, celery_app, settings
+from .outbox import RETRY_COUNTDOWN_MAX_S
 
 if TYPE_CHECKING:  # the model package is imported by the GPU task only
     from model.analysis import RunResult
@@ -161,6 +164,7 @@ def _infer(job_id: int) -> None:
     if not rows:
         raise StudyEmptyError(f"job {job_id}: study {study_uid} has no instances left")
 
+    hold_point("job.running")
     backend = load_backend(cfg.model)
     skipped: list = []
     results = analyse_study(images, backend, cfg.model, progress=_heartbeat(job_id), skipped=skipped)
@@ -273,7 +277,9 @@ def run_job(job_id: int) -> str:
         if not _claim(job_id, lease_s=cfg.queue.job_lease_s):
             return "skipped (claimed by another worker)"
         _infer(job_id)
+        hold_point("job.inferred")
     delivery_ids = _write_results(job_id)
+    hold_point("job.sr_written")
     for delivery_id in delivery_ids:
         publish_delivery(delivery_id)
     return "done"
@@ -294,7 +300,8 @@ def _fail(job_id: int, exc: BaseException, permanent: bool) -> None:
         job.error = f"{type(exc).__name__}: {exc}"
         if job.state == JobState.INFERRED and not permanent:
             # Keep the recorded findings: the retry goes straight to writing the results.
-            session.add(JobEvent(job_id=job.id, state=JobState.FAILED.value, at=utcnow(), detail=job.error))
+            job.updated_at = utcnow()
+            session.add(JobEvent(job_id=job.id, state=JobState.FAILED.value, at=job.updated_at, detail=job.error))
         else:
             record_event(session, job, JobState.DEAD if permanent else JobState.FAILED, job.error)
 
@@ -305,6 +312,7 @@ def process_study(self: Task, job_id: int) -> str:
     from model.backends import ModelLoadError
 
     try:
+        hold_point("job.queued")
         return run_job(job_id)
     except LostClaimError as exc:
         log.warning("%s; this copy stops", exc)
@@ -318,14 +326,22 @@ def process_study(self: Task, job_id: int) -> str:
         return "dead"
     except OperationalError as exc:  # database briefly unavailable: retry with backoff
         _fail(job_id, exc, permanent=self.request.retries >= self.max_retries)
-        raise self.retry(exc=exc, countdown=min(600, 10 * 2 ** self.request.retries))
+        raise self.retry(exc=exc, countdown=_retry_countdown(self.request.retries))
     except Exception as exc:
         log.exception("job %s failed", job_id)
         permanent = self.request.retries >= self.max_retries
         _fail(job_id, exc, permanent=permanent)
         if permanent:
             return "dead"
-        raise self.retry(exc=exc, countdown=min(600, 10 * 2 ** self.request.retries))
+        hold_point("job.failed")
+        raise self.retry(exc=exc, countdown=_retry_countdown(self.request.retries))
+
+
+def _retry_countdown(retries: int) -> int:
+    """Seconds before a failed job's task runs again: 10 s, doubled per retry, at most
+    :data:`~workflow.outbox.RETRY_COUNTDOWN_MAX_S` (the outbox requeues a failed job whose retry
+    did not come within the lease after that)."""
+    return min(RETRY_COUNTDOWN_MAX_S, 10 * 2 ** retries)
 
 
 @celery_app.task(name="medrega.deliver_document", acks_late=True)
@@ -335,6 +351,8 @@ def deliver_document(delivery_id: int) -> str:
 
     cfg = settings()
     result = deliver(cfg, delivery_id)
+    if result.state == DeliveryState.SENT:
+        hold_point("delivery.sent")
     with session_scope(cfg.database_url) as session:
         delivery = session.get(Delivery, delivery_id)
         job = session.get(Job, delivery.document.job_id)

@@ -14,16 +14,27 @@ from collections.abc import Callable
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from common.models import Delivery, DeliveryState, Job, JobEvent, JobState, utcnow
+from common.models import Delivery, DeliveryState, Document, Job, JobEvent, JobState, utcnow
 
 __all__ = [
-    "requeue_lost_messages","publish_pending_jobs", "publish_due_deliveries", "requeue_orphaned_jobs", "requeue_abandoned_jobs",
-           "DELIVERY_LEASE_S"]
+    "DELIVERY_LEASE_S",
+    "RETRY_COUNTDOWN_MAX_S",
+    "finish_delivered_jobs",
+    "publish_due_deliveries",
+    "publish_pending_jobs",
+    "recover_orphaned_work",
+    "requeue_abandoned_jobs",
+    "requeue_failed_jobs",
+    "requeue_lost_messages",
+    "resume_inferred_jobs",
+]
 
 log = logging.getLogger(__name__)
 
 #: A published delivery whose task never ran (lost with its worker) is published again after this.
 DELIVERY_LEASE_S = 300.0
+#: The longest countdown of a job task's retry (workers.tasks.process_study).
+RETRY_COUNTDOWN_MAX_S = 600
 
 
 def publish_pending_jobs(session: Session, publish: Callable[[Job], None]) -> int:
@@ -77,20 +88,110 @@ def publish_due_deliveries(session: Session, publish: Callable[[Delivery], None]
     return published
 
 
-def requeue_orphaned_jobs(session: Session) -> int:
-    """Embedded mode, at start-up: jobs left ``queued``/``running`` by a stopped process.
+def recover_orphaned_work(session: Session, publish: Callable[[Job], None]) -> int:
+    """Embedded mode, at start-up: every job and delivery a stopped process left unfinished.
 
-    The embedded broker has no redelivery of unacknowledged messages, and in embedded mode no
-    other process can be running them, so they go back to ``pending`` and are published again.
+    The embedded broker has no redelivery of unacknowledged messages (nor of a task's retry
+    waiting for its countdown), and in embedded mode no other process can be working, so every
+    lease has run out:
+
+    - ``queued``, ``running`` and ``failed`` (waiting for its retry) jobs go back to ``pending``
+      and are published again by the dispatcher;
+    - ``inferred`` jobs keep their findings and are published again (:func:`resume_inferred_jobs`);
+    - ``sr_written`` jobs whose deliveries were all sent become ``delivered``
+      (:func:`finish_delivered_jobs`);
+    - a pending delivery claimed by the stopped process (``next_attempt_at`` moved forward while
+      it sent) is due again at once: the claim was made before the association, so the document
+      was not sent by it (a delivery sent is recorded ``sent`` before anything else happens).
+
+    Returns the number of jobs and deliveries recovered.
     """
-    jobs = session.scalars(select(Job).where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]))).all()
     now = utcnow()
+    jobs = session.scalars(select(Job).where(
+        Job.state.in_([JobState.QUEUED, JobState.RUNNING, JobState.FAILED]))).all()
     for job in jobs:
         job.state, job.updated_at = JobState.PENDING, now
         session.add(JobEvent(job_id=job.id, state=JobState.PENDING.value, at=now,
                              detail="requeued at start-up (previous process stopped)"))
+    claimed = session.execute(
+        update(Delivery)
+        .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at > now)
+        .values(next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
     session.commit()
-    return len(jobs)
+    recovered = len(jobs) + claimed
+    recovered += resume_inferred_jobs(session, publish, older_than_s=0.0)
+    recovered += finish_delivered_jobs(session)
+    return recovered
+
+
+def resume_inferred_jobs(session: Session, publish: Callable[[Job], None], older_than_s: float) -> int:
+    """``inferred`` jobs with no activity for ``older_than_s``: publish their task again.
+
+    A worker stopped between recording the findings and writing the SRs (or while the task waited
+    for its retry) leaves the job ``inferred``; the task published again goes straight to writing
+    the SRs from the recorded findings (:func:`workers.tasks.run_job`). ``updated_at`` is moved
+    forward with one conditional UPDATE first, so the job is published once per lease.
+    """
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=older_than_s)
+    candidates = session.scalars(select(Job.id).where(Job.state == JobState.INFERRED, Job.updated_at <= stale)).all()
+    resumed = 0
+    for job_id in candidates:
+        taken = session.execute(
+            update(Job).where(Job.id == job_id, Job.state == JobState.INFERRED, Job.updated_at <= stale)
+            .values(updated_at=now).execution_options(synchronize_session=False)
+        ).rowcount
+        if taken != 1:
+            continue
+        session.add(JobEvent(job_id=job_id, state=JobState.INFERRED.value, at=now,
+                             detail="published again: results not written (worker stopped)"))
+        job = session.get(Job, job_id)
+        assert job is not None
+        publish(job)  # raises when the broker is unreachable: rolled back, tried next pass
+        session.commit()
+        log.warning("job %s: inferred, results not written; published again", job_id)
+        resumed += 1
+    return resumed
+
+
+def finish_delivered_jobs(session: Session) -> int:
+    """``sr_written`` jobs whose deliveries are all ``sent``: ``delivered``.
+
+    The sender records a delivery ``sent`` and then, in another transaction, the job
+    ``delivered`` when it was the last one; a process stopped in between leaves the job waiting
+    for nothing. A job without deliveries (no destination) stays ``sr_written``.
+    """
+    from sqlalchemy import exists
+
+    documents = select(Document.id).where(Document.job_id == Job.id)
+    has_delivery = exists().where(Delivery.document_id.in_(documents))
+    unsent = exists().where(Delivery.document_id.in_(documents), Delivery.state != DeliveryState.SENT)
+    job_ids = session.scalars(select(Job.id).where(Job.state == JobState.SR_WRITTEN, has_delivery, ~unsent)).all()
+    now = utcnow()
+    finished = 0
+    for job_id in job_ids:
+        taken = session.execute(
+            update(Job).where(Job.id == job_id, Job.state == JobState.SR_WRITTEN)
+            .values(state=JobState.DELIVERED, updated_at=now).execution_options(synchronize_session=False)
+        ).rowcount
+        if taken == 1:
+            session.add(JobEvent(job_id=job_id, state=JobState.DELIVERED.value, at=now,
+                                 detail="every delivery sent (recorded after a stop)"))
+            finished += 1
+    session.commit()
+    return finished
+
+
+def requeue_failed_jobs(session: Session, older_than_s: float) -> int:
+    """``failed`` jobs whose retry never came within ``older_than_s``: back to ``pending``.
+
+    A failed job waits for its task's retry (a message with a countdown); a broker that lost it
+    (Redis restarted without persistence) would leave the job ``failed`` for good.
+    """
+    return _requeue(session, JobState.FAILED, Job.updated_at, older_than_s,
+                    lambda _: f"requeued: the retry did not come within {older_than_s:.0f} s")
 
 
 def requeue_abandoned_jobs(session: Session, lease_s: float) -> int:

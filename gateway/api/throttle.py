@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["AuthFailureLimiter", "MAX_ADDRESSES"]
+__all__ = ["MAX_ADDRESSES", "AuthFailureLimiter"]
 
 #: Addresses remembered at most (memory stays bounded under a spoofed-address flood).
 MAX_ADDRESSES = 65536

@@ -134,22 +134,22 @@ def serve(
     from dicom_node.scp import StorageSCP
     from workers.app import configure
     from workers.dispatcher import Dispatcher
-    from workflow.outbox import requeue_orphaned_jobs
+    from workflow.outbox import recover_orphaned_work
 
     settings = get_settings(ctx)
     _logging(settings, log_level)
     _ready(settings)
     configure(settings)
+    dispatcher = Dispatcher(settings)
     if settings.embedded_broker:
         with db.session_factory(settings.database_url)() as session:
-            requeue_orphaned_jobs(session)
+            recover_orphaned_work(session, dispatcher.publish_job)
     scp = StorageSCP(settings)
     scp.start()
     if settings.node.metrics_port:
         from gateway.metrics import start_metrics_server
 
         start_metrics_server(settings.database_url, settings.node.metrics_port, settings.metrics_host)
-    dispatcher = Dispatcher(settings)
     dispatcher.start()
     log = logging.getLogger("gateway")
     log.info("DICOM node %s listening on %s:%s", settings.node.ae_title, settings.node.host, scp.port)

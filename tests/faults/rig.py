@@ -124,8 +124,10 @@ class Rig:
         wait_for(lambda: port_open(self.pacs_port), 30, "storescp to listen", [self.pacs])
         return self.pacs
 
-    def serve(self, log: str = "serve.log") -> Process:
-        proc = self.track(gateway_process(self.config, "serve", self.tmp / log)).start()
+    def serve(self, log: str = "serve.log", env: dict[str, str] | None = None) -> Process:
+        process = gateway_process(self.config, "serve", self.tmp / log)
+        process.env.update(env or {})
+        proc = self.track(process).start()
         wait_for(lambda: port_open(self.node_port), 60, "the DICOM node to listen", [proc])
         return proc
 

@@ -162,16 +162,33 @@ def test_outbox_publishes_urgent_first_and_keeps_jobs_when_the_broker_is_down(ga
         assert s.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.state == "queued")) == 2
 
 
-def test_embedded_start_requeues_jobs_a_stopped_process_left(gateway) -> None:
-    from workflow.outbox import requeue_orphaned_jobs
+@pytest.mark.parametrize("left", [JobState.QUEUED, JobState.RUNNING, JobState.FAILED])
+def test_embedded_start_requeues_jobs_a_stopped_process_left(gateway, left: JobState) -> None:
+    from workflow.outbox import recover_orphaned_work
 
     settings, job_id = gateway
     with session_scope(settings.database_url) as s:
-        s.get(Job, job_id).state = JobState.RUNNING
+        s.get(Job, job_id).state = left
+    published: list[int] = []
     with session_scope(settings.database_url) as s:
-        assert requeue_orphaned_jobs(s) == 1
+        assert recover_orphaned_work(s, lambda job: published.append(job.id)) == 1
     with session_scope(settings.database_url) as s:
         assert s.get(Job, job_id).state == JobState.PENDING
+    assert published == []  # the dispatcher publishes pending jobs
+
+
+def test_embedded_start_publishes_an_inferred_job_again(gateway) -> None:
+    from workflow.outbox import recover_orphaned_work
+
+    settings, job_id = gateway
+    with session_scope(settings.database_url) as s:
+        s.get(Job, job_id).state = JobState.INFERRED
+    published: list[int] = []
+    with session_scope(settings.database_url) as s:
+        assert recover_orphaned_work(s, lambda job: published.append(job.id)) == 1
+    assert published == [job_id]
+    with session_scope(settings.database_url) as s:
+        assert s.get(Job, job_id).state == JobState.INFERRED
 
 
 def test_metrics_report_what_the_database_recorded(gateway, monkeypatch) -> None:
