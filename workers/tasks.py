@@ -27,6 +27,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import OperationalError
 
 from common.db import installation_uid_root, session_scope
+from common.holds import hold_point
 from common.models import (
     Delivery,
     DeliveryState,
@@ -40,11 +41,9 @@ from common.models import (
     Study,
     utcnow,
 )
-
-from common.holds import hold_point
+from workflow.outbox import RETRY_COUNTDOWN_MAX_S
 
 from .app import CPU_QUEUE, celery_app, settings
-from .outbox import RETRY_COUNTDOWN_MAX_S
 
 if TYPE_CHECKING:  # the model package is imported by the GPU task only
     from model.analysis import RunResult
