@@ -111,7 +111,7 @@ def study_process(ctx: typer.Context, study_instance_uid: str) -> None:
         except StudyNotFoundError as exc:
             fail(str(exc))
         if job is None:
-            typer.echo("routing rules say this study is only stored: no job created")
+            typer.echo("no job created: routing rules say this study is only stored, or it has no instances")
         else:
             typer.echo(f"job {job.id} created for version {job.study_version}; `serve` publishes it")
 
