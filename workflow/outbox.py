@@ -101,8 +101,8 @@ def recover_orphaned_work(session: Session, publish: Callable[[Job], None]) -> i
     - ``sr_written`` jobs whose deliveries were all sent become ``delivered``
       (:func:`finish_delivered_jobs`);
     - a pending delivery claimed by the stopped process (``next_attempt_at`` moved forward while
-      it sent) is due again at once: the claim was made before the association, so the document
-      was not sent by it (a delivery sent is recorded ``sent`` before anything else happens).
+      it sent) is due again at once (one waiting for its backoff too: an attempt earlier, never a
+      second copy, since a delivery is recorded ``sent`` as soon as the destination answered).
 
     Returns the number of jobs and deliveries recovered.
     """
