@@ -3,7 +3,8 @@
 # (/opt/medrega-gateway); run by deploy/Dockerfile before the gateway itself, so that this layer
 # is reused while they do not change.
 #   - deploy/wheelhouse/ holds wheels (scripts/make-wheelhouse.sh): all of them, with no index;
-#   - else pyproject.toml's runtime dependencies at requirements.txt's versions, from PyPI.
+#   - else pyproject.toml's runtime dependencies at requirements.txt's versions, from PyPI
+#     (/tmp/requirements: written by deploy/runtime_requirements.py).
 set -eu
 PIP="/opt/medrega-gateway/bin/pip --disable-pip-version-check --no-cache-dir"
 # A CA bundle given with --build-arg CA_BUNDLE (TLS-intercepting proxies); empty: pip's own list.
@@ -13,7 +14,6 @@ fi
 if ls /tmp/wheelhouse/*.whl >/dev/null 2>&1; then
   $PIP install --no-index --find-links /tmp/wheelhouse /tmp/wheelhouse/*.whl
 else
-  python3 /tmp/runtime_requirements.py /tmp/pyproject.toml /tmp/requirements.txt /tmp/requirements
   $PIP install -r /tmp/requirements/runtime.txt -c /tmp/requirements/constraints.txt
 fi
 rm -rf /tmp/wheelhouse /tmp/requirements
