@@ -21,11 +21,13 @@ layer cache. Timings are printed (``pytest -s``).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -39,6 +41,7 @@ from tests.peers.dcmtk import echoscu, storescu
 pytestmark = [pytest.mark.peers, pytest.mark.slow, pytest.mark.timeout(3000)]
 
 PROJECT = "medregadeploytest"
+LOCK = Path("/tmp/medrega-deploy-test.lock")
 BUILT_SERVICES = ("migrate", "redis", "postgres", "orthanc")  # one per image (node, api, workers share migrate's)
 
 
@@ -95,7 +98,7 @@ class Stack:
         """The SRs Orthanc holds for the study, by language code (en / zh), once there are two."""
         deadline = time.monotonic() + timeout_s
         while True:
-            found = {}
+            found: dict[str, pydicom.Dataset] = {}
             for orthanc_id in json.loads(self.orthanc("/instances")):
                 tags = json.loads(self.orthanc(f"/instances/{orthanc_id}/simplified-tags"))
                 if tags.get("Modality") == "SR" and tags.get("StudyInstanceUID") == study_uid:
@@ -118,7 +121,16 @@ def _timed(label: str, timings: dict[str, float], start: float) -> None:
     print(f"deploy test: {label} {timings[label]} s")
 
 
-def test_the_stack_builds_runs_a_study_and_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
+@pytest.fixture
+def one_stack_at_a_time() -> Iterator[None]:
+    """Runs of this test on one machine (several checkouts, one Docker engine) wait for each other:
+    they share the project name, the image tags and a daemon that the first of them may stop."""
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def test_the_stack_builds_runs_a_study_and_keeps_its_data_across_a_restart(tmp_path: Path, one_stack_at_a_time: None) -> None:
     from gateway.samples import make_sample_study
 
     sample = make_sample_study(tmp_path / "study")
@@ -150,8 +162,9 @@ def test_the_stack_builds_runs_a_study_and_keeps_its_data_across_a_restart(tmp_p
             for ds in srs.values():
                 assert ds.VerificationFlag == "UNVERIFIED" and ds.SpecificCharacterSet == "ISO_IR 192"
                 assert ds.PatientID == sample.patient_id
-            assert any("感兴趣区域" in text for text in read_report(srs["zh"]).texts + tuple(
-                r.label for r in read_report(srs["zh"]).regions)), "the Chinese SR lost its Chinese text"
+            zh = read_report(srs["zh"])
+            written = [*zh.texts, *(r.label or "" for r in zh.regions), *(r.description or "" for r in zh.regions)]
+            assert any("感兴趣区域" in text for text in written), f"the Chinese SR lost its Chinese text: {written}"
 
             token_out = stack.run("exec", "-T", "node", "medrega-gateway", "token", "create",
                                   "--role", "auditor", "--name", "deploy-test")
