@@ -1,9 +1,9 @@
 """Database engine, sessions and schema version control (Alembic).
 
 The schema is owned by the migrations in the ``migrations`` package, read from wherever it is
-installed (importlib.resources), so a wheel installed with pip migrates as a checkout does. :func:`check_schema_current` is called
-at start-up by every long-running command: a database that is behind stops the process with the
-command to run (``medrega-gateway db upgrade``).
+installed (importlib.resources), so a wheel installed with pip migrates as a checkout does.
+:func:`check_schema_current` is called at start-up by every long-running command: a database that
+is behind stops the process with the command to run (``medrega-gateway db upgrade``).
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def one_stack_at_a_time() -> Iterator[None]:
 
 
 def test_the_stack_builds_runs_a_study_and_keeps_its_data_across_a_restart(tmp_path: Path, one_stack_at_a_time: None) -> None:
-    from gateway.samples import make_sample_study
+    from gateway.demo.samples import make_sample_study
 
     sample = make_sample_study(tmp_path / "study")
     stack = Stack(tmp_path / "compose.log")
