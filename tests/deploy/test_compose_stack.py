@@ -56,7 +56,7 @@ class Stack:
                      "--file", str(REPO / "docker-compose.yml"), "--env-file", str(REPO / "deploy" / "cpu-demo.env")]
 
     def run(self, *args: str, timeout: float = 600) -> str:
-        proc = subprocess.run([*self.base, *args], env=self.env, cwd=REPO, capture_output=True, text=True,
+        proc = subprocess.run([*self.base, *args], check=False, env=self.env, cwd=REPO, capture_output=True, text=True,
                               timeout=timeout)
         with open(self.log, "a", encoding="utf-8") as log:
             log.write(f"$ docker-compose {' '.join(args)}\n{proc.stdout}{proc.stderr}\n")
@@ -64,7 +64,7 @@ class Stack:
         return proc.stdout
 
     def script(self, name: str, timeout: float = 1200) -> None:
-        proc = subprocess.run([str(REPO / "scripts" / name)], env=self.env, cwd=REPO, capture_output=True, text=True,
+        proc = subprocess.run([str(REPO / "scripts" / name)], check=False, env=self.env, cwd=REPO, capture_output=True, text=True,
                               timeout=timeout)
         assert proc.returncode == 0, f"scripts/{name} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
         print(proc.stdout.strip())
