@@ -28,7 +28,8 @@ class DockerEngineError(RuntimeError):
 
 def engine_answers() -> bool:
     """Whether a Docker engine answers on the default socket."""
-    return subprocess.run([require_tool("docker"), "info"], capture_output=True, timeout=60, check=False).returncode == 0
+    info = subprocess.run([require_tool("docker"), "info"], capture_output=True, timeout=60, check=False)
+    return info.returncode == 0
 
 
 @contextlib.contextmanager

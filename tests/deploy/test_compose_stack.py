@@ -64,8 +64,8 @@ class Stack:
         return proc.stdout
 
     def script(self, name: str, timeout: float = 1200) -> None:
-        proc = subprocess.run([str(REPO / "scripts" / name)], check=False, env=self.env, cwd=REPO, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run([str(REPO / "scripts" / name)], check=False, env=self.env, cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout)
         assert proc.returncode == 0, f"scripts/{name} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
         print(proc.stdout.strip())
 
@@ -130,7 +130,9 @@ def one_stack_at_a_time() -> Iterator[None]:
         yield
 
 
-def test_the_stack_builds_runs_a_study_and_keeps_its_data_across_a_restart(tmp_path: Path, one_stack_at_a_time: None) -> None:
+def test_the_stack_builds_runs_a_study_and_keeps_its_data_across_a_restart(
+    tmp_path: Path, one_stack_at_a_time: None
+) -> None:
     from gateway.demo.samples import make_sample_study
 
     sample = make_sample_study(tmp_path / "study")
@@ -143,7 +145,7 @@ def test_the_stack_builds_runs_a_study_and_keeps_its_data_across_a_restart(tmp_p
         stack.script("make-wheelhouse.sh")
         _timed("base image and wheelhouse", timings, t)
         t = time.monotonic()
-        stack.run("build", *BUILT_SERVICES, timeout=2400)
+        stack.run("build", "--force-rm", *BUILT_SERVICES, timeout=2400)  # no container left by a failed step
         _timed("docker-compose build", timings, t)
         try:
             t = time.monotonic()

@@ -57,18 +57,21 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     """A fresh venv outside the checkout with the built wheel installed; returns (venv, env)."""
     root = tmp_path_factory.mktemp("installed-wheel")
     assert not root.resolve().is_relative_to(REPO.resolve())
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("MEDREGA_")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("MEDREGA_")}
     src = _tree_copy(root / "src")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(root / "dist"), str(src)], env, root)
     (wheel,) = (root / "dist").glob("medrega_gateway-*.whl")
     venv = root / "venv"
     _run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], env, root)  # type: ignore[attr-defined]
     python = venv / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], env, root)
-    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], env, root).stdout.strip()
+    pip = [sys.executable, "-m", "pip", "--python", str(python)]
+    _run([*pip, "install", "--no-deps", "--no-index", str(wheel)], env, root)
+    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                   env, root).stdout.strip()
     (Path(purelib) / "zz_project_dependencies.pth").write_text(
         "\n".join(site.getsitepackages()) + "\n", encoding="utf-8")
-    _run([sys.executable, "-m", "pip", "--python", str(python), "check"], env, root)
+    _run([*pip, "check"], env, root)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
     return venv, env
 
@@ -85,7 +88,8 @@ from sr_writer.coding import lookup_finding_code
 from gateway.api import ui, app
 load_plans(); prompt_library()
 print(json.dumps({
-    "modules": {m.__name__: m.__file__ for m in (common, gateway, dicom_node, workflow, sender, workers, model, sr_writer, migrations)},
+    "modules": {m.__name__: m.__file__
+                for m in (common, gateway, dicom_node, workflow, sender, workers, model, sr_writer, migrations)},
     "data": [str(MIGRATIONS_DIR / "versions"), str(PLANS_PATH), str(PROMPTS_PATH),
              str(app._STATIC / "style.css"), ui.templates.env.get_template("login.html").filename],
     "code": lookup_finding_code("pleural effusion") is not None,
@@ -100,7 +104,9 @@ print(json.dumps({
     assert out["code"], "the finding code table of the installed package maps no label"
 
 
-def test_the_installed_command_migrates_serves_and_answers_c_echo(installed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_the_installed_command_migrates_serves_and_answers_c_echo(
+    installed: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
     venv, env = installed
     node_port, api_port = free_port(), free_port()
     config = tmp_path / "gateway.toml"
