@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -46,6 +47,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "ModelRun",
+    "ImageSelection",
     "Finding",
     "Document",
     "Delivery",
@@ -297,6 +299,39 @@ class ModelRun(Base):
     #: Why this image (and frame) was chosen, e.g. "CT volume: slice 2 of 3 along the normal".
     selection_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = _ts()
+    #: The task plan (model/plans.toml), the prompt of the library and the MedRegA training set
+    #: whose instruction the prompt carries (None for the demo's Chinese wording).
+    plan: Mapped[str | None] = mapped_column(String(64))
+    prompt_id: Mapped[str | None] = mapped_column(String(64))
+    training_set: Mapped[str | None] = mapped_column(String(64))
+    #: CT window the image was rendered with (model/imaging.py CT_PRESETS), or None.
+    window: Mapped[str | None] = mapped_column(String(16))
+    #: frontal | lateral | other for projection radiographs.
+    view: Mapped[str | None] = mapped_column(String(16))
+    #: The answer reached max_new_tokens without <|im_end|>: cut off (the SR is PARTIAL).
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Sentences left out of the findings: [{"sentence": ..., "reason": ...}] (model/checks.py).
+    removed_sentences: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+
+
+class ImageSelection(Base):
+    """Why an instance of a job went to the model or not (model/selection.py), one row each.
+
+    A row without ``instance_id`` speaks for a series ("497 of 500 slices not sent").
+    """
+
+    __tablename__ = "image_selections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    frame_number: Mapped[int | None] = mapped_column(Integer)
+    chosen: Mapped[bool] = mapped_column(Boolean)
+    #: The plan a chosen image got.
+    plan: Mapped[str | None] = mapped_column(String(64))
+    view: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
 
 
 class Finding(Base):

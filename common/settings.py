@@ -161,6 +161,19 @@ class ModelSettings(_Section):
     slices_per_volume: int = Field(3, ge=1)
     #: Task plans file; empty means the plans shipped with the gateway.
     plans_path: str = ""
+    prompt_layout: Literal["training", "demo"] = Field("training", description=(
+        "where the picture goes in the first user turn: \"training\" (`'<image>\\n' + instruction + ' ' + "
+        "question`, as MedRegA's training code built it) or \"demo\" (`instruction + ' <image>\\n' + question`, "
+        "as MedRegA's demo file writes it)"))
+    original_primary_only: bool = Field(True, description=(
+        "only images whose Image Type (0008,0008) is ORIGINAL\\PRIMARY go to the model"))
+    exclude_localizers: bool = Field(True, description=(
+        "leave out localizers (Image Type LOCALIZER) and CT/MR series of fewer than min_volume_slices images"))
+    min_volume_slices: int = Field(3, ge=1, description="a CT/MR series of fewer single-frame images is no volume")
+    exclude_secondary_capture: bool = Field(True, description=(
+        "leave out Secondary Capture images (screen captures, dose sheets)"))
+    exclude_burned_in_annotation: bool = Field(True, description=(
+        "leave out images with Burned In Annotation (0028,0301) YES"))
     #: Seed of the tiny random model (tests only).
     tiny_seed: int = 0
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 __all__ = ["DEID_BLANK", "PRIOR_STUDY", "Removed", "Screened", "screen_text"]
 
-DEID_BLANK = "de-identification blank"
-PRIOR_STUDY = "refers to a prior study that was not provided"
+DEID_BLANK = "deid_blank"
+PRIOR_STUDY = "prior_study"
 
 _BLANK = re.compile(r"_{2,}")
 _PRIOR = re.compile(

@@ -44,6 +44,7 @@ class ImagingError(ValueError):
 CT_PRESETS: dict[str, tuple[float, float]] = {
     "brain": (40.0, 80.0),
     "soft_tissue": (40.0, 400.0),
+    "mediastinum": (40.0, 350.0),
     "lung": (-600.0, 1500.0),
     "bone": (400.0, 1800.0),
 }
@@ -170,7 +171,8 @@ def _padding_mask(ds: Dataset, domain: np.ndarray) -> np.ndarray | None:
     return (domain >= lo) & (domain <= hi)
 
 
-def _grey_lut(ds: Dataset, px: Dataset, frame: np.ndarray, photometric: str) -> tuple[np.ndarray, str]:
+def _grey_lut(ds: Dataset, px: Dataset, frame: np.ndarray, photometric: str,
+              window: str | None = None) -> tuple[np.ndarray, str]:
     """An 8-bit output for every stored value the frame holds, indexed by the value's bits.
 
     The returned table has 2**bits entries (indexed by the unsigned view of the stored value);
@@ -185,8 +187,12 @@ def _grey_lut(ds: Dataset, px: Dataset, frame: np.ndarray, photometric: str) -> 
         warnings.simplefilter("ignore")  # pydicom warns about odd but usable LUT descriptors
         modality = apply_modality_lut(domain, px).astype(np.float64, copy=False)
         has_voi = "WindowCenter" in px or bool(px.get("VOILUTSequence"))
-        if not has_voi and str(ds.get("Modality", "")).upper() == "CT":
-            preset = ct_preset_for(ds.get("BodyPartExamined"))
+        is_ct = str(ds.get("Modality", "")).upper() == "CT"
+        if is_ct and (window is not None or not has_voi):
+            preset = window or ct_preset_for(ds.get("BodyPartExamined"))
+            for keyword in ("VOILUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction"):
+                if keyword in px:
+                    delattr(px, keyword)
             px.WindowCenter, px.WindowWidth = CT_PRESETS[preset]
             px.VOILUTFunction = "LINEAR"
             how = f"preset ct-{preset.replace('_', '-')}"
@@ -242,12 +248,17 @@ def _to_uint8(rgb: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(np.rint(rgb.astype(np.float32) * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
-def prepare_image(source: str | Path | Dataset, frame_number: int | None = None) -> PreparedImage:
+def prepare_image(source: str | Path | Dataset, frame_number: int | None = None,
+                  window: str | None = None) -> PreparedImage:
     """Decode one frame of a DICOM image and render it as RGB at its source size.
 
     ``frame_number`` is 1-based (as Referenced Frame Number); ``None`` means the first frame of a
-    multi-frame object and the only frame of a single-frame one.
+    multi-frame object and the only frame of a single-frame one. ``window`` names a CT preset
+    (:data:`CT_PRESETS`) that replaces the header's window for a CT image (a plan's lung and
+    mediastinal renderings of one chest slice); other modalities ignore it.
     """
+    if window is not None and window not in CT_PRESETS:
+        raise ImagingError(f"unknown CT window {window!r}; known: {sorted(CT_PRESETS)}")
     ds = source if isinstance(source, Dataset) else read_dataset(source)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImagingError("the object has no pixel data")
@@ -270,7 +281,7 @@ def prepare_image(source: str | Path | Dataset, frame_number: int | None = None)
             raise ImagingError(f"unexpected {photometric} pixel array shape {frame.shape}")
         px = _pixel_module(ds, index)
         if frame.dtype.kind in "iu" and frame.dtype.itemsize <= 2:
-            lut, how = _grey_lut(ds, px, frame, photometric)
+            lut, how = _grey_lut(ds, px, frame, photometric, window)
             bits = frame.dtype.itemsize * 8
             grey = np.take(lut, frame.view(np.dtype(f"uint{bits}")))
         else:

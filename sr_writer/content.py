@@ -25,6 +25,8 @@ from .errors import InvalidContentError
 __all__ = [
     "AlgorithmInfo",
     "RegionFinding",
+    "ImageFinding",
+    "Note",
     "ReportContent",
     "LANGUAGES",
     "validate_content",
@@ -72,6 +74,33 @@ class RegionFinding:
     pixels: tuple[float, float, float, float]
     #: (row spacing, column spacing) in mm, as Pixel Spacing (0028,0030); ``None`` if unknown.
     pixel_spacing: tuple[float, float] | None
+    #: The language of ``description`` when it is not the document's (a task trained in one
+    #: language only); the Comment then carries its own TID 1204 Language of Content Item.
+    description_language: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageFinding:
+    """A coded finding about a whole image (a classification answer mapped to a trained option)."""
+
+    #: (Code Value, Coding Scheme Designator, Code Meaning in the document's language).
+    code: tuple[str, str, str]
+    #: The image it was inferred from: (SOP Class UID, SOP Instance UID, frame or None).
+    source: tuple[str, str, int | None]
+
+
+@dataclass(frozen=True)
+class Note:
+    """A remark about the results that is not a finding (a cut-off answer, a sentence left out)."""
+
+    #: "truncated" | "prior_study" | "deid_blank" | "unmapped" (sr_writer.wording words each).
+    kind: str
+    #: The task and training set concerned, e.g. "report (mimiccxr_train_rg)".
+    task: str
+    #: The sentence left out, or the answer, as the model wrote it.
+    text: str = ""
+    #: The language of ``text``.
+    text_language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +130,14 @@ class ReportContent:
     #: The installation's UID root (a UUID, ``common.models.Installation``): the SR's and the
     #: presentation states' UIDs derive from it. ``None``: the fixed default (tests, samples).
     uid_root: str | None = None
+    #: For each report text, its language when it is not the document's (None or empty: the
+    #: document's). A task trained in one language only is reported in that language in both
+    #: SRs, and the text says so (TID 1204 on the item).
+    report_languages: Sequence[str | None] = ()
+    #: Coded findings about whole images (classification), in Qualitative Evaluations.
+    image_findings: Sequence[ImageFinding] = ()
+    #: Remarks that are not findings (truncation, sentences left out), in Qualitative Evaluations.
+    notes: Sequence[Note] = ()
 
 
 def is_multiframe(dataset: pydicom.Dataset) -> bool:
@@ -162,6 +199,17 @@ def validate_content(content: ReportContent) -> None:
         raise InvalidContentError("report_texts must be a sequence of strings, not one string")
     if content.report_sources and len(content.report_sources) != len(content.report_texts):
         raise InvalidContentError("report_sources must have one entry per report text (or be empty)")
+    if content.report_languages and len(content.report_languages) != len(content.report_texts):
+        raise InvalidContentError("report_languages must have one entry per report text (or be empty)")
+    for other in [*content.report_languages, *(r.description_language for r in content.regions),
+                  *(n.text_language for n in content.notes)]:
+        if other is not None and other not in LANGUAGES:
+            raise InvalidContentError(f"a text's language must be one of {LANGUAGES}, not {other!r}")
+    for finding in content.image_findings:
+        if len(finding.code) != 3 or not all(finding.code):
+            raise InvalidContentError("an image finding's code must be (value, scheme, meaning)")
+        if finding.source[1] not in {str(ds.SOPInstanceUID) for ds in content.evidence}:
+            raise InvalidContentError(f"an image finding references {finding.source[1]}, which is not in evidence")
     if not isinstance(content.study_version, int) or content.study_version < 1:
         raise InvalidContentError(f"study_version must be an integer >= 1, not {content.study_version!r}")
     if not isinstance(content.content_datetime, datetime.datetime):

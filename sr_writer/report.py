@@ -37,6 +37,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
     AlgorithmIdentification,
     CodeContentItem,
+    ContentItem,
     CodedConcept,
     Comprehensive3DSR,
     ContainerContentItem,
@@ -65,7 +66,14 @@ from pydicom.sr.codedict import codes
 from common.uids import derive_uid
 
 from . import coding, wording
-from .content import RegionFinding, ReportContent, evidence_by_sop_uid, referenced_frame, validate_content
+from .content import (
+    ImageFinding,
+    RegionFinding,
+    ReportContent,
+    evidence_by_sop_uid,
+    referenced_frame,
+    validate_content,
+)
 from .header import (
     CHARACTER_SET,
     MANUFACTURER,
@@ -225,16 +233,29 @@ def _region_group(region: RegionFinding, content: ReportContent, image: Dataset)
                 item.ContentSequence.append(coordinates)
             else:
                 item.ContentSequence = ContentSequence([coordinates])
-    comments = [finding.meaning]
+    comments: list[tuple[str, str | None]] = [(finding.meaning, None)]
     if region.description:
-        comments.append(clean_text(region.description))
-    for text in comments:
-        container.ContentSequence.append(
-            TextContentItem(
-                name=coding.COMMENT, value=text, relationship_type=RelationshipTypeValues.CONTAINS
-            )
-        )
+        comments.append((clean_text(region.description), region.description_language))
+    for text, language in comments:
+        item = TextContentItem(name=coding.COMMENT, value=text, relationship_type=RelationshipTypeValues.CONTAINS)
+        _mark_language(item, language, content.language)
+        container.ContentSequence.append(item)
     return group, finding
+
+
+def _mark_language(item: ContentItem, language: str | None, document_language: str) -> None:
+    """Give ``item`` its own TID 1204 Language of Content Item when it is not in the document's.
+
+    A task MedRegA was trained in one language only is reported in that language in both SRs
+    (PS3.16 TID 1204, HAS CONCEPT MOD on the item).
+    """
+    if language is None or language == document_language:
+        return
+    modifier = LanguageOfContentItemAndDescendants(coding.language_code(language))
+    if "ContentSequence" in item:
+        item.ContentSequence.extend(modifier)
+    else:
+        item.ContentSequence = ContentSequence(list(modifier))
 
 
 def image_library(evidence: Sequence[Dataset]) -> ContainerContentItem:
@@ -270,34 +291,59 @@ def image_library(evidence: Sequence[Dataset]) -> ContainerContentItem:
     return library
 
 
+def _inferred_from(item: ContentItem, source: tuple[str, str, int | None] | None,
+                   evidence: dict[str, Dataset] | None) -> None:
+    """An IMAGE child INFERRED FROM the image (and frame) the item was read from."""
+    if source is None or evidence is None or source[1] not in evidence:
+        return
+    sop_class_uid, sop_instance_uid, frame = source
+    image = ImageContentItem(
+        name=coding.SOURCE_OF_MEASUREMENT,
+        referenced_sop_class_uid=sop_class_uid,
+        referenced_sop_instance_uid=sop_instance_uid,
+        referenced_frame_numbers=referenced_frame(evidence[sop_instance_uid], frame),
+        relationship_type=RelationshipTypeValues.INFERRED_FROM,
+    )
+    if "ContentSequence" in item:
+        item.ContentSequence.append(image)
+    else:
+        item.ContentSequence = ContentSequence([image])
+
+
 def _texts_container(
     texts: Sequence[str],
     sources: Sequence[tuple[str, str, int | None] | None] = (),
     evidence: dict[str, Dataset] | None = None,
+    *,
+    languages: Sequence[str | None] = (),
+    document_language: str = "",
+    image_findings: Sequence[ImageFinding] = (),
+    notes: Sequence[str] = (),
 ) -> ContainerContentItem:
-    """Qualitative Evaluations: each report text, INFERRED FROM the image it was written from."""
+    """Qualitative Evaluations: each report text and each coded image finding, INFERRED FROM the
+    image it was read from; a text in another language than the document's says which (TID 1204);
+    then the notes (Comment) about results that are not findings."""
     container = ContainerContentItem(
         name=coding.QUALITATIVE_EVALUATIONS,
         relationship_type=RelationshipTypeValues.CONTAINS,
         is_content_continuous=False,  # one text per paragraph, not one run-on paragraph
     )
-    items = []
-    for text, source in zip(texts, list(sources) or [None] * len(texts)):
+    items: list[ContentItem] = []
+    for code in image_findings:
+        coded = CodeContentItem(name=coding.FINDING, value=CodedConcept(*code.code),
+                                relationship_type=RelationshipTypeValues.CONTAINS)
+        _inferred_from(coded, code.source, evidence)
+        items.append(coded)
+    for text, source, language in zip(texts, list(sources) or [None] * len(texts),
+                                      list(languages) or [None] * len(texts)):
         item = TextContentItem(name=coding.FINDING, value=clean_text(text),
                                relationship_type=RelationshipTypeValues.CONTAINS)
-        if source is not None and evidence is not None and source[1] in evidence:
-            sop_class_uid, sop_instance_uid, frame = source
-            frame = referenced_frame(evidence[sop_instance_uid], frame)
-            item.ContentSequence = ContentSequence([
-                ImageContentItem(
-                    name=coding.SOURCE_OF_MEASUREMENT,
-                    referenced_sop_class_uid=sop_class_uid,
-                    referenced_sop_instance_uid=sop_instance_uid,
-                    referenced_frame_numbers=frame,
-                    relationship_type=RelationshipTypeValues.INFERRED_FROM,
-                )
-            ])
+        _mark_language(item, language, document_language)
+        _inferred_from(item, source, evidence)
         items.append(item)
+    for note in notes:
+        items.append(TextContentItem(name=coding.COMMENT, value=clean_text(note),
+                                     relationship_type=RelationshipTypeValues.CONTAINS))
     container.ContentSequence = ContentSequence(items)
     return container
 
@@ -339,14 +385,20 @@ def build_measurement_report(content: ReportContent) -> tuple[MeasurementReport,
             findings.append(finding)
         root.ContentSequence.append(measurements)
     sources = list(content.report_sources) or [None] * len(content.report_texts)
-    kept = [(text, source) for text, source in zip(content.report_texts, sources) if text and text.strip()]
-    if kept:
-        root.ContentSequence.append(
-            _texts_container([t for t, _ in kept], [s for _, s in kept], evidence_by_sop_uid(content))
-        )
-    elif not content.regions:
+    languages = list(content.report_languages) or [None] * len(content.report_texts)
+    kept = [(text, source, language) for text, source, language in zip(content.report_texts, sources, languages)
+            if text and text.strip()]
+    if not kept and not content.image_findings and not content.regions:
         # TID 1500 needs Imaging Measurements or Qualitative Evaluations: say "nothing found".
-        root.ContentSequence.append(_texts_container([wording.no_findings_text(content.language)]))
+        kept = [(wording.no_findings_text(content.language), None, None)]
+    notes = [wording.note_text(content.language, note) for note in content.notes]
+    if kept or content.image_findings or notes:
+        root.ContentSequence.append(
+            _texts_container([t for t, _, _ in kept], [s for _, s, _ in kept], evidence_by_sop_uid(content),
+                             languages=[lang for _, _, lang in kept], document_language=content.language,
+                             image_findings=content.image_findings, notes=notes)
+        )
+        findings.extend(CodedConcept(*f.code) for f in content.image_findings)
     return MeasurementReport.from_sequence([root], copy=False), findings
 
 

@@ -7,7 +7,7 @@ replay) that it comes from a test model and not from MedRegA.
 
 from __future__ import annotations
 
-from .content import AlgorithmInfo
+from .content import AlgorithmInfo, Note
 from .vr import LO, fit
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "gsps_series_description",
     "no_findings_text",
     "gsps_content_label",
+    "note_text",
 ]
 
 _TITLE = {
@@ -77,3 +78,23 @@ def gsps_content_label(algorithm: AlgorithmInfo) -> str:
 def no_findings_text(language: str) -> str:
     """The sentence written when the algorithm produced neither text nor regions."""
     return _NO_FINDINGS[language]
+
+
+_NOTES = {
+    ("en", "truncated"): "The answer to {task} stopped at the model's length limit before it was finished: "
+                         "it may be incomplete (this document is PARTIAL).",
+    ("zh", "truncated"): "模型对{task}的回答在达到生成长度上限时尚未结束，内容可能不完整（本报告标记为不完整）。",
+    ("en", "prior_study"): "Left out of the findings of {task}: the sentence refers to a prior study, "
+                           "which the model was not given: \u201c{text}\u201d",
+    ("zh", "prior_study"): "未列入{task}的结果：该句提及既往检查，而模型并未获得既往检查：\u201c{text}\u201d",
+    ("en", "deid_blank"): "Left out of the findings of {task}: the sentence holds a de-identification blank "
+                          "(___) learnt from the training reports: \u201c{text}\u201d",
+    ("zh", "deid_blank"): "未列入{task}的结果：该句含有训练报告中的去标识化空白（___）：\u201c{text}\u201d",
+    ("en", "unmapped"): "The answer to {task} names none of the trained options: \u201c{text}\u201d",
+    ("zh", "unmapped"): "模型对{task}的回答不属于训练时的任何选项：\u201c{text}\u201d",
+}
+
+
+def note_text(language: str, note: Note) -> str:
+    """The sentence of a Comment about the results that is not a finding (see :class:`Note`)."""
+    return _NOTES[(language, note.kind)].format(task=note.task, text=note.text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from sqlalchemy import select
@@ -19,6 +20,9 @@ from sqlalchemy.orm import Session
 from common.db import installation_uid_root
 from common.models import Delivery, Destination, Document, Finding, Instance, Job, ModelRun, Study
 from common.settings import Settings
+
+if TYPE_CHECKING:  # sr_writer is imported where documents are written
+    from sr_writer.content import Note
 
 __all__ = ["LANGUAGES", "build_contents", "write_job_documents", "RESULTS_DIR"]
 
@@ -48,7 +52,8 @@ def _predecessors(session: Session, job: Job, language: str) -> list[tuple[str, 
 
 def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, object]:
     """One :class:`sr_writer.content.ReportContent` per language, from the job's records."""
-    from sr_writer.content import AlgorithmInfo, RegionFinding, ReportContent
+    from sr_writer.coding import resolve_finding_codes
+    from sr_writer.content import AlgorithmInfo, ImageFinding, RegionFinding, ReportContent
 
     runs = session.scalars(select(ModelRun).where(ModelRun.job_id == job.id).order_by(ModelRun.id)).all()
     if not runs:
@@ -64,36 +69,55 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
     spacing = {row.sop_instance_uid: tuple(row.pixel_spacing) if row.pixel_spacing else None for row in instances}
 
     uid_root = installation_uid_root(session)
+    findings_of: dict[int, list[Finding]] = {run.id: [] for run in runs}
+    for f in session.scalars(select(Finding).where(Finding.job_id == job.id).order_by(Finding.id)):
+        findings_of[f.model_run_id].append(f)
+
     contents: dict[str, object] = {}
     for language in LANGUAGES:
-        findings = session.scalars(
-            select(Finding).where(Finding.job_id == job.id, Finding.language == language).order_by(Finding.id)
-        ).all()
-        regions = [
-            RegionFinding(
+        # Each run's findings in this language; a task trained in one language only (every run
+        # is asked in one) is reported in that language in both SRs, and each text says so.
+        chosen: list[Finding] = []
+        for run in runs:
+            own = [f for f in findings_of[run.id] if f.language == language]
+            chosen.extend(own or findings_of[run.id])
+        other = [f for f in chosen if f.language != language]
+        seen: set[str] = set()
+        regions = []
+        for f in [f for f in chosen if f.language == language] + other:  # a matched pair: its own language
+            if f.kind != "region" or f.tracking_uid in seen:
+                continue
+            seen.add(f.tracking_uid)
+            code = (f.code_value, f.code_scheme, f.code_meaning) if f.code_value else None
+            if f.language != language:  # the same code, its meaning in this SR's language
+                code = resolve_finding_codes({f.language: f.label, language: f.label})[language]
+            regions.append(RegionFinding(
                 tracking_uid=f.tracking_uid,
                 tracking_identifier=f.tracking_identifier,
                 label=f.label,
                 description=f.text,
-                code=(f.code_value, f.code_scheme, f.code_meaning) if f.code_value else None,
+                code=code,
                 referenced_sop_class_uid=f.referenced_sop_class_uid,
                 referenced_sop_instance_uid=f.referenced_sop_instance_uid,
                 frame_number=f.frame_number,
                 pixels=(f.px_x1, f.px_y1, f.px_x2, f.px_y2),
                 pixel_spacing=spacing.get(f.referenced_sop_instance_uid),
-            )
-            for f in findings if f.kind == "region"
-        ]
-        reports = [f for f in findings if f.kind == "report" and f.text]
-        texts = [f.text for f in reports]
-        sources = [(f.referenced_sop_class_uid, f.referenced_sop_instance_uid, f.frame_number)
-                   if f.referenced_sop_instance_uid else None for f in reports]
+                description_language=f.language if f.text and f.language != language else None,
+            ))
+        reports = [f for f in chosen if f.kind == "report" and f.text]
+        coded = [ImageFinding(code=(f.code_value, f.code_scheme, f.code_meaning),
+                              source=(f.referenced_sop_class_uid, f.referenced_sop_instance_uid, f.frame_number))
+                 for f in chosen if f.kind == "classification" and f.language == language]
         contents[language] = ReportContent(
             language=language,
             evidence=evidence,
-            report_texts=texts,
-            report_sources=sources,
-            complete=not job.images_skipped,
+            report_texts=[f.text for f in reports],
+            report_sources=[(f.referenced_sop_class_uid, f.referenced_sop_instance_uid, f.frame_number)
+                            if f.referenced_sop_instance_uid else None for f in reports],
+            report_languages=[f.language if f.language != language else None for f in reports],
+            image_findings=coded,
+            notes=_notes(runs, findings_of),
+            complete=not job.images_skipped and not any(run.truncated for run in runs),
             regions=regions,
             algorithm=algorithm,
             study_version=job.study_version,
@@ -102,6 +126,22 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
             uid_root=uid_root,
         )
     return contents
+
+
+def _notes(runs: Sequence[ModelRun], findings_of: dict[int, list[Finding]]) -> list[Note]:
+    """What the SR says about answers that are not findings: cut off, sentences left out, unmapped."""
+    from sr_writer.content import Note
+
+    notes: list[Note] = []
+    for run in runs:
+        task = f"{run.task} ({run.training_set or run.prompt_id or run.task})"
+        if run.truncated:
+            notes.append(Note("truncated", task))
+        for removed in run.removed_sentences or []:
+            notes.append(Note(removed["reason"], task, removed["sentence"], run.language))
+        if run.task == "classification" and not findings_of[run.id] and run.raw_answer.strip():
+            notes.append(Note("unmapped", task, run.raw_answer.strip(), run.language))
+    return notes
 
 
 def _destinations(session: Session, names: Sequence[str]) -> Sequence[Destination]:

@@ -33,6 +33,7 @@ from common.models import (
     DeliveryState,
     Document,
     Finding,
+    ImageSelection,
     Instance,
     Job,
     JobEvent,
@@ -120,12 +121,33 @@ def _heartbeat(job_id: int) -> Callable[[str], None]:
     return beat
 
 
+def _record_selection(session, job_id: int, analysis, instance_ids: dict[str, int]) -> None:
+    """One ``image_selections`` row per choice and per exclusion, with its reason (issue 14)."""
+    plans = {(choice.image.sop_instance_uid, choice.frame_number): plan for choice, plan in analysis.plans}
+    for choice in analysis.selection.chosen:
+        skipped = next((why for image, why in analysis.skipped if image.sop_instance_uid == choice.image.sop_instance_uid), None)
+        session.add(ImageSelection(
+            job_id=job_id, instance_id=instance_ids.get(choice.image.sop_instance_uid),
+            series_instance_uid=choice.image.series_instance_uid, frame_number=choice.frame_number,
+            chosen=skipped is None, plan=plans.get((choice.image.sop_instance_uid, choice.frame_number)),
+            view=choice.view, reason=choice.reason if skipped is None else f"{choice.reason}; could not be read: {skipped}",
+        ))
+    for decision in analysis.selection.excluded:
+        image = decision.image
+        session.add(ImageSelection(
+            job_id=job_id, instance_id=instance_ids.get(image.sop_instance_uid) if image else None,
+            series_instance_uid=decision.series_instance_uid, frame_number=None, chosen=False,
+            reason=_db_text(decision.reason),
+        ))
+
+
 def _infer(job_id: int) -> None:
     """Run the model over the job's images and record model runs and findings (one transaction)."""
     from common.uids import derive_uid
-    from model.analysis import SourceImage, analyse_study, number_regions
+    from model.analysis import SourceImage, analyse, number_regions
     from model.backends import load_backend
-    from model.prompts import REGION_TASKS
+    from model.classification import coded_option
+    from model.prompts import LANGUAGES, REGION_TASKS
 
     cfg = settings()
     with session_scope(cfg.database_url) as session:
@@ -165,8 +187,8 @@ def _infer(job_id: int) -> None:
 
     hold_point("job.running")
     backend = load_backend(cfg.model)
-    skipped: list = []
-    results = analyse_study(images, backend, cfg.model, progress=_heartbeat(job_id), skipped=skipped)
+    analysis = analyse(images, backend, cfg.model, progress=_heartbeat(job_id))
+    results, skipped = analysis.runs, analysis.skipped
     identity = backend.identity
 
     with session_scope(cfg.database_url) as session:
@@ -177,6 +199,8 @@ def _infer(job_id: int) -> None:
         # Remove what an interrupted earlier attempt may have written, then record afresh.
         session.execute(delete(Finding).where(Finding.job_id == job_id))
         session.execute(delete(ModelRun).where(ModelRun.job_id == job_id))
+        session.execute(delete(ImageSelection).where(ImageSelection.job_id == job_id))
+        _record_selection(session, job_id, analysis, instance_ids)
         numbers = number_regions(results)
         codes = _finding_codes(results)
         n_regions = 0
@@ -195,18 +219,36 @@ def _infer(job_id: int) -> None:
                 raw_answer=_db_text(result.raw_answer),
                 duration_s=result.duration_s,
                 selection_reason=result.selection_reason,
+                plan=result.plan or None,
+                prompt_id=result.prompt_id or None,
+                training_set=result.training_set,
+                window=result.window,
+                view=result.view,
+                truncated=result.truncated,
+                removed_sentences=[{"sentence": _db_text(r.sentence), "reason": r.reason} for r in result.removed] or None,
             )
             session.add(run)
             session.flush()
+            where = dict(referenced_sop_instance_uid=result.image.sop_instance_uid,
+                         referenced_sop_class_uid=result.image.sop_class_uid, frame_number=result.frame_number)
+            if result.task == "classification":
+                # A coded finding about the whole image, in both languages (model/classification.py).
+                if result.classification is not None:
+                    option = result.classification.option
+                    for language in LANGUAGES:
+                        value, scheme, meaning = coded_option(option, language)
+                        session.add(Finding(job_id=job_id, model_run_id=run.id, language=language,
+                                            kind="classification", label=option[:256], code_value=value,
+                                            code_scheme=scheme, code_meaning=meaning[:256], **where))
+                continue
+            if result.task == "region_to_text":
+                continue  # its answer is the description of the detection box it was asked about
             # Report text; a region answer's own text is kept only when it named no region
             # ("nothing found" is a finding), since its descriptions go with the regions.
             if result.unparsed or (result.text and (result.task not in REGION_TASKS or not result.regions)):
                 session.add(Finding(job_id=job_id, model_run_id=run.id, language=result.language, kind="report",
                                     text=_db_text(result.text if not result.unparsed else result.raw_answer),
-                                    unparsed=result.unparsed,
-                                    referenced_sop_instance_uid=result.image.sop_instance_uid,
-                                    referenced_sop_class_uid=result.image.sop_class_uid,
-                                    frame_number=result.frame_number))
+                                    unparsed=result.unparsed, **where))
             for region in result.regions:
                 code_value, code_scheme, code_meaning = codes[region.match_key][result.language]
                 x1, y1, x2, y2 = region.box
@@ -217,17 +259,19 @@ def _infer(job_id: int) -> None:
                     code_value=code_value, code_scheme=code_scheme, code_meaning=code_meaning,
                     box_x1=x1, box_y1=y1, box_x2=x2, box_y2=y2,
                     px_x1=px1, px_y1=py1, px_x2=px2, px_y2=py2,
-                    referenced_sop_instance_uid=result.image.sop_instance_uid,
-                    referenced_sop_class_uid=result.image.sop_class_uid,
-                    frame_number=result.frame_number,
                     tracking_uid=derive_uid("tracking", study_uid, str(version), region.match_key,
                                             root=uid_root),
                     tracking_identifier=f"region {numbers[region.match_key]}",
+                    **where,
                 ))
                 n_regions += 1
         job = session.get(Job, job_id)
         job.images_skipped = len(skipped)
-        detail = f"{len(results)} model runs, {n_regions} region boxes, model {identity.name}"
+        truncated = sum(r.truncated for r in results)
+        detail = (f"{len(results)} model runs, {n_regions} region boxes, model {identity.name}; "
+                  f"{len(analysis.selection.chosen)} image(s) chosen, {len(analysis.selection.excluded)} left out")
+        if truncated:
+            detail += f"; {truncated} answer(s) cut off at max_new_tokens"
         if skipped:
             detail += "; could not read " + "; ".join(f"{image.sop_instance_uid}: {why}" for image, why in skipped)
         record_event(session, job, JobState.INFERRED, detail)

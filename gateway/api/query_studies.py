@@ -16,12 +16,26 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from common.models import Delivery, DeliveryState, Document, Instance, Job, JobEvent, Series, Study
+from common.models import (
+    Delivery,
+    DeliveryState,
+    Document,
+    ImageSelection,
+    Instance,
+    Job,
+    JobEvent,
+    ModelRun,
+    Series,
+    Study,
+)
 from .pagination import after_cursor, as_utc, encode_cursor, to_db
 from .query_findings import FindingFilters, search_findings
 from .schemas import (
     DeliveryAttemptOut,
     DeliveryOut,
+    ImageSelectionOut,
+    ModelRunOut,
+    RemovedSentenceOut,
     SeriesOut,
     StudyDetail,
     StudyOut,
@@ -269,4 +283,43 @@ def study_detail(session: Session, study: Study, *, show_identifiers: bool) -> S
         timeline=study_timeline(session, study),
         deliveries=study_deliveries(session, study),
         findings=findings,
+        image_selection=study_image_selection(session, study),
+        model_runs=study_model_runs(session, study),
     )
+
+
+def study_image_selection(session: Session, study: Study) -> list[ImageSelectionOut]:
+    """Every image of every job of ``study`` chosen for the model or left out, with the reason."""
+    rows = session.execute(
+        select(ImageSelection, Job.study_version, Instance.sop_instance_uid)
+        .join(Job, Job.id == ImageSelection.job_id)
+        .outerjoin(Instance, Instance.id == ImageSelection.instance_id)
+        .where(Job.study_id == study.id)
+        .order_by(Job.study_version, ImageSelection.chosen.desc(), ImageSelection.id)
+    ).all()
+    return [
+        ImageSelectionOut(job_id=sel.job_id, study_version=version, series_instance_uid=sel.series_instance_uid,
+                          sop_instance_uid=uid, frame_number=sel.frame_number, chosen=sel.chosen, plan=sel.plan,
+                          view=sel.view, reason=sel.reason)
+        for sel, version, uid in rows
+    ]
+
+
+def study_model_runs(session: Session, study: Study) -> list[ModelRunOut]:
+    """The prompts each image of ``study`` got: plan, training set, window, truncation, removals."""
+    rows = session.execute(
+        select(ModelRun, Job.study_version, Instance.sop_instance_uid)
+        .join(Job, Job.id == ModelRun.job_id)
+        .join(Instance, Instance.id == ModelRun.instance_id)
+        .where(Job.study_id == study.id)
+        .order_by(Job.study_version, ModelRun.id)
+    ).all()
+    return [
+        ModelRunOut(id=run.id, job_id=run.job_id, study_version=version, sop_instance_uid=uid,
+                    frame_number=run.frame_number, plan=run.plan, prompt_id=run.prompt_id,
+                    training_set=run.training_set, task=run.task, language=run.language, window=run.window,
+                    view=run.view, truncated=bool(run.truncated),
+                    removed_sentences=[RemovedSentenceOut(**r) for r in run.removed_sentences or []],
+                    selection_reason=run.selection_reason)
+        for run, version, uid in rows
+    ]

@@ -198,12 +198,54 @@ class DeliveryPage(BaseModel):
     next_cursor: str | None
 
 
+class ImageSelectionOut(BaseModel):
+    """Why an image went to the model or not (model/selection.py)."""
+
+    job_id: int
+    study_version: int
+    series_instance_uid: str
+    sop_instance_uid: str | None = Field(description="null: a note about the series (slices not sent)")
+    frame_number: int | None
+    chosen: bool
+    plan: str | None = Field(description="the task plan a chosen image got (model/plans.toml)")
+    view: str | None = Field(description="frontal, lateral or other (projection radiographs)")
+    reason: str
+
+
+class RemovedSentenceOut(BaseModel):
+    sentence: str
+    reason: str = Field(description="prior_study or deid_blank (model/checks.py)")
+
+
+class ModelRunOut(BaseModel):
+    """One trained prompt asked about one image."""
+
+    id: int
+    job_id: int
+    study_version: int
+    sop_instance_uid: str
+    frame_number: int | None
+    plan: str | None
+    prompt_id: str | None
+    training_set: str | None = Field(description="MedRegA training set whose instruction the prompt carries")
+    task: str
+    language: str
+    window: str | None
+    view: str | None
+    truncated: bool = Field(description="the answer stopped at max_new_tokens without <|im_end|>")
+    removed_sentences: list[RemovedSentenceOut]
+    selection_reason: str | None
+
+
 class StudyDetail(BaseModel):
     study: StudyOut
     series: list[SeriesOut]
     timeline: Timeline
     deliveries: list[DeliveryOut]
     findings: list[FindingOut]
+    image_selection: list[ImageSelectionOut] = Field(
+        default_factory=list, description="every image chosen for the model or left out, with the reason")
+    model_runs: list[ModelRunOut] = Field(default_factory=list, description="the prompts each image got")
 
 
 class AuditEventOut(_Out):

@@ -71,38 +71,55 @@ class DemoPACS:
             self._server.shutdown()
 
 
-def demo_replay_lines(images: dict[str, str]) -> list[dict[str, str]]:
+def demo_replay_lines(images: dict[str, str]) -> list[dict[str, object]]:
     """Recorded answers in MedRegA's output format for the demo study.
 
-    ``images`` maps each SOP Instance UID to its modality; answers are keyed on the UIDs so that
-    each image gets an answer that fits it.
+    Answers are keyed on the trained instruction of each prompt (``training_set``, see
+    model/backends/replay.py), so the demo shows which image got which trained task: the chest
+    PA film the MIMIC-CXR report (with a comparison to a prior study, which the gateway leaves
+    out and flags), grounded reports and CheXpert/VinDr-CXR classification; the lateral film
+    CheXpert only; the chest CT slices the Chinese report, detection of lungs, heart and aorta in
+    their windows and a description of each box; the brain MR slices the Chinese report.
+    ``images`` maps each SOP Instance UID to its modality (the CT and MR reports differ).
     """
-    region = {
-        "CR": ("<ref>right lung</ref><box>[[102, 106, 481, 910]]</box>, <ref>left lung</ref>"
-               "<box>[[535, 128, 923, 889]]</box>: No focal consolidation, pleural effusion, or pneumothorax "
-               "is seen. <ref>heart</ref><box>[[420, 480, 700, 790]]</box>: The cardiac silhouette is mildly "
-               "enlarged.",
-               "<ref>右肺</ref><box>[[104, 108, 480, 905]]</box>，<ref>左肺</ref><box>[[536, 130, 920, 890]]</box>"
-               "：未见明确实变、胸腔积液或气胸。<ref>心脏</ref><box>[[418, 482, 702, 788]]</box>：心影稍增大。"),
-        "CT": ("<ref>vertebral body</ref><box>[[402, 560, 598, 790]]</box>: No destructive lesion.",
-               "<ref>椎体</ref><box>[[400, 562, 600, 788]]</box>：未见骨质破坏。"),
-        "MR": ("No focal abnormality is located.", "未见明确异常。"),
+    lines: list[dict[str, object]] = [
+        {"training_set": "mimiccxr_train_rg",
+         "answer": "Findings: In comparison with the study of ___, there is little overall change. The lungs are "
+                   "clear without focal consolidation. The cardiac silhouette is mildly enlarged. No pleural "
+                   "effusion or pneumothorax. Impression: Mild cardiomegaly without acute cardiopulmonary process."},
+        {"training_set": "grounded_reports_mimiccxr", "prompt_contains": "<ref>right lung</ref>, <ref>left lung</ref>",
+         "answer": "<ref>right lung</ref><box>[[102, 106, 481, 910]]</box>, <ref>left lung</ref><box>[[535, 128, "
+                   "923, 889]]</box>: No focal consolidation, pleural effusion, or pneumothorax is seen."},
+        {"training_set": "grounded_reports_mimiccxr", "prompt_contains": "<ref>cardiac silhouette</ref>",
+         "answer": "<ref>cardiac silhouette</ref><box>[[420, 480, 700, 790]]</box>: The cardiac silhouette is "
+                   "mildly enlarged."},
+        {"training_set": "grounded_reports_mimiccxr", "prompt_contains": "<ref>mediastinum</ref>",
+         "answer": "<ref>mediastinum</ref><box>[[430, 120, 590, 520]]</box>: The mediastinal contours are normal."},
+        {"training_set": "grounded_reports_mimiccxr", "prompt_contains": "costophrenic",
+         "answer": "<ref>right costophrenic angle</ref><box>[[95, 790, 250, 930]]</box>, <ref>left costophrenic "
+                   "angle</ref><box>[[760, 790, 925, 930]]</box>: The costophrenic angles are sharp."},
+        {"training_set": "chexpert_train_cls", "answer": "Cardiomegaly"},
+        {"training_set": "vindrcxr_train_cls", "answer": "Cardiomegaly"},
+    ]
+    boxes = {
+        "right lung": "[[118, 212, 468, 790]]",
+        "left lung": "[[530, 214, 880, 792]]",
+        "heart": "[[380, 420, 640, 760]]",
+        "aorta": "[[470, 300, 560, 420]]",
     }
-    report = {
-        "CR": ("Findings: The lungs are clear. The cardiac silhouette is mildly enlarged. "
-               "Impression: Mild cardiomegaly without acute cardiopulmonary process.",
-               "影像诊断：双肺野清晰，未见明确实变影；心影稍增大。影像结论：心影稍大，余未见明显异常。"),
-        "CT": ("Findings: Axial CT slice without focal abnormality. Impression: No acute finding.",
-               "影像诊断：所示层面未见明确异常密度影。影像结论：未见明显异常。"),
-        "MR": ("Findings: Single MR slice without focal signal abnormality. Impression: Unremarkable.",
-               "影像诊断：所示层面未见明确异常信号。影像结论：未见明显异常。"),
+    for organ, box in boxes.items():
+        lines.append({"training_set": "text2region", "prompt_contains": f"<ref>{organ}</ref>",
+                      "answer": f"<ref>{organ}</ref><box>{box}</box>"})
+        lines.append({"training_set": "region2text", "prompt_contains": box, "answer": organ})
+    reports = {
+        "CT": "影像诊断：所示层面双肺纹理清晰，未见明确实变及结节影；心影大小形态未见异常，主动脉未见增宽。"
+              "影像结论：胸部CT所示层面未见明显异常。",
+        "MR": "影像诊断：所示层面脑实质信号均匀，未见异常信号影，脑室系统未见扩大，中线结构居中。"
+              "影像结论：头颅MR所示层面未见明显异常。",
     }
-    lines: list[dict[str, str]] = []
     for uid, modality in images.items():
-        for i, language in enumerate(("en", "zh")):
-            lines.append({"sop_instance_uid": uid, "language": language, "prompt_contains": "<ref>",
-                          "answer": region[modality][i]})
-            lines.append({"sop_instance_uid": uid, "language": language, "answer": report[modality][i]})
+        if modality in reports:
+            lines.append({"sop_instance_uid": uid, "language": "zh", "answer": reports[modality]})
     return lines
 
 
@@ -149,10 +166,16 @@ def _print_item(item: pydicom.Dataset, out, depth: int) -> None:
     name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
     vt = item.ValueType
     pad = "    " * depth
+    children = item.get("ContentSequence", []) if vt in ("TEXT", "CODE") else []
+    language = next((c.ConceptCodeSequence[0].CodeValue for c in children
+                     if c.ConceptNameCodeSequence[0].CodeMeaning == "Language of Content Item and Descendants"), None)
+    on = next((c.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for c in children if c.ValueType == "IMAGE"), None)
+    where = (f" [text in {language}]" if language else "") + (f" (read from {on})" if on else "")
     if vt == "TEXT":
-        print(f"{pad}{name}: {item.TextValue}", file=out)
+        print(f"{pad}{name}: {item.TextValue}{where}", file=out)
     elif vt == "CODE":
-        print(f"{pad}{name}: {item.ConceptCodeSequence[0].CodeMeaning}", file=out)
+        code = item.ConceptCodeSequence[0]
+        print(f"{pad}{name}: {code.CodeMeaning} ({code.CodingSchemeDesignator} {code.CodeValue}){where}", file=out)
     elif vt == "UIDREF" and name == "Tracking Unique Identifier":
         print(f"{pad}{name}: {item.UID}", file=out)
     elif vt == "SCOORD":

@@ -24,6 +24,7 @@ from common.models import (
     DeliveryState,
     Document,
     Finding,
+    ImageSelection,
     Instance,
     Job,
     JobEvent,
@@ -151,16 +152,26 @@ def make_study(
     for state, s in steps:
         session.add(JobEvent(job_id=job.id, state=state, at=t0 + dt.timedelta(seconds=s)))
 
+    if job_state not in (JobState.FAILED, JobState.DEAD):
+        session.add(ImageSelection(job_id=job.id, instance_id=instance.id, series_instance_uid=series.series_instance_uid,
+                                   chosen=True, plan="chest-xray-frontal", view="frontal",
+                                   reason=f"{modality} frontal view (View Position PA)"))
+        session.add(ImageSelection(job_id=job.id, instance_id=None, series_instance_uid=series.series_instance_uid,
+                                   chosen=False, reason="localizer (Image Type ORIGINAL\\PRIMARY\\LOCALIZER)"))
     findings: list[Finding] = []
     documents: list[Document] = []
     deliveries: list[Delivery] = []
     inferred = job_state not in (JobState.FAILED, JobState.DEAD)
     for lang_index, language in enumerate(("en", "zh") if inferred else ()):
         run = ModelRun(
-            job_id=job.id, instance_id=instance.id, language=language, task="region_grounding",
+            job_id=job.id, instance_id=instance.id, language=language, task="grounded_report",
             backend="medrega", model_name=model_name, model_version="1.0", weights_id=weights_id,
             prompt="Please list the regions in this image with boxes.", raw_answer="...",
             duration_s=5.5, created_at=t0 + dt.timedelta(seconds=40 + lang_index),
+            plan="chest-xray-frontal", prompt_id="grounded_report_en", training_set="grounded_reports_mimiccxr",
+            view="frontal", truncated=language == "zh", selection_reason=f"{modality} frontal view (View Position PA)",
+            removed_sentences=[{"sentence": "Compared to prior, unchanged.", "reason": "prior_study"}]
+            if language == "en" else None,
         )
         session.add(run)
         session.flush()

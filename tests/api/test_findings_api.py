@@ -240,3 +240,28 @@ def test_audit_log_is_readable_and_exportable_but_not_writable(
             assert r.status_code == 405
     assert not [p for p in client.app.openapi()["paths"]
                 if "audit" in p and set(client.app.openapi()["paths"][p]) - {"get"}]
+
+
+def test_study_detail_and_page_show_image_selection_and_prompts(client: TestClient, env: Env,
+                                                                 studies: dict[str, StudyRows]) -> None:
+    """Issue 14: every image chosen or left out with its reason, and the trained prompts each got."""
+    from gateway.api.ui import COOKIE_NAME
+
+    cr = studies["cr"]
+    uid = cr.study.study_instance_uid
+    d = client.get(f"/api/v1/studies/{uid}", headers=env.headers()).json()
+    chosen = [s for s in d["image_selection"] if s["chosen"]]
+    left_out = [s for s in d["image_selection"] if not s["chosen"]]
+    assert [(s["sop_instance_uid"], s["plan"], s["view"]) for s in chosen] == [
+        (cr.instance.sop_instance_uid, "chest-xray-frontal", "frontal")]
+    assert left_out[0]["sop_instance_uid"] is None and left_out[0]["reason"].startswith("localizer")
+    runs = {r["language"]: r for r in d["model_runs"]}
+    assert runs["en"]["training_set"] == "grounded_reports_mimiccxr" and not runs["en"]["truncated"]
+    assert runs["en"]["removed_sentences"] == [{"sentence": "Compared to prior, unchanged.", "reason": "prior_study"}]
+    assert runs["zh"]["truncated"] and runs["zh"]["removed_sentences"] == []
+
+    page = TestClient(client.app)
+    page.cookies.set(COOKIE_NAME, env.auditor_token)
+    html = page.get(f"/ui/studies/{uid}").text
+    assert 'id="selection"' in html and "localizer (Image Type ORIGINAL" in html
+    assert "grounded_reports_mimiccxr" in html and "truncated" in html and "prior study left out" in html

@@ -35,7 +35,8 @@ def reference_answers() -> dict[int, str]:
 
 
 def reference_replay_lines(ct_uid: str, cr_uid: str) -> list[dict]:
-    """What the model "says", taken from MedRegA's own reference answers."""
+    """What the model "says", taken from MedRegA's own reference answers, for the prompts of
+    :data:`BILINGUAL_REGION_PLANS` (regions in both languages)."""
     ref = reference_answers()
     return [
         # Chest radiograph: the grounded report (two regions) and a Chinese located lesion.
@@ -47,6 +48,31 @@ def reference_replay_lines(ct_uid: str, cr_uid: str) -> list[dict]:
         {"language": "en", "prompt_contains": "report", "answer": ref[4]},
         {"language": "zh", "prompt_contains": "报告", "answer": ref[5]},
     ]
+
+
+#: A plans file (model.plans_path) asking every image for regions in both languages: the English
+#: grounded report and the Chinese locate-and-describe prompt about a disease (issue 14: that
+#: prompt never names normal anatomy), and the report in each language. The shipped plans ask
+#: each task in the one language it was trained in; the tests of bilingual region handling
+#: (pairing, codes, viewers) use this one.
+BILINGUAL_REGION_PLANS = """
+[[plans]]
+name = "bilingual-regions"
+modalities = ["*"]
+prompts = [
+  { prompt = "grounded_report_en", slots = { structures = ["right lung", "left lung"] } },
+  { prompt = "locate_describe_zh", slots = { diseases = ["病灶"] } },
+  { prompt = "report_en" },
+  { prompt = "report_zh" },
+]
+"""
+
+
+def write_bilingual_region_plans(folder: Path) -> Path:
+    """:data:`BILINGUAL_REGION_PLANS` written to ``folder``/plans.toml."""
+    path = folder / "plans.toml"
+    path.write_text(BILINGUAL_REGION_PLANS, encoding="utf-8")
+    return path
 
 
 def write_config(folder: Path, *, node_port: int, destinations: Iterable[dict], backend: str,

@@ -1,125 +1,163 @@
-"""The prompt library is MedRegA's wording; plans are complete and validated."""
+"""Every prompt is a trained MedRegA task with its trained instruction verbatim; plans are validated."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from model.plans import PlanError, load_plans, plan_for
-from model.prompts import LANGUAGES, REGION_TASKS, PromptError, prompt_library, render
+from model.plans import PlanError, load_plans, plan_for, select_plan
+from model.prompts import LAYOUTS, PromptError, prompt_library, render
+from model.training import training_set
 
 
-def test_every_reference_prompt_is_in_the_library(reference_lines: dict[int, dict]) -> None:
+def test_every_reference_prompt_is_in_the_library_in_the_demo_layout(reference_lines: dict[int, dict]) -> None:
     covered = set()
     for prompt in prompt_library().values():
-        assert prompt.references, f"{prompt.id} cites no reference line"
         for ref in prompt.references:
             human = reference_lines[ref["line"]]["conversations"][0]["value"]
-            assert prompt.render(**ref["slots"]) == human, prompt.id
+            got = prompt.render("demo", **ref["slots"])
+            lacks = ref.get("demo_lacks")
+            if lacks:  # the demo's instruction lacks one trained sentence; we send the trained one
+                assert lacks in prompt.instruction and lacks not in human
+                got = got.replace(lacks, "", 1)
+            assert got == human, prompt.id
             covered.add(ref["line"])
     assert covered == set(reference_lines), "a reference task has no prompt in the library"
 
 
-def test_library_has_report_and_region_prompts_in_both_languages() -> None:
-    for language in LANGUAGES:
-        tasks = {p.task for p in prompt_library().values() if p.language == language}
-        assert "report" in tasks
-        assert tasks & REGION_TASKS
+def test_training_layout_puts_the_image_first_and_the_instruction_verbatim() -> None:
+    for prompt in prompt_library().values():
+        if prompt.training_set:
+            assert prompt.instruction == training_set(prompt.training_set).base_prompt
+        else:  # the mixture lists no Chinese set: the demo's wording, with its source
+            assert prompt.language == "zh" and prompt.instruction_source.startswith("demo line")
+    report = render("report_en")
+    assert report == "<image>\n" + training_set("mimiccxr_train_rg").base_prompt + " "
+    detection = render("detection_en", {"structures": ["liver"], "scan": "CT scan"})
+    assert detection == ("<image>\n" + training_set("text2region").base_prompt
+                         + " Please locate <ref>liver</ref> in this CT scan.")
+    assert render("classify_chexpert_en").startswith("<image>\n" + training_set("chexpert_train_cls").base_prompt + " Please")
+    assert render("report_en", layout="demo").endswith("final diagnosis. <image>\n")
+    assert LAYOUTS == ("training", "demo")
+    with pytest.raises(PromptError, match="layout"):
+        render("report_en", layout="other")
 
 
 def test_render_checks_slots() -> None:
     with pytest.raises(PromptError):
-        render("report_en", {})
-    with pytest.raises(PromptError):
         render("report_zh", {"image": "x"})
     with pytest.raises(PromptError):
-        render("grounded_report_en", {"image": "chest x-ray image", "structures": "right lung"})
+        render("grounded_report_en", {"structures": "right lung"})
     with pytest.raises(PromptError):
         render("region_to_text_en", {"box": [1, 2, 3, 1000], "scan": "CT scan"})
+    with pytest.raises(PromptError):
+        render("locate_describe_zh", {"structures": ["右肺"]})  # it asks about diseases
     with pytest.raises(PromptError):
         render("no_such_prompt")
 
 
-def test_every_plan_has_report_and_region_per_language() -> None:
+def test_every_plan_prompt_is_a_trained_task_in_its_trained_language() -> None:
     plans = load_plans()
     assert plans[-1].name == "generic"
+    used = set()
     for plan in plans:
-        for language in LANGUAGES:
-            tasks = [p.task for p in plan.prompts if p.language == language]
-            assert tasks.count("report") == 1, plan.name
-            assert sum(t in REGION_TASKS for t in tasks) >= 1, plan.name
         for p in plan.prompts:
-            assert p.question.count("<image>") == 1
+            assert p.question.startswith("<image>\n") and p.question.count("<image>") == 1
             assert "{" not in p.question, f"unfilled slot in {plan.name}"
+            prompt = prompt_library()[p.prompt_id]
+            assert p.language == prompt.language and p.training_set == prompt.training_set
+            assert prompt.instruction in p.question
+            used.add(p.prompt_id)
+            if p.task == "classification":
+                assert p.options == training_set(p.training_set).options
+        assert plan.languages
+    assert "locate_describe_zh" not in used, "the Chinese lesion prompt must not be filled with anatomy"
+    assert {"report_en", "grounded_report_en", "classify_chexpert_en", "classify_vindrcxr_en", "report_zh",
+            "detection_en", "classify_vindrmammo_en", "classify_vindrspinexr_en", "classify_mura_en",
+            "classify_oct2017_en", "classify_isic2019_en", "classify_pannuke_en"} <= used
 
 
 @pytest.mark.parametrize(
-    ("modality", "body_part", "plan_words"),
+    ("modality", "body_part", "view", "plan", "sets"),
     [
-        ("DX", "CHEST", ["chest x-ray image", "<ref>right lung</ref>", "<ref>heart</ref>", "<ref>mediastinum</ref>", "<ref>pleura</ref>"]),
-        ("CR", "chest ", ["chest x-ray image"]),
-        ("MR", "BRAIN", ["brain MRI image"]),
-        ("CT", "ABDOMEN", ["CT image of the abdomen", "<ref>胰腺</ref>"]),
-        ("OP", None, ["fundus image", "<ref>视盘</ref>"]),
-        ("US", "ABDOMEN", ["medical image"]),
-        (None, None, ["medical image"]),
+        ("DX", "CHEST", "frontal", "chest-xray-frontal",
+         {"mimiccxr_train_rg", "grounded_reports_mimiccxr", "chexpert_train_cls", "vindrcxr_train_cls"}),
+        ("CR", "chest ", "lateral", "chest-xray-lateral", {"chexpert_train_cls"}),
+        ("DX", "LSPINE", None, "spine-xray", {"vindrspinexr_train_cls"}),
+        ("CR", "HAND", None, "msk-xray", {"mura_train_cls"}),
+        ("MG", None, None, "mammography", {"vindrmammo_train_cls"}),
+        ("CT", "CHEST", None, "chest-ct", {None, "text2region"}),
+        ("CT", "ABDOMEN", None, "abdominal-ct", {None, "text2region"}),
+        ("MR", "BRAIN", None, "mr", {None}),
+        ("OPT", None, None, "oct", {"oct2017_train_cls"}),
+        ("OP", None, None, "fundus", {"brest_train_cls", "rfmid_train_cls"}),
+        ("XC", None, None, "dermoscopy", {"isic2019_train_cls", "padufes_train_cls"}),
+        ("SM", None, None, "pathology", {"pannuke_train_cls", "pathcrc_norm"}),
+        ("US", "ABDOMEN", None, "generic", {None}),
     ],
 )
-def test_plan_for_matches_modality_and_body_part(modality, body_part, plan_words) -> None:
-    prompts = plan_for(modality, body_part)
-    joined = "\n".join(p.question for p in prompts)
-    for words in plan_words:
-        assert words in joined
-    assert {(p.language, p.task == "report") for p in prompts} == {("en", True), ("en", False), ("zh", True), ("zh", False)}
+def test_plan_by_modality_body_part_and_view(modality, body_part, view, plan, sets) -> None:
+    chosen = select_plan(modality, body_part, view=view)
+    assert chosen.name == plan
+    assert {p.training_set for p in chosen.prompts} == sets
 
 
-def test_chest_xray_english_report_prompt_is_the_reference_one(reference_lines) -> None:
-    report = [p for p in plan_for("DX", "CHEST") if p.language == "en" and p.task == "report"][0]
-    assert report.question == reference_lines[4]["conversations"][0]["value"]
-    zh = [p for p in plan_for("CT", "HEAD") if p.language == "zh" and p.task == "report"][0]
+def test_chest_ct_uses_lung_and_mediastinal_windows_and_describes_boxes() -> None:
+    plan = select_plan("CT", "CHEST")
+    assert {p.window for p in plan.prompts} == {"lung", "mediastinum"}
+    assert plan.follow_up is not None
+    q = plan.follow_up.planned((1, 2, 3, 4), "lung").question
+    assert q.endswith("What is <ref>this</ref><box>[[1, 2, 3, 4]]</box> in this CT scan?")
+    assert q.startswith("<image>\n" + training_set("region2text").base_prompt)
+
+
+def test_demo_layout_plans(reference_lines) -> None:
+    zh = [p for p in plan_for("CT", "HEAD", layout="demo") if p.task == "report"][0]
     assert zh.question == reference_lines[5]["conversations"][0]["value"]
+    with pytest.raises(PlanError, match="prompt_layout"):
+        load_plans(layout="sideways")
 
 
-PLAN_HEAD = """
-[[plans]]
-name = "any"
-modalities = ["*"]
-"""
-
-
-def _write(tmp_path: Path, text: str) -> Path:
-    p = tmp_path / "plans.toml"
+def _write(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / "plans.toml"
     p.write_text(text, encoding="utf-8")
     return p
 
 
-def test_administrator_plans_file_is_used_and_validated(tmp_path: Path) -> None:
-    good = PLAN_HEAD + """
-[plans.en]
-report = { prompt = "report_en", slots = { image = "knee x-ray image" } }
-region = { prompt = "detection_en", slots = { structures = ["fracture"], scan = "x-ray" } }
-[plans.zh]
-report = { prompt = "report_zh" }
-region = { prompt = "locate_describe_zh", slots = { structures = ["骨折"] } }
-[[plans.extra]]
-prompt = "vqa_short_en"
-language = "en"
-slots = { question = "What does this image show?" }
-"""
-    prompts = plan_for("CR", "KNEE", _write(tmp_path, good))
-    assert [p.task for p in prompts] == ["report", "detection", "report", "locate_describe", "vqa"]
-    assert "knee x-ray image" in prompts[0].question
+GOOD = """
+[[plans]]
+name = "knee"
+modalities = ["CR"]
+body_parts = ["KNEE"]
+prompts = [
+  { prompt = "detection_en", slots = { structures = ["fracture"], scan = "x-ray" } },
+  { prompt = "vqa_short_en", slots = { question = "What does this image show?" } },
+]
+follow_up = { prompt = "region_to_text_en", slots = { scan = "x-ray" }, max_boxes = 2 }
 
-    missing_zh_region = good.replace('region = { prompt = "locate_describe_zh", slots = { structures = ["骨折"] } }', "")
-    with pytest.raises(PlanError, match="zh has no region"):
-        load_plans(_write(tmp_path / "a" if (tmp_path / "a").mkdir() is None else tmp_path, missing_zh_region))
-    wrong_language = good.replace('report = { prompt = "report_zh" }', 'report = { prompt = "report_en", slots = { image = "x" } }')
-    (tmp_path / "b").mkdir()
-    with pytest.raises(PlanError, match="is in 'en'"):
-        load_plans(_write(tmp_path / "b", wrong_language))
-    (tmp_path / "c").mkdir()
-    with pytest.raises(PlanError, match="must match everything"):
-        load_plans(_write(tmp_path / "c", good.replace('modalities = ["*"]', 'modalities = ["CR"]')))
+[[plans]]
+name = "any"
+modalities = ["*"]
+prompts = [{ prompt = "report_zh" }]
+"""
+
+
+def test_administrator_plans_file_is_used_and_validated(tmp_path: Path) -> None:
+    prompts = plan_for("CR", "KNEE", _write(tmp_path / "good", GOOD))
+    assert [p.task for p in prompts] == ["detection", "vqa"]
+    bad = {
+        "must match everything": GOOD.replace('modalities = ["*"]', 'modalities = ["CR"]'),
+        "unknown prompt": GOOD.replace('"report_zh"', '"report_xx"'),
+        "window": GOOD.replace('{ prompt = "report_zh" }', '{ prompt = "report_zh", window = "bright" }'),
+        "needs a box": GOOD.replace('{ prompt = "report_zh" }', '{ prompt = "region_to_text_en", slots = { scan = "x" } }'),
+        "diseases": GOOD.replace('{ prompt = "report_zh" }', '{ prompt = "locate_describe_zh", slots = { structures = ["右肺"] } }'),
+        "views": GOOD.replace('body_parts = ["KNEE"]', 'body_parts = ["KNEE"]\nviews = ["sideways"]'),
+    }
+    for n, (message, text) in enumerate(bad.items()):
+        with pytest.raises(PlanError, match=message):
+            load_plans(_write(tmp_path / str(n), text))
     with pytest.raises(PlanError, match="not found"):
         load_plans(tmp_path / "nope.toml")

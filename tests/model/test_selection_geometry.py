@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 
 from common.settings import ModelSettings
 from model.geometry import box_to_pixels, iou, match_boxes
-from model.selection import SourceImage, is_image, select_images, slice_positions
+from model.selection import SourceImage, is_image, select, select_images, slice_positions, view_of
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -49,9 +49,44 @@ def test_oblique_orientation_uses_the_cross_product() -> None:
 
 def test_localizer_in_another_orientation_is_left_out() -> None:
     images = axial_volume(9) + [img("loc", number=0, position=[0, 0, 0], orientation=[0, 1, 0, 0, 0, -1])]
-    choices = select_images(images, ModelSettings(slices_per_volume=9))
-    assert "loc" not in {c.image.sop_instance_uid for c in choices}
-    assert "1 slice(s) in another orientation left out" in choices[0].reason
+    selection = select(images, ModelSettings(slices_per_volume=9))
+    assert "loc" not in {c.image.sop_instance_uid for c in selection.chosen}
+    assert [(d.image.sop_instance_uid, "another orientation" in d.reason) for d in selection.excluded] == [("loc", True)]
+
+
+def test_dicom_semantics_exclusions_and_their_switches() -> None:
+    sc = "1.2.840.10008.5.1.4.1.1.7"
+    images = axial_volume(6) + [
+        img("scout1", series="sc", number=1, position=[0, 0, 0], orientation=[1, 0, 0, 0, 1, 0]),
+        img("dose", series="d", modality="CT", sop_class=sc),
+    ]
+    images.append(SourceImage(**{**img("mip", series="m").__dict__, "image_type": ("DERIVED", "SECONDARY", "MIP"), "header_read": True}))
+    images.append(SourceImage(**{**img("topo", series="t").__dict__, "image_type": ("ORIGINAL", "PRIMARY", "LOCALIZER"), "header_read": True}))
+    images.append(SourceImage(**{**img("burn", series="b", modality="CR", sop_class="1.2.840.10008.5.1.4.1.1.1").__dict__,
+                                 "burned_in_annotation": "YES", "header_read": True}))
+    strict = select(images, ModelSettings(slices_per_volume=2))
+    reasons = {d.image.sop_instance_uid: d.reason for d in strict.excluded if d.image is not None}
+    assert set(reasons) == {"scout1", "dose", "mip", "topo", "burn"}
+    assert "fewer than model.min_volume_slices = 3" in reasons["scout1"]
+    assert "Secondary Capture" in reasons["dose"] and "dose sheet" in reasons["dose"]
+    assert "DERIVED\\SECONDARY\\MIP" in reasons["mip"]
+    assert "LOCALIZER" in reasons["topo"] and "Burned In Annotation YES" in reasons["burn"]
+    assert any(d.image is None and d.reason.startswith("4 of 6 slices not sent") for d in strict.excluded)
+    lenient = select(images, ModelSettings(slices_per_volume=2, exclude_localizers=False, exclude_secondary_capture=False,
+                                           original_primary_only=False, exclude_burned_in_annotation=False))
+    assert {"scout1", "dose", "mip", "topo", "burn"} <= {c.image.sop_instance_uid for c in lenient.chosen}
+
+
+@pytest.mark.parametrize(
+    ("view_position", "orientation", "view"),
+    [("PA", None, "frontal"), ("AP", ("P", "F"), "frontal"), ("LL", None, "lateral"), ("RL", None, "lateral"),
+     ("LLD", None, "other"), (None, ("L", "F"), "frontal"), (None, ("RL", "FH"), "frontal"), (None, ("A", "F"), "lateral"),
+     (None, ("P", "FH"), "lateral"), (None, None, "frontal")],
+)
+def test_view_of_chest_films(view_position, orientation, view) -> None:
+    image = SourceImage(**{**img("x", modality="DX").__dict__, "view_position": view_position,
+                           "patient_orientation": orientation, "header_read": True})
+    assert view_of(image)[0] == view
 
 
 def test_missing_geometry_falls_back_to_instance_number() -> None:

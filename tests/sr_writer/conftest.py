@@ -9,7 +9,7 @@ import pytest
 
 from sr_writer.io import write_dataset
 from sr_writer.report import build_sr
-from tests.sr_writer.samples import MODALITIES, Sample, content_for, make_sample
+from tests.sr_writer.samples import MODALITIES, Sample, content_for, make_sample, one_language_content
 
 
 @dataclass
@@ -21,8 +21,10 @@ class Built:
 
 
 #: Scenarios every modality is built in: several regions with several boxes each, report
-#: text only (no region at all), nothing at all, and the same regions from a test model.
-SCENARIOS = ("regions", "text-only", "empty", "test-model")
+#: text only (no region at all), nothing at all, the same regions from a test model, and tasks
+#: trained in one language (texts in the other language marked, a coded image-level finding,
+#: notes about a cut-off answer and a sentence left out; issue 14).
+SCENARIOS = ("regions", "text-only", "empty", "test-model", "one-language-tasks")
 
 
 def _content(sample: Sample, scenario: str, language: str):
@@ -36,6 +38,8 @@ def _content(sample: Sample, scenario: str, language: str):
         return content_for(sample, language, regions=[], texts=[])
     if scenario == "test-model":
         return content_for(sample, language, algorithm=TINY)
+    if scenario == "one-language-tasks":
+        return one_language_content(sample, language)
     raise AssertionError(scenario)
 
 

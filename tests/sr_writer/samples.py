@@ -22,7 +22,15 @@ from pydicom.uid import (
 )
 
 from common.uids import derive_uid
-from sr_writer.content import AlgorithmInfo, RegionFinding, ReportContent, frame_count, is_multiframe
+from sr_writer.content import (
+    AlgorithmInfo,
+    ImageFinding,
+    Note,
+    RegionFinding,
+    ReportContent,
+    frame_count,
+    is_multiframe,
+)
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -218,5 +226,33 @@ def content_for(
         study_version=version,
         content_datetime=WHEN,
         predecessor=predecessor,
+        institution_name="Test Hospital 测试医院",
+    )
+
+
+def one_language_content(sample: Sample, language: str) -> ReportContent:
+    """Findings of tasks trained in one language only, as the worker hands them to both SRs:
+    an English report and a Chinese one (each marked when not the SR's language), English region
+    descriptions, a coded classification finding about the first image, and two notes."""
+    first = sample.headers[0]
+    source = (str(first.SOPClassUID), str(first.SOPInstanceUID), 1 if is_multiframe(first) else None)
+    regions = [
+        RegionFinding(**{**r.__dict__, "description_language": "en" if language != "en" else None})
+        for r in regions_for(sample, "en")
+    ]
+    return ReportContent(
+        language=language,
+        evidence=sample.headers,
+        report_texts=[REPORT_TEXTS["en"][0], REPORT_TEXTS["zh"][0]],
+        report_sources=[source, source],
+        report_languages=[None if language == "en" else "en", None if language == "zh" else "zh"],
+        image_findings=[ImageFinding(("287272002", "SCT", "Cardiomegaly" if language == "en" else "心脏增大"), source)],
+        notes=[Note("truncated", "classification (vindrcxr_train_cls)"),
+               Note("prior_study", "report (mimiccxr_train_rg)", "Compared to prior, unchanged.", "en")],
+        complete=False,
+        regions=regions,
+        algorithm=MEDREGA,
+        study_version=1,
+        content_datetime=WHEN,
         institution_name="Test Hospital 测试医院",
     )

@@ -254,3 +254,43 @@ def test_timezone_of_content_datetime_is_recorded(built) -> None:
     assert (str(sr.ContentDate), str(sr.ContentTime)) == ("20250304", "102030.123000")
     assert sr.TimezoneOffsetFromUTC == "+0800"
     assert "TimezoneOffsetFromUTC" not in build_sr(_content(built))
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_one_language_tasks_texts_marked_coded_image_finding_and_notes(built, language: str) -> None:
+    """Issue 14: a text in the other language carries its own TID 1204 Language of Content Item;
+    a classification is a CODE Finding INFERRED FROM its image; truncation and left-out sentences
+    are Comments (not findings) and the document is PARTIAL."""
+    ds = pydicom.dcmread(built["CR"].paths[("one-language-tasks", language)])
+    assert ds.CompletionFlag == "PARTIAL"
+    evaluations = next(i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations")
+    items = list(evaluations.ContentSequence)
+
+    def language_of(item):
+        return next((c.ConceptCodeSequence[0].CodeValue for c in item.get("ContentSequence", [])
+                     if c.ConceptNameCodeSequence[0].CodeValue == "121049"), None)
+
+    coded = [i for i in items if i.ValueType == "CODE"]
+    assert [(i.ConceptNameCodeSequence[0].CodeValue, i.ConceptCodeSequence[0].CodeValue) for i in coded] == [
+        ("121071", "287272002")]
+    assert coded[0].ConceptCodeSequence[0].CodeMeaning == ("Cardiomegaly" if language == "en" else "心脏增大")
+    image = next(c for c in coded[0].ContentSequence if c.ValueType == "IMAGE")
+    assert image.RelationshipType == "INFERRED FROM"
+    texts = [(i.TextValue, language_of(i)) for i in items
+             if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "121071"]
+    expected_marks = {"en": [None, "zh"], "zh": ["en", None]}[language]
+    assert [mark for _, mark in texts] == expected_marks
+    comments = [i.TextValue for i in items if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert len(comments) == 2 and "vindrcxr_train_cls" in comments[0]
+    assert "Compared to prior, unchanged." in comments[1]
+    assert ("prior study" in comments[1]) if language == "en" else ("既往检查" in comments[1])
+    # region descriptions in English are marked in the Chinese SR only
+    descriptions = [language_of(c) for group in _groups(ds) for c in group.ContentSequence
+                    if c.ValueType == "TEXT" and c.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert set(descriptions) == ({None} if language == "en" else {None, "en"})
+
+
+def _groups(ds):
+    for item in ds.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurements":
+            yield from item.ContentSequence

@@ -41,6 +41,7 @@ from tests.e2e.harness import (
     gateway_process,
     port_open,
     reference_replay_lines,
+    write_bilingual_region_plans,
     wait_for,
     write_config,
     write_replay,
@@ -144,7 +145,8 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
         destination = {"name": "orthanc", "ae_title": server.ae_title, "host": "127.0.0.1",
                        "port": server.dicom_port, "send": "sr+gsps"}
         config = write_config(folder, node_port=node_port, backend="replay", model_path=str(replay),
-                              destinations=[destination])
+                              destinations=[destination],
+                              sections={"model": {"plans_path": str(write_bilingual_region_plans(folder))}})
         cli(config, "db", "upgrade")
         serve = gateway_process(config, "serve", folder / "serve.log").start()
         database = f"sqlite:///{folder / 'var' / 'gateway.db'}"

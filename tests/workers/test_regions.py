@@ -12,6 +12,7 @@ from common.db import installation_uid_root, session_scope
 from common.models import Document, Finding, Instance, Job, JobState, Series
 from sr_writer import coding
 from sr_writer.readback import read_report
+from tests.e2e.harness import write_bilingual_region_plans
 from tests.workers.test_tasks import received_job
 
 #: Every image gets two boxes in each language: the heart (in the table, named differently in
@@ -31,7 +32,9 @@ REPLAY_LINES = [
 def _run(tmp_path: Path, url: str, arrival, monkeypatch: pytest.MonkeyPatch) -> dict:
     import workers.tasks as tasks
 
-    settings, job_id = received_job(tmp_path, url, replay_lines=REPLAY_LINES, arrival=arrival)
+    plans = write_bilingual_region_plans(tmp_path)
+    settings, job_id = received_job(tmp_path, url, replay_lines=REPLAY_LINES, arrival=arrival,
+                                    model={"plans_path": str(plans)})
     monkeypatch.setattr(tasks, "publish_delivery", lambda delivery_id: None)  # no broker here
     assert tasks.run_job(job_id) == "done"
     with session_scope(settings.database_url) as s:

@@ -16,6 +16,7 @@ from common.models import (
     Delivery,
     Destination,
     Document,
+    ImageSelection,
     Finding,
     Instance,
     Job,
@@ -30,19 +31,26 @@ from gateway.demo.samples import make_sample_study
 from common.settings import Settings, load_settings
 
 
+#: Answers keyed on the trained instruction of each prompt of the shipped plans (issue 14).
 REPLAY_LINES = [
-    {"language": "en", "prompt_contains": "<ref>", "answer": "<ref>heart</ref><box>[[400, 450, 700, 800]]</box>: big"},
-    {"language": "zh", "prompt_contains": "<ref>", "answer": "<ref>心脏</ref><box>[[402, 452, 698, 801]]</box>：增大"},
-    {"language": "en", "answer": "Findings: cardiomegaly."},
+    {"training_set": "grounded_reports_mimiccxr", "answer": "<ref>heart</ref><box>[[400, 450, 700, 800]]</box>: big"},
+    {"training_set": "mimiccxr_train_rg", "answer": "Findings: cardiomegaly. Compared to prior, unchanged."},
+    {"training_set": "chexpert_train_cls", "answer": "Cardiomegaly"},
+    {"training_set": "vindrcxr_train_cls", "answer": "Cardiomegaly"},
+    {"training_set": "text2region", "prompt_contains": "<ref>heart</ref>",
+     "answer": "<ref>heart</ref><box>[[402, 452, 698, 801]]</box>"},
+    {"training_set": "region2text", "answer": "heart"},
     {"language": "zh", "answer": "影像结论：心影增大。"},
 ]
 
 
 def received_job(tmp_path: Path, sqlite_url: str, *, replay_lines: list[dict] = REPLAY_LINES,
-                 arrival: Callable[[list[Path]], list[Path]] = list) -> tuple[Settings, int]:
-    """Settings with a replay model, a received 3-series study and a complete job for it.
+                 arrival: Callable[[list[Path]], list[Path]] = list,
+                 model: dict | None = None) -> tuple[Settings, int]:
+    """Settings with a replay model, the received sample study and a complete job for it.
 
-    ``arrival`` orders the sample's files as they are filed (instance rows in that order).
+    ``arrival`` orders the sample's files as they are filed (instance rows in that order);
+    ``model`` adds model settings (a plans file).
     """
     from workflow.assembler import complete_study
     from model.backends import clear_cache
@@ -53,7 +61,8 @@ def received_job(tmp_path: Path, sqlite_url: str, *, replay_lines: list[dict] = 
     replay.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in replay_lines) + "\n",
                       encoding="utf-8")
     settings = load_settings(environ={}, storage={"data_dir": str(tmp_path / "var")},
-                             database={"url": sqlite_url}, model={"backend": "replay", "path": str(replay)})
+                             database={"url": sqlite_url},
+                             model={"backend": "replay", "path": str(replay), **(model or {})})
     configure(settings)
     clear_cache()
     with session_scope(sqlite_url) as s:
@@ -75,6 +84,8 @@ def received_job(tmp_path: Path, sqlite_url: str, *, replay_lines: list[dict] = 
             s.add(Instance(study_id=study.id, series_id=series.id, sop_instance_uid=ds.SOPInstanceUID,
                            sop_class_uid=ds.SOPClassUID, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
                            instance_number=ds.get("InstanceNumber"),
+                           image_position_patient=[float(v) for v in ds.get("ImagePositionPatient", [])] or None,
+                           image_orientation_patient=[float(v) for v in ds.get("ImageOrientationPatient", [])] or None,
                            rows=ds.Rows, columns=ds.Columns, path=str(rel), size_bytes=path.stat().st_size,
                            sha256="0" * 64, pixel_spacing=[float(v) for v in ds.get("PixelSpacing", [])] or None))
         s.flush()
@@ -106,7 +117,9 @@ def test_a_job_run_twice_gives_one_set_of_findings_and_one_sr_per_language(gatew
     monkeypatch.setattr(tasks, "publish_delivery", published.append)
     assert tasks.run_job(job_id) == "done"
     first = _counts(settings.database_url, job_id)
-    assert first[0] == 12  # 3 images x (report + region) x 2 languages
+    # chest PA 7 prompts, lateral 1, 3 CT slices x (report + 4 detections + 1 box described),
+    # 3 MR slices x 1 report; localizer and dose sheet left out
+    assert first[0] == 7 + 1 + 3 * 6 + 3
     assert first[2] == 2 and first[3] == 2  # one SR per language, one delivery each
     # A redelivered task finds the job past inference and does nothing new.
     assert tasks.run_job(job_id).startswith("skipped")
@@ -116,13 +129,33 @@ def test_a_job_run_twice_gives_one_set_of_findings_and_one_sr_per_language(gatew
     assert tasks.run_job(job_id) == "done"
     assert _counts(settings.database_url, job_id) == first
     with session_scope(settings.database_url) as s:
-        en = s.scalars(select(Finding).where(Finding.kind == "region", Finding.language == "en")).all()
-        zh = s.scalars(select(Finding).where(Finding.kind == "region", Finding.language == "zh")).all()
-        # The same box in both languages shares its Tracking UID (matched by overlap).
-        assert {f.tracking_uid for f in en} == {f.tracking_uid for f in zh}
-        assert len({f.tracking_uid for f in en}) == len(en) == 3
+        regions = s.scalars(select(Finding).where(Finding.kind == "region")).all()
+        # English-trained tasks (grounding on the PA film, detection on 3 CT slices) give English regions
+        assert {f.language for f in regions} == {"en"} and len(regions) == 4 + 3
+        assert all(f.text in ("big", "heart") for f in regions)  # the CT boxes described by region2text
+        coded = s.scalars(select(Finding).where(Finding.kind == "classification")).all()
+        # CheXpert on PA and lateral, VinDr-CXR on PA: each in both languages, SNOMED CT Cardiomegaly
+        assert sorted((f.language, f.code_value, f.code_meaning) for f in coded) == sorted(
+            [("en", "287272002", "Cardiomegaly")] * 3 + [("zh", "287272002", "心脏增大")] * 3)
+        report = s.scalars(select(Finding).where(Finding.kind == "report", Finding.language == "en")).one()
+        assert report.text == "Findings: cardiomegaly."
+        run = s.get(ModelRun, report.model_run_id)
+        assert run.removed_sentences == [{"sentence": "Compared to prior, unchanged.", "reason": "prior_study"}]
+        assert run.training_set == "mimiccxr_train_rg" and run.plan == "chest-xray-frontal" and run.view == "frontal"
+        selections = s.scalars(select(ImageSelection).where(ImageSelection.job_id == job_id)).all()
+        left_out = {sel.reason.split(" (")[0].split(":")[0] for sel in selections if not sel.chosen}
+        assert {"localizer", "Secondary Capture", "2 of 5 slices not sent"} <= left_out
+        assert sum(sel.chosen for sel in selections) == 2 + 3 + 3
+        assert {sel.plan for sel in selections if sel.chosen} == {"chest-xray-frontal", "chest-xray-lateral", "chest-ct", "mr"}
         docs = s.scalars(select(Document).where(Document.job_id == job_id)).all()
-        assert {pydicom.dcmread(settings.data_dir / d.path).CompletionFlag for d in docs} == {"COMPLETE"}
+        srs = {d.language: pydicom.dcmread(settings.data_dir / d.path) for d in docs}
+    assert {ds.CompletionFlag for ds in srs.values()} == {"COMPLETE"}
+    # Both SRs carry every region, with one Tracking UID each; the Chinese one marks English text.
+    for language, ds in srs.items():
+        text = str(ds.to_json_dict())
+        assert text.count("1.2.840.10008") and all(f.tracking_uid in text for f in regions)
+    zh = str(srs["zh"].to_json_dict())
+    assert "心脏增大" in zh and "影像结论：心影增大。" in zh and "prior" in zh
 
 
 def test_claim_is_exclusive(gateway) -> None:
@@ -201,9 +234,9 @@ def test_metrics_report_what_the_database_recorded(gateway, monkeypatch) -> None
     monkeypatch.setattr(tasks, "publish_delivery", lambda _id: None)
     tasks.run_job(job_id)
     text = generate_latest(make_registry(settings.database_url)).decode()
-    assert "medrega_instances_received_total 3.0" in text
+    assert "medrega_instances_received_total 14.0" in text
     assert 'medrega_jobs{state="sr_written"} 1.0' in text
-    assert "medrega_inference_seconds_count 12.0" in text
+    assert "medrega_inference_seconds_count 29.0" in text
     assert 'medrega_job_stage_seconds_count{stage="inferred"} 1.0' in text
 
 
@@ -213,7 +246,7 @@ def test_an_unreadable_image_makes_the_srs_partial(gateway, monkeypatch) -> None
     settings, job_id = gateway
     monkeypatch.setattr(tasks, "publish_delivery", lambda _id: None)
     with session_scope(settings.database_url) as s:
-        ct = s.scalars(select(Instance).join(Series).where(Series.modality == "CT")).one()
+        ct = s.scalars(select(Instance).where(Instance.path.endswith("ct_1_1.dcm"))).one()  # a chosen slice
         path = settings.data_dir / ct.path
     ds = pydicom.dcmread(path)
     ds.PixelData = ds.PixelData[:100]  # pixel data cut short: the header still reads
@@ -231,7 +264,7 @@ def test_an_unreadable_image_makes_the_srs_partial(gateway, monkeypatch) -> None
 def test_a_worker_that_lost_its_claim_writes_nothing(gateway, monkeypatch) -> None:
     """A worker that stalled past its lease finds the job taken over and drops its results."""
     import workers.tasks as tasks
-    from model.analysis import analyse_study as real_analyse
+    from model.analysis import analyse as real_analyse
 
     settings, job_id = gateway
 
@@ -241,7 +274,7 @@ def test_a_worker_that_lost_its_claim_writes_nothing(gateway, monkeypatch) -> No
             s.get(Job, job_id).worker = "other-host:1"
         return results
 
-    monkeypatch.setattr("model.analysis.analyse_study", slow_analyse)
+    monkeypatch.setattr("model.analysis.analyse", slow_analyse)
     assert tasks.process_study.run(job_id) == "skipped (claim lost)"
     assert _counts(settings.database_url, job_id)[:3] == (0, 0, 0)
 
