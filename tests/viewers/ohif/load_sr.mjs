@@ -222,9 +222,8 @@ for (const path of srPaths) {
   }));
   const before = rawMeasurements.length;
   try {
-    srModule.hydrateStructuredReport
-      ? srModule.hydrateStructuredReport({ servicesManager, extensionManager, commandsManager }, displaySet.displaySetInstanceUID)
-      : extension.hydrateStructuredReport({ servicesManager, extensionManager, commandsManager }, displaySet.displaySetInstanceUID);
+    // What OHIF's hydrateStructuredReport command runs when the user accepts "track".
+    extension.hydrateStructuredReport({ servicesManager, extensionManager, commandsManager }, displaySet.displaySetInstanceUID);
   } catch (error) {
     result.hydrationError = error.message;
   }
