@@ -83,7 +83,7 @@ def _event_identity(action: str) -> tuple[_Code, str, _Code | None]:
         return (*_EXPORT, None)
     if action.endswith(".search") or action.endswith(".list"):
         return (*_QUERY, None)
-    if action.startswith("admin.job") or action.startswith("admin.delivery"):
+    if action.startswith("admin.job") or action.startswith("admin.delivery") or action == "evaluation.run":
         return (*_ACTIVITY, None)
     if action.startswith("admin."):
         return (*_CONFIG, _EVENT_TYPES["admin.config"])

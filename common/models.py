@@ -532,3 +532,36 @@ class Installation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uid_root: Mapped[str] = mapped_column(String(36), unique=True)
     created_at: Mapped[dt.datetime] = _ts()
+
+
+class EvaluationRun(Base):
+    """One run of ``medrega-gateway evaluate``: the model measured on a site's labelled cases.
+
+    Which weights (digest) and which plans and prompts (digests, layout) were measured, when, by
+    whom, on how many cases, and the metrics per task, language and modality with their 95 %
+    intervals (``summary``, JSON; the per-case answers stay in the run's metrics.json).
+    """
+
+    __tablename__ = "evaluation_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[dt.datetime] = _ts()
+    finished_at: Mapped[dt.datetime] = _ts()
+    actor: Mapped[str] = mapped_column(String(64))
+    dataset_path: Mapped[str] = mapped_column(String(1024))
+    cases_sha256: Mapped[str] = mapped_column(String(71))
+    case_count: Mapped[int] = mapped_column(Integer)
+    scored_count: Mapped[int] = mapped_column(Integer)
+    skipped_count: Mapped[int] = mapped_column(Integer)
+    backend: Mapped[str] = mapped_column(String(16))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(128))
+    weights_id: Mapped[str] = mapped_column(String(128), index=True)
+    plans_sha256: Mapped[str] = mapped_column(String(71))
+    prompts_sha256: Mapped[str] = mapped_column(String(71))
+    prompt_layout: Mapped[str] = mapped_column(String(16))
+    out_dir: Mapped[str] = mapped_column(String(1024))
+    summary: Mapped[str] = mapped_column(Text)
+
+    #: Auditors list runs newest first.
+    __table_args__ = (Index("ix_evaluation_runs_finished_at_id", "finished_at", "id"),)
