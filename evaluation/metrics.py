@@ -80,6 +80,8 @@ MATCH_IOU = 0.5
 R2T_RECALL = 0.75
 
 Box = tuple[float, float, float, float]
+#: sacrebleu's sufficient statistics of one case: matches and totals per n-gram order, lengths.
+BleuStats = tuple[list[int], list[int], int, int]
 
 
 class MetricUnavailable(RuntimeError):
@@ -130,9 +132,17 @@ def clean_report_zh(text: str) -> str:
 
 def words_zh(text: str) -> list[str]:
     """Chinese words (jieba's default cut), whitespace tokens dropped."""
+    return [w for w in _jieba().cut(text) if w.strip()]
+
+
+@lru_cache(maxsize=1)
+def _jieba() -> Any:
+    import logging
+
     import jieba
 
-    return [w for w in jieba.cut(text) if w.strip()]
+    jieba.setLogLevel(logging.WARNING)  # not its dictionary-loading chatter on every run
+    return jieba
 
 
 # -- library objects, made once ---------------------------------------------------------------
@@ -143,7 +153,7 @@ def _bleu(order: int) -> Any:
     return BLEU(max_ngram_order=order, smooth_method="none", tokenize="13a")
 
 
-def _bleu_from_stats(stats: Sequence[Sequence[float]], order: int) -> float:
+def _bleu_from_stats(stats: Sequence[BleuStats], order: int) -> float:
     """BLEU (0-1) from summed (matches per order, totals per order, hyp length, ref length)."""
     from sacrebleu.metrics import BLEU
 
@@ -155,7 +165,7 @@ def _bleu_from_stats(stats: Sequence[Sequence[float]], order: int) -> float:
     return BLEU.compute_bleu(counts, totals, sys_len, ref_len, smooth_method="none", max_ngram_order=order).score / 100
 
 
-def _bleu_stats(hypothesis: str, reference: str, order: int) -> tuple[list[int], list[int], int, int]:
+def _bleu_stats(hypothesis: str, reference: str, order: int) -> BleuStats:
     s = _bleu(order).corpus_score([hypothesis], [[reference]])
     return (list(s.counts), list(s.totals), int(s.sys_len), int(s.ref_len))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ class PlannedPrompt:
     options: tuple[str, ...] = ()
     #: CT window preset to render the image with (None: header window or body-part preset).
     window: str | None = None
+    #: The slot values the plan filled in (evaluate asks the same prompt with a case's own).
+    slots: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def is_region(self) -> bool:
@@ -121,7 +123,8 @@ def _planned(plan: str, n: int, entry: Any, layout: str) -> PlannedPrompt:
     except PromptError as exc:
         raise PlanError(f"{where}: {exc}") from None
     return PlannedPrompt(task=prompt.task, language=prompt.language, question=question, prompt_id=pid,
-                         training_set=prompt.training_set, options=prompt.options, window=window)
+                         training_set=prompt.training_set, options=prompt.options, window=window,
+                         slots=dict(entry.get("slots") or {}))
 
 
 def _follow_up(plan: str, entry: Any, layout: str) -> FollowUp | None:

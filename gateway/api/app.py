@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.audit import AuditSender, SyslogAuditSender, install_sender
 from common.db import check_schema_current, make_engine
 from common.settings import Settings
-from . import routes_admin, routes_findings, ui
+from . import routes_admin, routes_evaluations, routes_findings, ui
 from .pagination import InvalidCursorError
 from .throttle import AuthFailureLimiter
 
@@ -80,6 +80,7 @@ def create_app(settings: Settings, *, audit_sender: AuditSender | None = None) -
         install_sender(factory, sender)
 
     app.include_router(routes_findings.router)
+    app.include_router(routes_evaluations.router)
     app.include_router(routes_admin.router)
     app.include_router(ui.router)
     app.mount("/ui/static", StaticFiles(directory=_STATIC), name="static")

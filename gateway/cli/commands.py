@@ -26,6 +26,7 @@ def _add_groups() -> None:
     from gateway.cli.admin import ae_app, dest_app, route_app
 
     from gateway.cli.api import api_command, token_app
+    from gateway.cli import evaluate  # noqa: F401  (defines `evaluate` on app)
 
     app.add_typer(ae_app, name="ae")
     app.add_typer(dest_app, name="dest")
