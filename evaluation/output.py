@@ -76,6 +76,7 @@ def summary_lines(document: Mapping[str, Any]) -> list[str]:
         f"plans: {document['plans']['sha256']} (layout {document['plans']['layout']})",
         f"cases: {document['dataset']['scored']} scored, {document['dataset']['skipped']} not scored",
     ]
+    lines.extend(document.get("notes", []))
     for g in document["groups"]:
         head = _label((g["task"], g["language"], g["modality"], g.get("subset", "")))
         lines.append(f"{head} ({g['n']} case{'' if g['n'] == 1 else 's'})")

@@ -92,6 +92,7 @@ AI-generated answers remain unverified.</p>
 <tr><th>dataset</th><td>{{ run.dataset.path }}: {{ run.dataset.cases }} case lines, {{ run.dataset.scored }} scored,
  {{ run.dataset.skipped }} not scored (<code>{{ run.dataset.cases_sha256 }}</code>)</td></tr>
 <tr><th>time</th><td>{{ run.started_at }} to {{ run.finished_at }} ({{ "%.1f"|format(run.duration_s) }} s)</td></tr>
+{% for note in run.notes or [] %}<tr><th>note</th><td>{{ note }}</td></tr>{% endfor %}
 <tr><th>intervals</th><td>95 % percentile bootstrap over cases, {{ run.bootstrap.resamples }} resamples</td></tr>
 </table>
 {% if comparison %}

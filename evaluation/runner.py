@@ -33,8 +33,16 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, UnidentifiedImageError
 
 from .cases import CASES_FILE, Case, CaseProblem, read_cases
-from .metrics import CaseScore, score_classification, score_detection, score_region_to_text, score_report
+from .metrics import (
+    CaseScore,
+    MetricUnavailable,
+    score_classification,
+    score_detection,
+    score_region_to_text,
+    score_report,
+)
 from .summary import Group, ScoredCase, summarise
+from .wordnet import load_wordnet
 
 if TYPE_CHECKING:  # pragma: no cover
     from common.settings import ModelSettings
@@ -77,6 +85,8 @@ class EvaluationResult:
     model: dict[str, str]
     plans: dict[str, str]
     resamples: int
+    #: What could not be measured on this machine (e.g. METEOR without WordNet).
+    notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
@@ -95,6 +105,7 @@ class EvaluationResult:
             "model": self.model,
             "plans": self.plans,
             "bootstrap": {"resamples": self.resamples, "level": 0.95, "method": "percentile", "seed": 0},
+            "notes": self.notes,
             "groups": [g.as_json() for g in self.groups],
             "skipped": [
                 {"line": p.line, "id": p.case_id, "kind": p.kind, "reason": p.reason} for p in self.problems
@@ -284,7 +295,7 @@ def _prepare(case: Case, folder: Path, settings: "ModelSettings", renders: dict)
 
 
 # -- scoring an answer -------------------------------------------------------------------------
-def _score(asked: _Asked, raw: str) -> ScoredCase:
+def _score(asked: _Asked, raw: str, meteor: bool) -> ScoredCase:
     from model.checks import screen_text
     from model.classification import map_answer
     from model.parse import parse_answer
@@ -313,7 +324,7 @@ def _score(asked: _Asked, raw: str) -> ScoredCase:
         # A grounded report's text is what its regions say (the SR's finding descriptions).
         described = [r.description for r in parsed.regions if r.description]
         text = screen_text(" ".join(described) if case.task == "grounded_report" and described else parsed.text).text
-        score = score_report(text, case.reference.text or "", case.language)
+        score = score_report(text, case.reference.text or "", case.language, meteor=meteor)
         prediction = text
         if case.task == "grounded_report":
             score.task = "grounded_report"
@@ -346,6 +357,13 @@ def run_evaluation(
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     cases, problems = read_cases(folder)
+    notes: list[str] = []
+    try:
+        load_wordnet()
+        meteor = True
+    except MetricUnavailable as exc:
+        meteor = False
+        notes.append(f"METEOR not computed: {exc}")
     case_lines = len(cases) + len(problems)
     # Cases of one image next to each other: its rendering (and its features) serve them all.
     cases.sort(key=lambda c: (c.image, c.frame or 0, c.line))
@@ -369,7 +387,7 @@ def run_evaluation(
             ]
             answers = backend.generate_answers(requests)
             for a, answer in zip(asked, answers):
-                scored.append(_score(a, answer.text))
+                scored.append(_score(a, answer.text, meteor))
         if progress is not None:
             progress(min(start + CHUNK, total), total)
     problems.sort(key=lambda p: p.line)
@@ -389,5 +407,6 @@ def run_evaluation(
                "weights_id": identity.weights_id},
         plans=plans_identity(settings),
         resamples=resamples,
+        notes=notes,
         extra={"wall_s": time.perf_counter() - clock},
     )

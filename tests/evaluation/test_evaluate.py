@@ -111,3 +111,17 @@ def test_outputs_page_and_comparison(result, labelled, tmp_path: Path) -> None:
     assert iou["after"] == 1.0 and iou["before_ci"][1] == pytest.approx(1.0) and not iou["moved"]
     assert all(not group.startswith("report") for group, _ in moved)  # nothing else changed
     assert "moved up" in (tmp_path / "second" / "index.html").read_text(encoding="utf-8")
+
+
+def test_without_wordnet_meteor_is_reported_missing_not_guessed(labelled, monkeypatch) -> None:
+    import evaluation.runner as runner
+    from evaluation.metrics import MetricUnavailable
+
+    def missing() -> None:
+        raise MetricUnavailable("METEOR needs WordNet: install Debian's wordnet-base package")
+
+    monkeypatch.setattr(runner, "load_wordnet", missing)
+    result = _run(labelled[0], resamples=50)
+    assert result.notes == ["METEOR not computed: METEOR needs WordNet: install Debian's wordnet-base package"]
+    report = next(g for g in result.groups if g.key == ("report", "en", "DX", ""))
+    assert "meteor" not in report.metrics and report.metrics["bleu1"]["value"] > 0
