@@ -182,6 +182,9 @@ class Instance(Base):
     pixel_spacing: Mapped[list[float] | None] = mapped_column(JSON)
     path: Mapped[str] = mapped_column(String(512))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: SHA-256 of the data set as received, the File Meta the node writes left out (identical
+    #: re-sends are recognised by it; rows from before issue 13 hold the whole file's until
+    #: their first re-send, see dicom_node.ingest)
     sha256: Mapped[str] = mapped_column(String(64))
     calling_ae_title: Mapped[str | None] = mapped_column(AE)
     received_at: Mapped[dt.datetime] = _ts()
@@ -222,6 +225,7 @@ class InstanceReplacement(Base):
     sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
     previous_study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    #: the replaced instance's ``Instance.sha256`` (of its data set) and file size
     previous_sha256: Mapped[str] = mapped_column(String(64))
     previous_size_bytes: Mapped[int] = mapped_column(BigInteger)
     #: The replaced bytes under ``replaced/`` (relative to data_dir); None when a concurrent

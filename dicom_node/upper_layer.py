@@ -691,12 +691,12 @@ class AcceptorAssociation:
         """What a read that ended without a PDU means: a deadline (ARTIM in Sta2 and Sta13, the
         node's own A-ABORT request in Sta6), the node stopping, or the peer closing."""
         if self._expired or self._stopping or isinstance(exc, (socket.timeout, TimeoutError)):
-            if self.state == "Sta6":
-                LOGGER.warning("association from %s (%s) aborted: %s", self.calling_ae_title,
-                               self.peer_address, "node stopping" if self._stopping else "deadline passed")
-                self._framed = False
-                return "Evt15"
-            return "Evt18"
+            if self.state in ("Sta2", "Sta13"):
+                return "Evt18"
+            LOGGER.warning("association from %s (%s) aborted in %s: %s", self.calling_ae_title,
+                           self.peer_address, self.state, "node stopping" if self._stopping else "deadline passed")
+            self._framed = False
+            return "Evt15"  # the node's own A-ABORT request (AA-1), in any state that has one
         if self.state == "Sta6" and not isinstance(exc, _ConnectionClosed):
             LOGGER.warning("association from %s (%s): connection lost (%s)", self.calling_ae_title,
                            self.peer_address, exc or type(exc).__name__)

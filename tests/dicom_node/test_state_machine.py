@@ -320,3 +320,16 @@ def test_a_peer_abort_before_the_association_request_closes_silently(tmp_path):
     assert peer.ended()
     assert _states(peer.changes) == [("Sta1", "Evt5"), ("Sta2", "Evt16")]
     assert peer.sock.recv(1) == b""
+
+
+def test_a_send_that_times_out_while_releasing_is_the_nodes_abort(tmp_path):
+    """A timeout in Sta8 (the A-RELEASE-RP cannot be sent) is the node's A-ABORT request
+    (Evt15, AA-1), not an event the table leaves blank there."""
+    association, peer = _association(tmp_path)
+    association.state = "Sta8"
+    association._expired = True
+    assert association._transport_event(TimeoutError()) == "Evt15"
+    association.fire("Evt15")
+    assert association.state == "Sta13"
+    association._close()
+    peer.close()
