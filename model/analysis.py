@@ -258,7 +258,9 @@ def analyse(
             for p in batch
         ]
         start = time.perf_counter()
-        answers = backend.generate_answers(requests)
+        answers = backend.generate_answers(
+            requests, progress=lambda done, total: _say(progress, f"answered {done} of {total} question(s)")
+        )
         elapsed = time.perf_counter() - start
         if len(answers) != len(batch):
             raise RuntimeError(f"backend returned {len(answers)} answers for {len(batch)} questions")

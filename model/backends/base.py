@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +11,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 __all__ = ["ModelIdentity", "GenerationRequest", "GeneratedAnswer", "ModelBackend", "EngineBackend", "ModelLoadError"]
+
+
+#: ``progress(done, total)``: answers done so far of a generate call.
+Progress = Callable[[int, int], None]
 
 
 class ModelLoadError(RuntimeError):
@@ -71,9 +75,18 @@ class ModelBackend(abc.ABC):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         """Return one raw answer per request, special tokens (``<ref>``, ``<box>``) kept."""
 
-    def generate_answers(self, requests: Sequence[GenerationRequest]) -> list[GeneratedAnswer]:
-        """:meth:`generate` with each answer's truncation (backends that can tell override it)."""
-        return [GeneratedAnswer(text) for text in self.generate(requests)]
+    def generate_answers(
+        self, requests: Sequence[GenerationRequest], progress: Progress | None = None
+    ) -> list[GeneratedAnswer]:
+        """:meth:`generate` with each answer's truncation (backends that can tell override it).
+
+        ``progress(done, total)`` is called as answers are done (after each batch of an engine
+        backend), so that a long study keeps the worker's heartbeat going.
+        """
+        answers = [GeneratedAnswer(text) for text in self.generate(requests)]
+        if progress is not None:
+            progress(len(answers), len(answers))
+        return answers
 
 
 class EngineBackend(ModelBackend):
@@ -85,13 +98,16 @@ class EngineBackend(ModelBackend):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         return [answer.text for answer in self.generate_answers(requests)]
 
-    def generate_answers(self, requests: Sequence[GenerationRequest]) -> list[GeneratedAnswer]:
+    def generate_answers(
+        self, requests: Sequence[GenerationRequest], progress: Progress | None = None
+    ) -> list[GeneratedAnswer]:
         """Greedy answers of all ``requests`` in one schedule: each image (the same object)
         through the vision tower once, then the prompts ordered by length in batches of
         :attr:`batch_size`. An answer without ``<|im_end|>`` in its new ids was cut at
         max_new_tokens."""
         all_ids = self.engine.generate_ids(
-            [r.question for r in requests], [r.image for r in requests], batch_size=self.batch_size
+            [r.question for r in requests], [r.image for r in requests], batch_size=self.batch_size,
+            progress=progress,
         )
         return [
             GeneratedAnswer(self.engine.decode_answer(ids), truncated=self.engine.eos_token_id not in ids)

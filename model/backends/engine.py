@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -192,8 +192,10 @@ class InternVLEngine:
         max_new_tokens: int | None = None,
         *,
         batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[list[int]]:
-        """Greedy new token ids per (question, image), in the order given.
+        """Greedy new token ids per (question, image), in the order given; ``progress(done,
+        total)`` after each batch.
 
         The schedule: the vision tower encodes each distinct image once (images are the same
         when they are the same object, as all the prompts of one prepared image are), in
@@ -224,6 +226,8 @@ class InternVLEngine:
             rows = features[torch.tensor([which[i] for i in chunk], device=features.device)]
             for i, ids in zip(chunk, self.generate_from_features([questions[i] for i in chunk], rows, max_new_tokens)):
                 result[i] = ids
+            if progress is not None:
+                progress(min(start + step, len(order)), len(order))
         return result
 
     def decode_answer(self, ids: Sequence[int]) -> str:

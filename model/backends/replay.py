@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..training import TrainingSetError, training_set
-from .base import GeneratedAnswer, GenerationRequest, ModelBackend, ModelIdentity, ModelLoadError
+from .base import GeneratedAnswer, GenerationRequest, ModelBackend, ModelIdentity, ModelLoadError, Progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from common.settings import ModelSettings
@@ -100,9 +100,13 @@ class ReplayBackend(ModelBackend):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
         return [answer.text for answer in self.generate_answers(requests)]
 
-    def generate_answers(self, requests: Sequence[GenerationRequest]) -> list[GeneratedAnswer]:
+    def generate_answers(
+        self, requests: Sequence[GenerationRequest], progress: Progress | None = None
+    ) -> list[GeneratedAnswer]:
         out = []
         for request in requests:
             entry = next((e for e in self.entries if e.matches(request)), None)
             out.append(GeneratedAnswer(entry.answer, entry.truncated) if entry else GeneratedAnswer(""))
+        if progress is not None:
+            progress(len(out), len(out))
         return out

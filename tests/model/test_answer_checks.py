@@ -75,7 +75,7 @@ def test_engine_backend_marks_an_answer_without_im_end_truncated() -> None:
     class Engine:  # what InternVLEngine returns: new ids, cut after <|im_end|> when reached
         eos_token_id = 4
 
-        def generate_ids(self, questions, images, max_new_tokens=None, *, batch_size=None):
+        def generate_ids(self, questions, images, max_new_tokens=None, *, batch_size=None, progress=None):
             return [[7, 8, 4], [7, 8, 9]][: len(questions)]
 
         def decode_answer(self, ids):

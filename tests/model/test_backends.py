@@ -269,3 +269,13 @@ def test_model_throughput_bench_quick(tmp_path: Path) -> None:
     assert report["greedy_ids_equal"] == report["prompts"]
     assert report["old"]["new_tokens"] == report["new"]["new_tokens"] > 0
     assert "| new |" in run.stdout and "tokens per CPU s" in run.stdout
+
+
+def test_engine_reports_progress_after_each_batch(tiny) -> None:
+    """A long study keeps the worker's heartbeat going: progress after every batch."""
+    pictures = _pictures(2, seed=7)
+    prompts = plan_for("DX", "CHEST")[:3]
+    requests = [GenerationRequest(im, p.question, p.language) for im in pictures for p in prompts]
+    seen: list[tuple[int, int]] = []
+    tiny.generate_answers(requests, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(4, 6), (6, 6)]  # batch_size 4
