@@ -52,6 +52,7 @@ __all__ = [
     "Document",
     "Delivery",
     "DeliveryAttempt",
+    "DeliveryEvent",
     "CallingAE",
     "Destination",
     "Route",
@@ -440,6 +441,18 @@ class DeliveryAttempt(Base):
     sop_class_uid: Mapped[str | None] = mapped_column(UID)
 
     delivery: Mapped[Delivery] = relationship(back_populates="attempts_log")
+
+
+class DeliveryEvent(Base):
+    """Every state change of a delivery, timestamped (written by :mod:`workflow.deliveries` only)."""
+
+    __tablename__ = "delivery_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[dt.datetime] = _ts()
+    detail: Mapped[str | None] = mapped_column(Text)
 
 
 class CallingAE(Base):

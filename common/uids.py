@@ -26,6 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 __all__ = [
     "UID_MAXIMUM_LENGTH",
+    "UID_PATTERN",
     "InvalidUIDError",
     "valid_uid",
     "ui_value_text",
@@ -38,7 +39,10 @@ __all__ = [
 
 #: PS3.5 9.1: "shall not exceed 64 total characters"
 UID_MAXIMUM_LENGTH = 64
-_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*", re.ASCII)
+#: The UID grammar without anchors (for ``re.fullmatch`` here, and anchored by ``^...$`` in the API's
+#: OpenAPI schema, whose regex dialect has no ``\\Z``).
+UID_PATTERN = r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*"
+_UID = re.compile(UID_PATTERN, re.ASCII)
 
 
 class InvalidUIDError(ValueError):

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select
 
 from common.db import session_factory
+from common.dimse_status import is_stored
 from common.models import (
     DeliveryAttempt,
     Instance,
@@ -56,8 +57,8 @@ class GatewayCollector(Collector):
                 depth.add_metric([state.value], count)
             yield depth
             failures = CounterMetricFamily("medrega_delivery_failures", "C-STORE attempts that did not succeed")
-            failures.add_metric([], s.scalar(select(func.count()).where(
-                (DeliveryAttempt.status.is_(None)) | (DeliveryAttempt.status.notin_([0, 0xB000, 0xB007, 0xB006])))) or 0)
+            by_status = s.execute(select(DeliveryAttempt.status, func.count()).group_by(DeliveryAttempt.status))
+            failures.add_metric([], sum(count for status, count in by_status if not is_stored(status)))
             yield failures
             yield self._inference(s)
             yield self._stages(s)

@@ -1,4 +1,4 @@
-"""Classification answers -> one of the trained options -> a coded finding in both languages.
+"""Classification answers -> one of the trained options (coded by :func:`sr_writer.coding.coded_option`).
 
 MedRegA's classification sets list their options in the instruction (:mod:`model.training`).
 The model answers in free text; MedRegA's evaluation (``src/eval/``) maps an answer to the
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["MappedOption", "bleu1", "map_answer", "option_name_zh", "coded_option", "OPTION_NAMES_PATH"]
+__all__ = ["MappedOption", "bleu1", "map_answer", "option_name_zh", "OPTION_NAMES_PATH"]
 
 OPTION_NAMES_PATH = Path(__file__).with_name("option_names.csv")
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -75,22 +75,3 @@ def _zh_names() -> dict[str, str]:
 def option_name_zh(option: str) -> str | None:
     """The Chinese name of a trained option, or None when ``option_names.csv`` lacks it."""
     return _zh_names().get(option.casefold())
-
-
-def coded_option(option: str, language: str) -> tuple[str, str, str]:
-    """(Code Value, Coding Scheme Designator, Code Meaning) of an option in ``language``.
-
-    SNOMED CT where sr_writer's shipped finding table knows the option, otherwise the declared
-    local scheme (the same code value in both languages; the meaning in the SR's language).
-    """
-    from sr_writer.coding import local_code, lookup_finding_code
-
-    mapped = lookup_finding_code(option)
-    if mapped is not None:
-        concept = mapped.concept(language)
-    else:
-        concept = local_code(option)
-        if language == "zh":
-            meaning = option_name_zh(option) or option
-            return concept.value, concept.scheme_designator, meaning
-    return concept.value, concept.scheme_designator, concept.meaning

@@ -10,11 +10,11 @@
   destination accepts only a simpler one, :func:`sr_writer.fallback.fallback_document` rewrites the
   document and ``Delivery.sent_sop_class_uid`` records what was sent.
 * Every attempt leaves a :class:`~common.models.DeliveryAttempt` with the DIMSE status
-  (PS3.7 C.4.2.1.5) or the network error. Success (0x0000) and warning (0xB000, 0xB006, 0xB007)
-  mean SENT. Anything else is retried after an exponential backoff
+  (PS3.7 C.4.2.1.5) or the network error. Success and every Warning
+  (:func:`common.dimse_status.is_stored`) mean SENT. Anything else is retried after an exponential backoff
   (``sender.backoff_initial_s`` x 2^(attempts-1), at most ``sender.backoff_max_s``) and marked
   FAILED after ``sender.retries`` retries; an administrator re-arms it with
-  :func:`retry_delivery`.
+  :func:`workflow.deliveries.retry`. State changes are made by :mod:`workflow.deliveries`.
 
 The calling AE title is ``sender.calling_ae_title`` or, when empty, ``node.ae_title``.
 """
@@ -29,7 +29,14 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    BasicTextSRStorage,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
@@ -37,37 +44,32 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from common.db import session_scope
+from common.dimse_status import is_stored
 from common.holds import hold_point
 from common.models import Delivery, DeliveryAttempt, DeliveryState, Destination, Document, utcnow
 from common.settings import Settings
 from common.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 from dicom_node.tls import client_context
+from workflow.deliveries import DeliveryAction, transition
 
 __all__ = [
     "SenderError",
     "DeliveryNotFoundError",
     "DestinationNotFoundError",
     "AssociationFailedError",
-    "DeliveryAlreadySentError",
     "DeliveryResult",
     "SR_FALLBACK_ORDER",
     "backoff_s",
     "deliver",
     "echo",
-    "retry_delivery",
 ]
 
 LOGGER = logging.getLogger(__name__)
 
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
-COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
-ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
-BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 #: Richest first; a document may be sent as any class after its own in this list.
-SR_FALLBACK_ORDER: tuple[str, ...] = (COMPREHENSIVE_3D_SR, COMPREHENSIVE_SR, ENHANCED_SR, BASIC_TEXT_SR)
-#: PS3.4 B.2.3 warning statuses: the SCP stored the instance.
-_WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
+SR_FALLBACK_ORDER: tuple[str, ...] = (Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage,
+                                       BasicTextSRStorage)
 
 
 class SenderError(RuntimeError):
@@ -80,10 +82,6 @@ class DeliveryNotFoundError(SenderError, LookupError):
 
 class DestinationNotFoundError(SenderError, LookupError):
     pass
-
-
-class DeliveryAlreadySentError(SenderError):
-    """:func:`retry_delivery` on a delivery that was sent: re-arming it would send a second copy."""
 
 
 class AssociationFailedError(SenderError):
@@ -116,7 +114,7 @@ class _Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.status is not None and (self.status == 0x0000 or self.status in _WARNING_STATUSES)
+        return is_stored(self.status)
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
@@ -343,16 +341,17 @@ def _record(settings: Settings, delivery_id: int, outcome: _Outcome) -> Delivery
         )
         delivery.attempts = (delivery.attempts or 0) + 1
         if outcome.ok:
-            delivery.state = DeliveryState.SENT
-            delivery.delivered_at = now
-            delivery.next_attempt_at = None
-            delivery.sent_sop_class_uid = outcome.sop_class_uid
+            transition(session, delivery, DeliveryAction.SEND, now=now,
+                       detail=f"{delivery.destination_name}: status 0x{outcome.status or 0:04X}",
+                       delivered_at=now, next_attempt_at=None, sent_sop_class_uid=outcome.sop_class_uid)
             LOGGER.info("delivery %d sent to %s (status 0x%04X)", delivery_id,
                         delivery.destination_name, outcome.status)
             return DeliveryResult(DeliveryState.SENT, outcome.status, outcome.error, None, outcome.sop_class_uid)
         if delivery.attempts > settings.sender.retries:
-            delivery.state = DeliveryState.FAILED
-            delivery.next_attempt_at = None
+            transition(session, delivery, DeliveryAction.GIVE_UP, now=now,
+                       detail=f"{delivery.destination_name}: {delivery.attempts} attempts, last: "
+                              f"{outcome.error or hex(outcome.status or 0)}",
+                       next_attempt_at=None)
             LOGGER.error("delivery %d to %s FAILED after %d attempts: %s", delivery_id,
                          delivery.destination_name, delivery.attempts, outcome.error)
             return DeliveryResult(DeliveryState.FAILED, outcome.status, outcome.error, None, outcome.sop_class_uid)
@@ -361,21 +360,3 @@ def _record(settings: Settings, delivery_id: int, outcome: _Outcome) -> Delivery
         LOGGER.warning("delivery %d to %s attempt %d failed, next in %.0f s: %s", delivery_id,
                        delivery.destination_name, delivery.attempts, delay, outcome.error)
         return DeliveryResult(DeliveryState.PENDING, outcome.status, outcome.error, delay, outcome.sop_class_uid)
-
-
-def retry_delivery(session: Session, delivery_id: int) -> Delivery:
-    """Re-arm a delivery (administrator action): PENDING, due now, attempt counter reset.
-
-    Raises :class:`DeliveryAlreadySentError` for a delivery that was sent (never two copies).
-    The caller commits; the worker that picks up pending deliveries then sends it.
-    """
-    delivery = session.get(Delivery, delivery_id)
-    if delivery is None:
-        raise DeliveryNotFoundError(f"no delivery {delivery_id}")
-    if delivery.state is DeliveryState.SENT:
-        raise DeliveryAlreadySentError(f"delivery {delivery_id} was already sent")
-    delivery.state = DeliveryState.PENDING
-    delivery.attempts = 0
-    delivery.next_attempt_at = None
-    session.flush()
-    return delivery

@@ -28,6 +28,7 @@ __all__ = [
     "LOCAL_SCHEME_ORGANIZATION",
     "MappedCode",
     "lookup_finding_code",
+    "coded_option",
     "resolve_finding_codes",
     "finding_site",
     "FINDING_SITE",
@@ -248,3 +249,21 @@ def coding_scheme_identification(concepts: Sequence[CodedConcept]) -> list[Datas
     return items
 
 
+def coded_option(option: str, language: str) -> tuple[str, str, str]:
+    """(Code Value, Coding Scheme Designator, Code Meaning) of an option in ``language``.
+
+    SNOMED CT where the shipped finding table knows the option, otherwise the declared local
+    scheme (the same code value in both languages; the meaning in the SR's language, the Chinese
+    name from :func:`model.classification.option_name_zh`).
+    """
+    from model.classification import option_name_zh
+
+    mapped = lookup_finding_code(option)
+    if mapped is not None:
+        concept = mapped.concept(language)
+    else:
+        concept = local_code(option)
+        if language == "zh":
+            meaning = option_name_zh(option) or option
+            return concept.value, concept.scheme_designator, meaning
+    return concept.value, concept.scheme_designator, concept.meaning

@@ -9,7 +9,6 @@ input fails loudly here instead of producing an SR that points at the wrong pixe
 from __future__ import annotations
 
 import datetime
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,8 @@ try:  # highdicom's table of attributes per IOD (pinned version; private module)
     from highdicom._standard_utils import is_attribute_in_iod as _in_iod
 except ImportError:  # pragma: no cover - a highdicom without it: decide from the header alone
     _in_iod = None
+
+from common.uids import valid_uid
 
 from .errors import InvalidContentError
 
@@ -38,9 +39,6 @@ __all__ = [
 
 #: Languages an SR can be written in (RFC 5646 primary subtags).
 LANGUAGES: tuple[str, ...] = ("en", "zh")
-
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-
 
 @dataclass(frozen=True)
 class AlgorithmInfo:
@@ -179,7 +177,7 @@ def evidence_by_sop_uid(content: ReportContent) -> dict[str, pydicom.Dataset]:
 
 
 def _check_uid(value: str, what: str) -> None:
-    if not isinstance(value, str) or len(value) > 64 or not _UID_RE.match(value):
+    if not valid_uid(value):
         raise InvalidContentError(f"{what} is not a valid DICOM UID: {value!r}")
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from common.db import installation_uid_root
 from common.models import Delivery, Destination, Document, Finding, Instance, Job, ModelRun, Study
 from common.settings import Settings
+from workflow.deliveries import DeliveryAction, transition
 
 if TYPE_CHECKING:  # sr_writer is imported where documents are written
     from sr_writer.content import Note
@@ -206,4 +207,5 @@ def _ensure_delivery(session: Session, doc: Document, destination_name: str) -> 
     exists = session.scalar(select(Delivery).where(Delivery.document_id == doc.id,
                                                    Delivery.destination_name == destination_name))
     if exists is None:
-        session.add(Delivery(document_id=doc.id, destination_name=destination_name))
+        transition(session, Delivery(document_id=doc.id, destination_name=destination_name),
+                   DeliveryAction.CREATE, detail=f"{doc.kind} to {destination_name}")

@@ -36,7 +36,6 @@ from common.models import (
     ImageSelection,
     Instance,
     Job,
-    JobEvent,
     JobState,
     ModelRun,
     Study,
@@ -44,12 +43,15 @@ from common.models import (
 )
 from workflow.outbox import RETRY_COUNTDOWN_MAX_S
 
+from workflow.jobs import JobAction, transition
+from workflow.states import TransitionError
+
 from .app import CPU_QUEUE, celery_app, settings
 
 if TYPE_CHECKING:  # the model package is imported by the GPU task only
     from model.analysis import RunResult
 
-__all__ = ["process_study", "deliver_document", "run_job", "record_event", "PermanentJobError"]
+__all__ = ["process_study", "deliver_document", "run_job", "PermanentJobError"]
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +59,6 @@ log = logging.getLogger(__name__)
 def worker_name() -> str:
     """Who runs a job: host and process id (several GPU workers share a host, one per GPU)."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-_CLAIMABLE = (JobState.PENDING, JobState.QUEUED, JobState.FAILED)
 
 
 class LostClaimError(RuntimeError):
@@ -74,12 +73,6 @@ class StudyEmptyError(RuntimeError):
     """The job's study has no instances left (all moved to other studies): it was cancelled."""
 
 
-def record_event(session, job: Job, state: JobState, detail: str | None = None) -> None:
-    now = utcnow()
-    job.state, job.updated_at = state, now
-    session.add(JobEvent(job_id=job.id, state=state.value, at=now, detail=detail))
-
-
 def _db_text(text: str | None) -> str | None:
     """Model output may contain NUL (a byte token), which PostgreSQL text cannot store."""
     return None if text is None else text.replace("\x00", "\ufffd")
@@ -92,15 +85,12 @@ def _claim(job_id: int, lease_s: float) -> bool:
     stale = now - dt.timedelta(seconds=lease_s)
     me = worker_name()
     with session_scope(url) as session:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .where((Job.state.in_(_CLAIMABLE)) | ((Job.state == JobState.RUNNING) & (Job.updated_at < stale)))
-            .values(state=JobState.RUNNING, updated_at=now, worker=me, attempts=Job.attempts + 1)
-        )
-        if result.rowcount != 1:
+        try:
+            transition(session, job_id, JobAction.CLAIM, detail=f"worker {me}", now=now,
+                       when=(Job.state != JobState.RUNNING) | (Job.updated_at < stale),
+                       worker=me, attempts=Job.attempts + 1)
+        except TransitionError:
             return False
-        session.add(JobEvent(job_id=job_id, state=JobState.RUNNING.value, at=now, detail=f"worker {me}"))
     return True
 
 
@@ -180,8 +170,8 @@ def _infer(job_id: int) -> None:
         if not rows:
             # Every instance moved to another study after the job was made (a changed re-send,
             # see dicom_node.ingest): nothing is left to report on.
-            record_event(session, job, JobState.CANCELLED,
-                         "no instances left in the study (moved to other studies)")
+            transition(session, job, JobAction.STUDY_EMPTIED,
+                       detail="no instances left in the study (moved to other studies)")
     if not rows:
         raise StudyEmptyError(f"job {job_id}: study {study_uid} has no instances left")
 
@@ -274,7 +264,7 @@ def _infer(job_id: int) -> None:
             detail += f"; {truncated} answer(s) cut off at max_new_tokens"
         if skipped:
             detail += "; could not read " + "; ".join(f"{image.sop_instance_uid}: {why}" for image, why in skipped)
-        record_event(session, job, JobState.INFERRED, detail)
+        transition(session, job, JobAction.INFER, detail=detail)
 
 
 def _finding_codes(results: Sequence[RunResult]) -> dict[str, dict[str, tuple[str, str, str]]]:
@@ -301,8 +291,8 @@ def _write_results(job_id: int) -> list[int]:
         job = session.get(Job, job_id)
         documents = write_job_documents(session, cfg, job)
         delivery_ids = [d.id for doc in documents for d in doc.deliveries if d.state == DeliveryState.PENDING]
-        record_event(session, job, JobState.SR_WRITTEN,
-                     f"{len(documents)} documents, {len(delivery_ids)} deliveries")
+        transition(session, job, JobAction.WRITE_SR,
+                   detail=f"{len(documents)} documents, {len(delivery_ids)} deliveries")
     return delivery_ids
 
 
@@ -339,14 +329,13 @@ def publish_delivery(delivery_id: int) -> None:
 def _fail(job_id: int, exc: BaseException, permanent: bool) -> None:
     cfg = settings()
     with session_scope(cfg.database_url) as session:
-        job = session.get(Job, job_id)
-        job.error = f"{type(exc).__name__}: {exc}"
-        if job.state == JobState.INFERRED and not permanent:
-            # Keep the recorded findings: the retry goes straight to writing the results.
-            job.updated_at = utcnow()
-            session.add(JobEvent(job_id=job.id, state=JobState.FAILED.value, at=job.updated_at, detail=job.error))
-        else:
-            record_event(session, job, JobState.DEAD if permanent else JobState.FAILED, job.error)
+        error = f"{type(exc).__name__}: {exc}"
+        action = JobAction.FAIL_PERMANENTLY if permanent else JobAction.FAIL
+        try:
+            # A failure after inference keeps the findings: the retry goes on to writing the SRs.
+            transition(session, job_id, action, detail=error, error=error)
+        except TransitionError as refused:
+            log.error("job %s: the failure (%s) is not recorded: %s", job_id, error, refused)
 
 
 @celery_app.task(bind=True, name="medrega.process_study", max_retries=5, acks_late=True)
@@ -369,7 +358,7 @@ def process_study(self: Task, job_id: int) -> str:
         return "dead"
     except OperationalError as exc:  # database briefly unavailable: retry with backoff
         _fail(job_id, exc, permanent=self.request.retries >= self.max_retries)
-        raise self.retry(exc=exc, countdown=_retry_countdown(self.request.retries))
+        raise self.retry(exc=exc, countdown=_retry_countdown(self.request.retries)) from exc
     except Exception as exc:
         log.exception("job %s failed", job_id)
         permanent = self.request.retries >= self.max_retries
@@ -377,7 +366,7 @@ def process_study(self: Task, job_id: int) -> str:
         if permanent:
             return "dead"
         hold_point("job.failed")
-        raise self.retry(exc=exc, countdown=_retry_countdown(self.request.retries))
+        raise self.retry(exc=exc, countdown=_retry_countdown(self.request.retries)) from exc
 
 
 def _retry_countdown(retries: int) -> int:
@@ -404,8 +393,8 @@ def deliver_document(delivery_id: int) -> str:
         ).all()
         if result.state == DeliveryState.SENT and all(s == DeliveryState.SENT for s in states):
             if job.state != JobState.DELIVERED:
-                record_event(session, job, JobState.DELIVERED, f"{len(states)} deliveries sent")
-        elif result.state == DeliveryState.FAILED:
-            session.add(JobEvent(job_id=job.id, state="delivery_failed", at=utcnow(),
-                                 detail=f"{delivery.destination_name}: {result.error or hex(result.status or 0)}"))
+                try:
+                    transition(session, job, JobAction.DELIVER, detail=f"{len(states)} deliveries sent")
+                except TransitionError as exc:  # another delivery's task recorded it at the same moment
+                    log.info("job %s: %s", job.id, exc)
     return result.state.value

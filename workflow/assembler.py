@@ -21,7 +21,9 @@ from collections.abc import Sequence
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from common.models import Instance, Job, JobEvent, JobState, Study, StudyState, utcnow
+from common.models import Instance, Job, Study, StudyState, utcnow
+
+from .jobs import JobAction, transition
 
 __all__ = ["StudyNotFoundError", "stable_studies", "complete_study", "complete_stable_studies"]
 
@@ -84,18 +86,13 @@ def complete_study(session: Session, study: Study, force: bool = False) -> Job |
     job = Job(
         study_id=study.id,
         study_version=study.version,
-        state=JobState.PENDING,
         priority=0 if decision.urgent else 5,
         instance_count=instance_count,
         destinations=list(decision.destinations),
-        created_at=now,
-        updated_at=now,
     )
-    session.add(job)
-    session.flush()
     detail = f"route {decision.route_name}" if decision.route_name else "default route"
-    session.add(JobEvent(job_id=job.id, state=JobState.PENDING.value, at=now,
-                         detail=f"study complete ({instance_count} instances, {detail})"))
+    transition(session, job, JobAction.CREATE, now=now,
+               detail=f"study complete ({instance_count} instances, {detail})")
     return job
 
 

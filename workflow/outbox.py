@@ -10,11 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from common.models import Delivery, DeliveryState, Document, Job, JobEvent, JobState, utcnow
+from common.models import Delivery, DeliveryState, Document, Job, JobState, utcnow
+
+from .jobs import JobAction, transition
+from .states import TransitionError
 
 __all__ = [
     "DELIVERY_LEASE_S",
@@ -46,8 +50,7 @@ def publish_pending_jobs(session: Session, publish: Callable[[Job], None]) -> in
     for job in jobs:
         publish(job)  # raises when the broker is unreachable: the job stays pending
         now = utcnow()
-        job.state, job.published_at, job.updated_at = JobState.QUEUED, now, now
-        session.add(JobEvent(job_id=job.id, state=JobState.QUEUED.value, at=now))
+        transition(session, job, JobAction.PUBLISH, now=now, published_at=now)
         session.commit()
         published += 1
     return published
@@ -110,9 +113,8 @@ def recover_orphaned_work(session: Session, publish: Callable[[Job], None]) -> i
     jobs = session.scalars(select(Job).where(
         Job.state.in_([JobState.QUEUED, JobState.RUNNING, JobState.FAILED]))).all()
     for job in jobs:
-        job.state, job.updated_at = JobState.PENDING, now
-        session.add(JobEvent(job_id=job.id, state=JobState.PENDING.value, at=now,
-                             detail="requeued at start-up (previous process stopped)"))
+        transition(session, job, JobAction.REQUEUE, now=now,
+                   detail="requeued at start-up (previous process stopped)")
     claimed = session.execute(
         update(Delivery)
         .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at > now)
@@ -139,14 +141,11 @@ def resume_inferred_jobs(session: Session, publish: Callable[[Job], None], older
     candidates = session.scalars(select(Job.id).where(Job.state == JobState.INFERRED, Job.updated_at <= stale)).all()
     resumed = 0
     for job_id in candidates:
-        taken = session.execute(
-            update(Job).where(Job.id == job_id, Job.state == JobState.INFERRED, Job.updated_at <= stale)
-            .values(updated_at=now).execution_options(synchronize_session=False)
-        ).rowcount
-        if taken != 1:
+        try:
+            transition(session, job_id, JobAction.RESUME, now=now, when=Job.updated_at <= stale,
+                       detail="published again: results not written (worker stopped)")
+        except TransitionError:
             continue
-        session.add(JobEvent(job_id=job_id, state=JobState.INFERRED.value, at=now,
-                             detail="published again: results not written (worker stopped)"))
         job = session.get(Job, job_id)
         assert job is not None
         publish(job)  # raises when the broker is unreachable: rolled back, tried next pass
@@ -172,14 +171,12 @@ def finish_delivered_jobs(session: Session) -> int:
     now = utcnow()
     finished = 0
     for job_id in job_ids:
-        taken = session.execute(
-            update(Job).where(Job.id == job_id, Job.state == JobState.SR_WRITTEN)
-            .values(state=JobState.DELIVERED, updated_at=now).execution_options(synchronize_session=False)
-        ).rowcount
-        if taken == 1:
-            session.add(JobEvent(job_id=job_id, state=JobState.DELIVERED.value, at=now,
-                                 detail="every delivery sent (recorded after a stop)"))
-            finished += 1
+        try:
+            transition(session, job_id, JobAction.DELIVER, now=now,
+                       detail="every delivery sent (recorded after a stop)")
+        except TransitionError:
+            continue
+        finished += 1
     session.commit()
     return finished
 
@@ -220,7 +217,8 @@ def requeue_lost_messages(session: Session, older_than_s: float) -> int:
                     lambda _: f"published again: not picked up within {older_than_s:.0f} s")
 
 
-def _requeue(session: Session, state: JobState, column, older_than_s: float, why) -> int:  # type: ignore[no-untyped-def]
+def _requeue(session: Session, state: JobState, column: InstrumentedAttribute[Any], older_than_s: float,
+             why: Callable[[str | None], str]) -> int:
     """Move ``state`` jobs whose ``column`` is older than ``older_than_s`` back to ``pending``,
     each with one conditional UPDATE (a worker that claims or beats at this moment wins)."""
     now = utcnow()
@@ -228,16 +226,13 @@ def _requeue(session: Session, state: JobState, column, older_than_s: float, why
     candidates = session.execute(select(Job.id, Job.worker).where(Job.state == state, column < stale)).all()
     requeued = 0
     for job_id, worker in candidates:
-        taken = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == state, column < stale)
-            .values(state=JobState.PENDING, updated_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if taken == 1:
-            detail = why(worker)
-            session.add(JobEvent(job_id=job_id, state=JobState.PENDING.value, at=now, detail=detail))
-            log.warning("job %s %s", job_id, detail)
-            requeued += 1
+        detail = why(worker)
+        try:
+            transition(session, job_id, JobAction.REQUEUE, now=now, detail=detail,
+                       when=(Job.state == state) & (column < stale))
+        except TransitionError:
+            continue  # a worker claimed it or beat at this moment: it keeps the job
+        log.warning("job %s %s", job_id, detail)
+        requeued += 1
     session.commit()
     return requeued

@@ -250,7 +250,7 @@ def retry_failed_delivery(delivery_id: RowId, request: Request,
                           session: Session = Depends(get_session)) -> ActionResult:
     """A failed delivery becomes pending (attempts 0, due now) and is handed to the sender."""
     try:
-        retry_delivery(session, delivery_id)
+        retry_delivery(session, delivery_id, principal.name)
     except (DeliveryNotFoundError, ActionNotAllowedError) as exc:
         raise _refused(session, principal, request, "admin.delivery.retry", exc) from None
     _change(session, principal, request, "admin.delivery.retry", {"delivery_id": delivery_id})

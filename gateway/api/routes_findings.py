@@ -6,7 +6,6 @@ the read itself: the endpoint builds its answer, adds the event, commits, and on
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
@@ -16,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.models import Instance
+from common.uids import UID_MAXIMUM_LENGTH, UID_PATTERN
 from .auditing import audit_request, query_text
 from .auth import Principal, get_session, get_settings, require_reader
 from .export import stream_export
@@ -50,7 +50,8 @@ __all__ = ["router", "finding_filters"]
 
 router = APIRouter(prefix="/api/v1", tags=["auditor"], responses=AUTH_RESPONSES)
 
-UidParam = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[0-9.]+$")]
+UidParam = Annotated[str, StringConstraints(min_length=1, max_length=UID_MAXIMUM_LENGTH,
+                                             pattern=f"^{UID_PATTERN}$")]
 Limit = Annotated[int, Query(ge=1, le=500, description="rows per page")]
 Cursor = Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]*$",
                                      description="next_cursor of the previous page")]

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from .. import admin
 from common.models import DeliveryState, JobState
+from common.uids import valid_uid
 from .auditing import audit_request, query_text
 from .auth import (
     Principal,
@@ -57,7 +58,6 @@ templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "tem
 COOKIE_NAME = "medrega_session"
 SESSION_MAX_AGE_S = 8 * 3600
 PAGE_SIZE = 50
-_UID_RE = re.compile(r"^[0-9.]{1,64}$")
 _TEXT_RE = re.compile(r"^[^\x00-\x1f\x7f]{0,256}$")
 
 
@@ -193,8 +193,8 @@ def _filters(params: dict[str, str]) -> FindingFilters:
     if status_value not in (None, "sent", "pending", "failed", "none"):
         raise _FilterError("delivery_status: one of sent, pending, failed, none")
     uid = _text(params, "study_instance_uid")
-    if uid is not None and not _UID_RE.match(uid):
-        raise _FilterError("study_instance_uid: digits and dots")
+    if uid is not None and not valid_uid(uid):
+        raise _FilterError("study_instance_uid: not a UID (PS3.5 9.1)")
     return FindingFilters(
         created_from=_when(params, "created_from"), created_to=_when(params, "created_to"),
         modality=_text(params, "modality", 16), calling_ae_title=_text(params, "calling_ae_title", 16),
@@ -250,7 +250,7 @@ def findings_export(request: Request, format: str = "csv",
 # -- one study ----------------------------------------------------------------------------------
 
 def _uid(value: str) -> str:
-    if not _UID_RE.match(value):
+    if not valid_uid(value):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not a UID")
     return value
 
@@ -341,7 +341,7 @@ def ui_retry_delivery(request: Request, delivery_id: int, csrf: str = Form(""),
     _check_csrf(request, csrf)
     refused = _admin_action(session, principal, request, "admin.delivery.retry",
                             {"delivery_id": delivery_id},
-                            lambda: retry_delivery(session, delivery_id))
+                            lambda: retry_delivery(session, delivery_id, principal.name))
     if refused:
         return _admin_redirect(refused, error=True)
     enqueue_delivery(delivery_id)

@@ -238,36 +238,31 @@ def jobs_list(
                 typer.echo(f"{'':>38}{job.error[:200]}")
 
 
-def _set_job_state(ctx: typer.Context, job_id: int, allowed: tuple, new_state, detail: str) -> None:
-    from common.models import Job, JobEvent, utcnow
+def _job_action(ctx: typer.Context, job_id: int, verb: str) -> None:
+    """``jobs retry`` and ``jobs cancel``: the rules of :mod:`workflow.jobs`, as in the API."""
+    from workflow import jobs
+    from workflow.states import TransitionError
 
     settings = get_settings(ctx)
-    with db.session_scope(settings.database_url) as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            fail(f"no job {job_id}")
-        if job.state not in allowed:
-            fail(f"job {job_id} is {job.state.value}; only {', '.join(s.value for s in allowed)} jobs can be {detail}")
-        job.state, job.updated_at, job.error = new_state, utcnow(), None
-        session.add(JobEvent(job_id=job.id, state=new_state.value, at=utcnow(), detail=f"{detail} by administrator"))
-    typer.echo(f"job {job_id} {detail}")
+    act = jobs.retry if verb == "retry" else jobs.cancel
+    try:
+        with db.session_scope(settings.database_url) as session:
+            act(session, job_id, "administrator (CLI)")
+    except TransitionError as exc:
+        fail(str(exc))
+    typer.echo(f"job {job_id} {'retried' if verb == 'retry' else 'cancelled'}")
 
 
 @jobs_app.command("retry")
 def jobs_retry(ctx: typer.Context, job_id: int) -> None:
     """Put a dead, failed or cancelled job back in the queue (the dispatcher publishes it)."""
-    from common.models import JobState
-
-    _set_job_state(ctx, job_id, (JobState.DEAD, JobState.FAILED, JobState.CANCELLED), JobState.PENDING, "retried")
+    _job_action(ctx, job_id, "retry")
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(ctx: typer.Context, job_id: int) -> None:
-    """Cancel a job that has not started writing results."""
-    from common.models import JobState
-
-    _set_job_state(ctx, job_id, (JobState.PENDING, JobState.QUEUED, JobState.FAILED, JobState.DEAD),
-                   JobState.CANCELLED, "cancelled")
+    """Cancel a job that no worker holds (pending, queued, failed or dead)."""
+    _job_action(ctx, job_id, "cancel")
 
 
 @app.command("status")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from model.checks import DEID_BLANK, PRIOR_STUDY, screen_text
-from model.classification import bleu1, coded_option, map_answer, option_name_zh
+from model.classification import bleu1, map_answer, option_name_zh
+from sr_writer.coding import coded_option
 from model.training import training_set, training_sets
 
 CHEXPERT = training_set("chexpert_train_cls").options

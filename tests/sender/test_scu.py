@@ -1,4 +1,4 @@
-"""deliver()/echo()/retry_delivery() against DCMTK storescp as the destination."""
+"""deliver()/echo() and an administrator's retry against DCMTK storescp as the destination."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from sqlalchemy import select
 import sender.scu as sender
 from sender.scu import (
     AssociationFailedError,
-    DeliveryAlreadySentError,
     DestinationNotFoundError,
     deliver,
     echo,
-    retry_delivery,
 )
+from workflow import deliveries
+from workflow.states import TransitionNotAllowedError
 from gateway import admin
 from common.db import session_scope
 from common.models import Delivery, DeliveryAttempt, DeliveryState, Document, Job, Study
@@ -198,12 +198,12 @@ def test_failed_after_retries_then_an_administrator_retries(settings, tmp_path):
     assert len(attempts(settings, delivery_id)) == 2
 
     with session_scope(settings.database_url) as s:
-        retry_delivery(s, delivery_id)
+        deliveries.retry(s, delivery_id, "test")
     with storescp(tmp_path / "pacs", ae_title="PACS", port=port) as pacs:
         assert deliver(settings, delivery_id).state is DeliveryState.SENT
         pacs.wait_for_files(1)
-    with session_scope(settings.database_url) as s, pytest.raises(DeliveryAlreadySentError):
-        retry_delivery(s, delivery_id)
+    with session_scope(settings.database_url) as s, pytest.raises(TransitionNotAllowedError):
+        deliveries.retry(s, delivery_id, "test")  # a sent delivery is never sent a second time
 
 
 def test_refused_sop_class_without_fallback_is_a_recorded_failure(settings, tmp_path):

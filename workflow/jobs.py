@@ -1,0 +1,180 @@
+"""The job state machine: the one writer of ``Job.state`` and of ``JobEvent`` rows.
+
+A job is the processing of one version of a study. :data:`TRANSITIONS` is its whole life, written
+as pynetdicom's ``fsm.py`` writes the PS3.8 9.2 upper-layer machine: ``(state, action) -> new
+state``. :func:`transition` performs one action and records it as a ``JobEvent`` (the study
+timeline) in the caller's transaction; the assembler, the outbox, the workers, the CLI and the API
+all call it, so they follow the same rules.
+
+Every transition of an existing job is one conditional ``UPDATE ... WHERE state = <the state read>``:
+two processes acting on the same job at once (two workers claiming, the dispatcher requeuing while
+a worker beats) cannot both win; the loser gets :class:`~workflow.states.StateChangedError`.
+
+Administrators' rule (CLI and API alike): ``retry`` takes a ``failed``, ``dead`` or ``cancelled``
+job back to ``pending`` with its attempt counter and error cleared (a cancelled job can so be
+undone: nothing else would ever run it); ``cancel`` stops a job no worker holds
+(``pending``, ``queued``, ``failed``, ``dead``) and keeps its last error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.orm import Session
+
+from common.models import Job, JobEvent, JobState, utcnow
+
+from .states import RowNotFoundError, StateChangedError, TransitionNotAllowedError, expire_loaded
+
+__all__ = ["JobAction", "TRANSITIONS", "RECORDED_AS", "transition", "allowed_from", "retry", "cancel",
+           "JobNotFoundError"]
+
+
+class JobAction(str, enum.Enum):
+    """What happens to a job; each is performed only from the states :data:`TRANSITIONS` lists."""
+
+    CREATE = "create"  #: the assembler found the study complete (a new row)
+    PUBLISH = "publish"  #: the outbox gave it to the broker
+    CLAIM = "claim"  #: a worker took it (or took over a running job whose lease ran out)
+    INFER = "infer"  #: model runs and findings recorded
+    WRITE_SR = "write_sr"  #: SRs (and presentation states) written, deliveries created
+    DELIVER = "deliver"  #: every delivery sent
+    FAIL = "fail"  #: a transient failure; the worker retries
+    FAIL_PERMANENTLY = "fail_permanently"  #: retrying cannot help (missing model, retries used up)
+    REQUEUE = "requeue"  #: lost message, abandoned claim or stopped process: publish it again
+    RETRY = "retry"  #: an administrator puts it back in the queue
+    CANCEL = "cancel"  #: an administrator stops it
+    STUDY_EMPTIED = "study_emptied"  #: every instance moved to other studies: nothing to report on
+    RESUME = "resume"  #: publish an inferred job again (its worker stopped before writing the SRs)
+
+
+S, A = JobState, JobAction
+
+#: ``(state, action) -> new state``; ``None`` is "no row yet". Anything else is refused.
+TRANSITIONS: dict[tuple[JobState | None, JobAction], JobState] = {
+    (None, A.CREATE): S.PENDING,
+    (S.PENDING, A.PUBLISH): S.QUEUED,
+    # A message may reach a worker before the outbox marked the job queued, or after a failure.
+    (S.PENDING, A.CLAIM): S.RUNNING,
+    (S.QUEUED, A.CLAIM): S.RUNNING,
+    (S.FAILED, A.CLAIM): S.RUNNING,
+    (S.RUNNING, A.CLAIM): S.RUNNING,  # only when the holder's lease ran out (the caller's condition)
+    (S.RUNNING, A.INFER): S.INFERRED,
+    (S.INFERRED, A.WRITE_SR): S.SR_WRITTEN,
+    (S.SR_WRITTEN, A.DELIVER): S.DELIVERED,
+    (S.PENDING, A.FAIL): S.FAILED,
+    (S.QUEUED, A.FAIL): S.FAILED,
+    (S.RUNNING, A.FAIL): S.FAILED,
+    (S.INFERRED, A.FAIL): S.INFERRED,  # keeps its findings: the retry goes on to writing the SRs
+    (S.PENDING, A.FAIL_PERMANENTLY): S.DEAD,
+    (S.QUEUED, A.FAIL_PERMANENTLY): S.DEAD,
+    (S.RUNNING, A.FAIL_PERMANENTLY): S.DEAD,
+    (S.INFERRED, A.FAIL_PERMANENTLY): S.DEAD,
+    (S.FAILED, A.FAIL_PERMANENTLY): S.DEAD,
+    (S.QUEUED, A.REQUEUE): S.PENDING,
+    (S.RUNNING, A.REQUEUE): S.PENDING,
+    (S.FAILED, A.REQUEUE): S.PENDING,  # its retry never came (a broker that lost it), or a stop
+    (S.INFERRED, A.RESUME): S.INFERRED,  # findings kept; the task goes on to writing the SRs
+    (S.FAILED, A.RETRY): S.PENDING,
+    (S.DEAD, A.RETRY): S.PENDING,
+    (S.CANCELLED, A.RETRY): S.PENDING,
+    (S.PENDING, A.CANCEL): S.CANCELLED,
+    (S.QUEUED, A.CANCEL): S.CANCELLED,
+    (S.FAILED, A.CANCEL): S.CANCELLED,
+    (S.DEAD, A.CANCEL): S.CANCELLED,
+    (S.RUNNING, A.STUDY_EMPTIED): S.CANCELLED,  # found by the worker that claimed it
+}
+
+#: What the event row records when it is not the new state: a failure after inference leaves the
+#: job ``inferred`` (its findings kept) but the timeline shows that the attempt failed.
+RECORDED_AS: dict[JobAction, JobState] = {A.FAIL: S.FAILED}
+
+del S, A
+
+
+class JobNotFoundError(RowNotFoundError):
+    """No job has this id."""
+
+
+def allowed_from(action: JobAction) -> list[JobState]:
+    """The states in which ``action`` may be performed (in :class:`JobState` order)."""
+    return [s for s in JobState if (s, action) in TRANSITIONS]
+
+
+def transition(
+    session: Session,
+    job: Job | int,
+    action: JobAction,
+    *,
+    detail: str | None = None,
+    now: dt.datetime | None = None,
+    when: ColumnElement[bool] | None = None,
+    **values: Any,
+) -> JobState:
+    """Perform ``action`` on ``job`` and add its ``JobEvent``; the caller commits. Returns the new state.
+
+    ``values`` are further columns written with the state (``worker=...``, ``attempts=...``);
+    ``when`` is a further condition of the conditional UPDATE (a claim of a ``running`` job needs
+    its lease to have run out). For :attr:`JobAction.CREATE`, ``job`` is the new, unsaved row.
+
+    Raises :class:`JobNotFoundError`, :class:`~workflow.states.TransitionNotAllowedError` (nothing
+    written) or :class:`~workflow.states.StateChangedError` (another process changed the job first,
+    or ``when`` did not hold; nothing written).
+    """
+    now = now or utcnow()
+    if isinstance(job, Job) and action is JobAction.CREATE:
+        new = _new_state(job.id or 0, None, action)
+        job.state, job.created_at, job.updated_at = new, job.created_at or now, now
+        for key, value in values.items():
+            setattr(job, key, value)
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    else:
+        job_id = job.id if isinstance(job, Job) else job
+        current = session.scalar(select(Job.state).where(Job.id == job_id))
+        if current is None:
+            raise JobNotFoundError(f"no job {job_id}")
+        new = _new_state(job_id, current, action)
+        conditions = [Job.id == job_id, Job.state == current]
+        if when is not None:
+            conditions.append(when)
+        changed = session.execute(
+            update(Job).where(*conditions).values(state=new, updated_at=now, **values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if changed != 1:
+            raise StateChangedError(f"job {job_id} changed while {action.value} was being made")
+        expire_loaded(session, Job, job_id)
+    session.add(JobEvent(job_id=job_id, state=RECORDED_AS.get(action, new).value, at=now, detail=detail))
+    return new
+
+
+def _new_state(job_id: int, state: JobState | None, action: JobAction) -> JobState:
+    try:
+        return TRANSITIONS[(state, action)]
+    except KeyError:
+        raise TransitionNotAllowedError(
+            "job", job_id, state, action, [s.value for s in allowed_from(action)]) from None
+
+
+def retry(session: Session, job_id: int, actor: str) -> Job:
+    """An administrator's retry (CLI and API): back to ``pending``, attempts and error cleared."""
+    transition(session, job_id, JobAction.RETRY, detail=f"retried by {actor}",
+               attempts=0, error=None, published_at=None)
+    return _loaded(session, job_id)
+
+
+def cancel(session: Session, job_id: int, actor: str) -> Job:
+    """An administrator's cancel (CLI and API) of a job that no worker holds."""
+    transition(session, job_id, JobAction.CANCEL, detail=f"cancelled by {actor}")
+    return _loaded(session, job_id)
+
+
+def _loaded(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    assert job is not None  # transition() found it
+    return job
