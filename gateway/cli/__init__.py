@@ -14,7 +14,35 @@ import typer
 from . import commands  # noqa: F401  (defines the commands on ``app`` and adds the groups)
 from .base import EXIT_DATABASE, AppContext, _root, app, fail, get_settings
 
-__all__ = ["app", "main", "AppContext", "get_settings", "fail", "_root"]
+__all__ = ["app", "main", "config_first", "AppContext", "get_settings", "fail", "_root"]
+
+
+CONFIG_OPTIONS = ("--config", "-c")
+
+
+def config_first(argv: list[str]) -> list[str]:
+    """``--config PATH`` (or ``-c PATH``, ``--config=PATH``) moved before the sub-command.
+
+    The option belongs to the root command, where click only looks before the sub-command's name;
+    an operator writes it anywhere (``medrega-gateway db upgrade --config gateway.toml``). Words
+    after ``--`` are left alone.
+    """
+    moved: list[str] = []
+    rest: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            rest.append(word)
+            rest.extend(words)
+            break
+        if word in CONFIG_OPTIONS:
+            value = next(words, None)
+            moved.extend([word] if value is None else [word, value])
+        elif word.startswith("--config="):
+            moved.append(word)
+        else:
+            rest.append(word)
+    return moved + rest
 
 
 def _first_line(exc: BaseException) -> str:
@@ -26,8 +54,9 @@ def _first_line(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> None:
     from sqlalchemy.exc import InterfaceError, OperationalError
 
+    args = argv if argv is not None else sys.argv[1:]
     try:
-        app(args=argv if argv is not None else sys.argv[1:], prog_name="medrega-gateway")
+        app(args=config_first(args), prog_name="medrega-gateway")
     except (OperationalError, InterfaceError) as exc:
         # Raised where a command first connects: one line, not the driver's traceback.
         typer.echo(f"medrega-gateway: database.url: cannot connect to the database: {_first_line(exc)}",
