@@ -13,4 +13,5 @@ services:
 	./scripts/services.sh
 
 test: setup services
+	.venv/bin/ruff check .
 	TCP_NODELAY=1 .venv/bin/python -m pytest -p no:cacheprovider -q -ra --durations=15

@@ -119,7 +119,7 @@ def main() -> None:
         t = time.perf_counter()
         results = analyse_study(images, backend, settings)
         rows.append(("analyse_study end to end (all of the above but loading)", time.perf_counter() - t, f"{len(results)} runs"))
-    print(f"| stage | seconds | note |\n|---|---|---|")
+    print("| stage | seconds | note |\n|---|---|---|")
     for name, seconds, note in rows:
         print(f"| {name} | {seconds:.3f} | {note} |")
 

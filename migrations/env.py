@@ -1,7 +1,6 @@
 """Alembic environment: runs migrations against the URL given by common.db.alembic_config."""
 
 from alembic import context
-from sqlalchemy import pool
 
 from common.db import make_engine
 from common.models import Base

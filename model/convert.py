@@ -366,7 +366,6 @@ def convert_checkpoint(
     log: Callable[[str], None] | None = None,
 ) -> ConversionReport:
     """Convert MedRegA's original checkpoint folder ``src`` into a native folder ``dst``."""
-    import torch
     from safetensors.torch import save_file
 
     say = log or (lambda _msg: None)

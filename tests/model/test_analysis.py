@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.uid import generate_uid
 
 from common.settings import ModelSettings
 from model.analysis import analyse, analyse_study
 from model.backends import load_backend
 from model.backends.base import GenerationRequest, ModelBackend, ModelIdentity
-from model_factory import BASIC_TEXT_SR, CR_IMAGE, ct_volume, grey_dataset, source_of, write
+from model_factory import BASIC_TEXT_SR, ct_volume, grey_dataset, source_of, write
 
 
 def radiograph(folder: Path, rows: int = 300, columns: int = 200):

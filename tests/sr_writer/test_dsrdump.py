@@ -49,7 +49,7 @@ def test_dsrdump_renders_both_languages(built, modality: str) -> None:
         assert f'="{text}"' in zh
     for text in REPORT_TEXTS["en"]:
         assert f'="{text}"' in en
-    for label_en, label_zh, desc_en, desc_zh, _ in REGION_SPECS:
+    for _label_en, _label_zh, desc_en, desc_zh, _ in REGION_SPECS:
         if desc_zh:
             assert f'"Comment")="{desc_zh}"' in zh
             assert f'"Comment")="{desc_en}"' in en
