@@ -27,7 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "sr_writer": {"common", "model"},
     "sender": {"common", "workflow", "sr_writer", "dicom_node"},
     "workers": {"common", "workflow", "sender", "model", "sr_writer"},
-    "gateway": {"common", "dicom_node", "workflow", "sender", "workers", "model", "sr_writer"},
+    "evaluation": {"common", "model"},  # MedRegA's evaluation metrics, run offline
+    "gateway": {"common", "dicom_node", "workflow", "sender", "workers", "model", "sr_writer", "evaluation"},
     "migrations": {"common"},
 }
 #: The one module of another stage that ``sender`` uses: the TLS contexts of the node (PS3.15 B.1).
