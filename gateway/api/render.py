@@ -18,13 +18,15 @@ import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
 
+from sr_writer.errors import FontNotFoundError
+from sr_writer.render import find_cjk_font
+
 from .regions import Region
 
-__all__ = ["ImageNotAvailableError", "CJK_FONT", "resolve_spool_path", "render_annotated_png"]
+__all__ = ["ImageNotAvailableError", "resolve_spool_path", "render_annotated_png"]
 
 log = logging.getLogger(__name__)
 
-CJK_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
 #: Images are enlarged until their longer side has at least this many pixels.
 MIN_LONG_SIDE = 512
 #: And shrunk to at most this many (a browser view, not the original resolution).
@@ -49,11 +51,13 @@ def resolve_spool_path(data_dir: Path, relative: str) -> Path:
 
 @lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    if CJK_FONT.is_file():
-        return ImageFont.truetype(str(CJK_FONT), size)
-    log.warning("CJK font %s is missing (install fonts-wqy-zenhei): Chinese labels will not render",
-                CJK_FONT)
-    return ImageFont.load_default(size)
+    """The CJK font of :func:`sr_writer.render.find_cjk_font` (the one lookup: ``render`` and the
+    pages draw with the same font), or Pillow's default with a warning when none is installed."""
+    try:
+        return ImageFont.truetype(str(find_cjk_font()), size)
+    except FontNotFoundError as exc:
+        log.warning("%s: Chinese labels will not render", exc)
+        return ImageFont.load_default(size)
 
 
 def _to_8bit(ds: pydicom.Dataset, frame_number: int | None) -> Image.Image:
