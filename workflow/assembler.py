@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from common.models import Instance, Job, Study, StudyState, utcnow
@@ -74,12 +75,12 @@ def complete_study(session: Session, study: Study, force: bool = False) -> Job |
         values["state"] = StudyState.COMPLETE
     if process:
         values.update(version=Study.version + 1, urgent=decision.urgent)
-    claimed = session.execute(
+    claimed = cast(CursorResult[Any], session.execute(
         update(Study)
         .where(Study.id == study.id, Study.last_received_at == seen)
         .values(**values)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )).rowcount
     session.expire(study)
     if claimed != 1 or not process:
         return None

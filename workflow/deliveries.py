@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from common.models import Delivery, DeliveryEvent, DeliveryState, utcnow
@@ -88,10 +88,10 @@ def transition(
         if current is None:
             raise DeliveryNotFoundError(f"no delivery {delivery_id}")
         new = _new_state(delivery_id, current, action)
-        changed = session.execute(
+        changed = cast(CursorResult[Any], session.execute(
             update(Delivery).where(Delivery.id == delivery_id, Delivery.state == current)
             .values(state=new, **values).execution_options(synchronize_session=False)
-        ).rowcount
+        )).rowcount
         if changed != 1:
             raise StateChangedError(f"delivery {delivery_id} changed while {action.value} was being made")
         expire_loaded(session, Delivery, delivery_id)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import CursorResult, ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from common.models import Job, JobEvent, JobState, utcnow
@@ -142,10 +142,10 @@ def transition(
         conditions = [Job.id == job_id, Job.state == current]
         if when is not None:
             conditions.append(when)
-        changed = session.execute(
+        changed = cast(CursorResult[Any], session.execute(
             update(Job).where(*conditions).values(state=new, updated_at=now, **values)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        )).rowcount
         if changed != 1:
             raise StateChangedError(f"job {job_id} changed while {action.value} was being made")
         expire_loaded(session, Job, job_id)
