@@ -69,17 +69,25 @@ class _Section(BaseModel):
 class NodeSettings(_Section):
     """The DICOM node (PS3.7 / PS3.8 association acceptor)."""
 
-    ae_title: str = "MEDREGA"
-    host: str = "0.0.0.0"
-    port: int = Field(11112, ge=0, le=65535)
-    stable_after_s: float = Field(30.0, gt=0)
-    #: Maximum PDU size we advertise; 0 means unlimited (PS3.8 D.3.3.1), the fastest setting.
-    maximum_pdu_size: int = Field(0, ge=0)
-    maximum_associations: int = Field(16, ge=1)
-    #: Listener processes; the first accepts every connection and gives it to the least busy.
-    #: One Python process uses one core at most, so several serve simultaneous associations
-    #: faster. 0: one per CPU core, at most 8.
-    processes: int = Field(0, ge=0)
+    ae_title: str = Field("MEDREGA", description=(
+        "The node's own AE title (PS3.8: 1-16 characters, no backslash): callers address it as Called"
+        " AE Title; also the Calling AE Title of sends when sender.calling_ae_title is empty."))
+    host: str = Field("0.0.0.0", description=(
+        "Address the DICOM node listens on (0.0.0.0: every IPv4 address)."))
+    port: int = Field(11112, ge=0, le=65535, description=(
+        "TCP port of the DICOM node (0: any free port, for tests)."))
+    stable_after_s: float = Field(30.0, gt=0, description=(
+        "Seconds without a new instance after which a study is taken as complete and its job is made "
+        "(C-STORE has no end-of-study message, PS3.4 B)."))
+    maximum_pdu_size: int = Field(0, ge=0, description=(
+        "Maximum PDU size (bytes) the node advertises; 0 means unlimited (PS3.8 D.3.3.1), the fastest"
+        " setting."))
+    maximum_associations: int = Field(16, ge=1, description=(
+        "Simultaneous associations the node serves; a further request is rejected (transient, PS3.8 "
+        "9.3.4)."))
+    processes: int = Field(0, ge=0, description=(
+        "Listener processes; the first accepts every connection and gives it to the least busy. 0: "
+        "one per CPU core, at most 8."))
     acse_timeout_s: float = Field(30.0, gt=0, description=(
         "Association establishment, in all: from the TCP accept (TLS handshake included) until the "
         "A-ASSOCIATE-RQ has arrived whole; also the ARTIM timer after a reject, release or abort "
@@ -97,16 +105,24 @@ class NodeSettings(_Section):
         "TCP connections from one client address that are not yet an association (accepted, no "
         "A-ASSOCIATE-AC sent yet); further ones from that address are closed at once, so that "
         "one client cannot hold every connection the node serves."))
-    #: Refuse C-STORE with 0xA700 (Out of Resources) when less than this is free in data_dir.
-    minimum_free_disk_mb: float = Field(512.0, ge=0)
-    #: When true only callers listed in the AE title table may associate.
-    require_known_callers: bool = False
-    tls_certificate: str = ""
-    tls_private_key: str = ""
-    tls_ca_certificates: str = ""
-    tls_require_client_certificate: bool = False
-    #: Prometheus metrics on this port (HTTP ``/metrics``) while ``serve`` runs; 0 disables.
-    metrics_port: int = Field(9100, ge=0, le=65535)
+    minimum_free_disk_mb: float = Field(512.0, ge=0, description=(
+        "C-STORE is refused with 0xA700 (Out of Resources) when less than this many MB (10^6 bytes) "
+        "are free under storage.data_dir."))
+    require_known_callers: bool = Field(False, description=(
+        "true: only calling AE titles in the callers table may associate; false: any caller may while"
+        " that table is empty."))
+    tls_certificate: str = Field("", description=(
+        "PEM certificate of the node for DICOM TLS (PS3.15 B.1); empty: no TLS listener. A relative "
+        "path is relative to the current directory."))
+    tls_private_key: str = Field("", description=(
+        "PEM private key of tls_certificate. A relative path is relative to the current directory."))
+    tls_ca_certificates: str = Field("", description=(
+        "PEM bundle of the CAs that sign peers' certificates (callers and TLS destinations); empty: "
+        "the system store. A relative path is relative to the current directory."))
+    tls_require_client_certificate: bool = Field(False, description=(
+        "true: a TLS caller must present a certificate signed by tls_ca_certificates."))
+    metrics_port: int = Field(9100, ge=0, le=65535, description=(
+        "Port of the Prometheus metrics (HTTP /metrics) while serve runs; 0 disables them."))
     metrics_host: str = Field("", description="Address the metrics server binds; empty: node.host, "
                               "so a node bound to 127.0.0.1 does not publish its metrics elsewhere.")
 
@@ -114,7 +130,9 @@ class NodeSettings(_Section):
 
 
 class StorageSettings(_Section):
-    data_dir: Path = Path("./var")
+    data_dir: Path = Field(Path("./var"), description=(
+        "Folder of the spool, results, quarantine, embedded database and broker. A relative path is "
+        "relative to the config file (to the current directory without one)."))
 
 
 #: Database URL schemes the gateway supports (SQLAlchemy dialect[+driver]).
@@ -136,31 +154,41 @@ class DatabaseSettings(_Section):
 
 
 class QueueSettings(_Section):
-    #: Empty: an embedded broker (kombu's SQLAlchemy transport on SQLite under data_dir).
-    broker_url: str = ""
-    #: Seconds before an unacknowledged task is redelivered (Redis visibility timeout).
-    visibility_timeout_s: int = Field(4 * 3600, gt=0)
-    task_time_limit_s: int = Field(3 * 3600, gt=0)
-    #: A running job whose worker sent no heartbeat (one between model batches) for this long is
-    #: taken as abandoned (worker killed, host lost) and queued again. Longer than one batch.
-    job_lease_s: int = Field(900, ge=30)
+    broker_url: str = Field("", description=(
+        "Celery broker URL (redis://host:6379/0); empty: an embedded broker (kombu's SQLAlchemy "
+        "transport on SQLite under storage.data_dir), for one host."))
+    visibility_timeout_s: int = Field(4 * 3600, gt=0, description=(
+        "Seconds before a task that no worker acknowledged is delivered again (Redis visibility "
+        "timeout)."))
+    task_time_limit_s: int = Field(3 * 3600, gt=0, description=(
+        "Seconds a task may run before Celery stops it."))
+    job_lease_s: int = Field(900, ge=30, description=(
+        "Seconds without a heartbeat (one between model batches) after which a running job is taken "
+        "as abandoned (worker killed, host lost) and queued again; longer than one batch."))
 
 
 class ModelSettings(_Section):
-    backend: Literal["medrega", "tiny", "replay"] = "medrega"
-    #: Converted checkpoint folder (medrega) or replay JSONL file (replay).
-    path: str = ""
-    device: str = "auto"
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    load_in_8bit: bool = False
-    max_new_tokens: int = Field(400, ge=1)
-    batch_size: int = Field(4, ge=1)
-    #: Upper bound of images sent to the model per study (bounded work per study).
-    max_images_per_study: int = Field(16, ge=1)
-    #: Slices taken from each CT/MR volume, spread along the slice normal.
-    slices_per_volume: int = Field(3, ge=1)
-    #: Task plans file; empty means the plans shipped with the gateway.
-    plans_path: str = ""
+    backend: Literal["medrega", "tiny", "replay"] = Field("medrega", description=(
+        "The model: medrega (the real MedRegA), tiny (a small random model, tests) or replay "
+        "(recorded answers, demo and tests)."))
+    path: str = Field("", description=(
+        "Converted checkpoint folder (medrega) or replay JSONL file (replay). A relative path is "
+        "relative to the current directory."))
+    device: str = Field("auto", description=(
+        "torch device: auto (the worker's GPU when there is one, else cpu), cpu, cuda or cuda:N."))
+    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description=(
+        "Weights' floating-point type: bfloat16, float16 or float32."))
+    load_in_8bit: bool = Field(False, description=(
+        "true: load the weights in 8 bits (bitsandbytes), about half the GPU memory of bfloat16."))
+    max_new_tokens: int = Field(400, ge=1, description="Most tokens the model may write per answer.")
+    batch_size: int = Field(4, ge=1, description="Prompts run through the model together.")
+    max_images_per_study: int = Field(16, ge=1, description=(
+        "Most images (or frames) of one study sent to the model: bounded work per study."))
+    slices_per_volume: int = Field(3, ge=1, description=(
+        "Slices taken from each CT/MR volume, spread along the slice normal."))
+    plans_path: str = Field("", description=(
+        "Task plans file (TOML); empty: the plans shipped with the gateway. A relative path is "
+        "relative to the current directory."))
     prompt_layout: Literal["training", "demo"] = Field("training", description=(
         "where the picture goes in the first user turn: \"training\" (`'<image>\\n' + instruction + ' ' + "
         "question`, as MedRegA's training code built it) or \"demo\" (`instruction + ' <image>\\n' + question`, "
@@ -174,27 +202,31 @@ class ModelSettings(_Section):
         "leave out Secondary Capture images (screen captures, dose sheets)"))
     exclude_burned_in_annotation: bool = Field(True, description=(
         "leave out images with Burned In Annotation (0028,0301) YES"))
-    #: Seed of the tiny random model (tests only).
-    tiny_seed: int = 0
+    tiny_seed: int = Field(0, description="Seed of the tiny random model (tests only).")
 
 
 class SenderSettings(_Section):
-    retries: int = Field(5, ge=0)
-    backoff_initial_s: float = Field(5.0, ge=0)
-    backoff_max_s: float = Field(600.0, gt=0)
-    calling_ae_title: str = ""
-    #: "sr" or "sr+gsps": what is sent by default to destinations that do not say.
-    send: Literal["sr", "sr+gsps"] = "sr"
+    retries: int = Field(5, ge=0, description=(
+        "C-STORE attempts after the first before a delivery is failed (an administrator may retry "
+        "it)."))
+    backoff_initial_s: float = Field(5.0, ge=0, description=(
+        "Seconds before the first retry; each further retry waits twice as long."))
+    backoff_max_s: float = Field(600.0, gt=0, description="Longest wait between two attempts, in seconds.")
+    calling_ae_title: str = Field("", description=(
+        "Calling AE title of our associations to destinations; empty: node.ae_title."))
+    send: Literal["sr", "sr+gsps"] = Field("sr", description=(
+        "What destinations that do not say get: sr (the SRs) or sr+gsps (also presentation states)."))
 
 
 class ApiSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    #: Show patient identifiers to auditors (admins always see them).
-    auditors_see_patient_identifiers: bool = False
-    #: Send DICOM audit messages (PS3.15 A.5, RFC 3881 XML) over syslog UDP to this host; empty: off.
-    audit_syslog_host: str = ""
-    audit_syslog_port: int = Field(514, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Address the HTTP API and pages listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port of the HTTP API and pages.")
+    auditors_see_patient_identifiers: bool = Field(False, description=(
+        "true: auditors see patient names and IDs (administrators always do)."))
+    audit_syslog_host: str = Field("", description=(
+        "Host that receives DICOM audit messages (PS3.15 A.5, RFC 3881 XML) over syslog UDP (RFC "
+        "5426); empty: none sent."))
+    audit_syslog_port: int = Field(514, ge=1, le=65535, description="UDP port of audit_syslog_host.")
     auth_failures_allowed: int = Field(
         5, ge=0, description="Failed authentications (bad or revoked tokens) one client address may "
         "make before it must wait; while it waits its requests get 429 and write no audit row.")
@@ -206,18 +238,20 @@ class ApiSettings(_Section):
 
 
 class LoggingSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    #: "text" for people, "json" (one object per line) for log collectors.
-    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description=(
+        "Least severe level logged: DEBUG, INFO, WARNING or ERROR."))
+    format: Literal["text", "json"] = Field("text", description=(
+        "text (for people) or json (one object per line, for log collectors)."))
 
 
 class DestinationSettings(_Section):
-    name: str
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
-    send: Literal["sr", "sr+gsps"] | None = None
-    tls: bool = False
+    name: str = Field(description="Name of the destination (unique), used by routes, callers and the CLI.")
+    ae_title: str = Field(description="Called AE title of the destination's Storage SCP.")
+    host: str = Field(description="Host name or address of the destination.")
+    port: int = Field(ge=1, le=65535, description="TCP port of the destination (1-65535).")
+    send: Literal["sr", "sr+gsps"] | None = Field(None, description="sr or sr+gsps; empty: sender.send.")
+    tls: bool = Field(False, description=(
+        "true: associate over DICOM TLS (PS3.15 B.1) with the node's certificate settings."))
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: validate_ae_title(v)))
 
@@ -225,11 +259,12 @@ class DestinationSettings(_Section):
 class CallerSettings(_Section):
     """A calling AE title that may send us studies (allow-list entry)."""
 
-    ae_title: str
-    host: str = ""
-    description: str = ""
-    #: Destinations (names) that receive results of studies this caller sent; empty: all.
-    destinations: list[str] = []
+    ae_title: str = Field(description="Calling AE title allowed to send studies.")
+    host: str = Field("", description=(
+        "Only from this IP address, CIDR network or host name; empty: from anywhere."))
+    description: str = Field("", description="Free text for administrators.")
+    destinations: list[str] = Field([], description=(
+        "Destinations (names) that receive results of studies this caller sent; empty: all."))
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: validate_ae_title(v)))
 
@@ -237,16 +272,24 @@ class CallerSettings(_Section):
 class RouteSettings(_Section):
     """Which studies go to the model; first matching route (by ``order``) wins."""
 
-    name: str
-    order: int = 100
-    calling_ae_title: str = ""
-    modality: str = ""
-    sop_class_uid: str = ""
-    body_part_examined: str = ""
-    series_description: str = ""
-    action: Literal["process", "store", "ignore"] = "process"
-    urgent: bool = False
-    destinations: list[str] = []
+    name: str = Field(description="Name of the route (unique).")
+    order: int = Field(100, description=(
+        "Routes are tried by increasing order; the first that matches decides."))
+    calling_ae_title: str = Field("", description=(
+        "Match studies sent by this calling AE title (case-insensitive); empty: any."))
+    modality: str = Field("", description=(
+        "Match studies with a series of this Modality (0008,0060); empty: any."))
+    sop_class_uid: str = Field("", description=(
+        "Match studies with an instance of this SOP Class UID; empty: any."))
+    body_part_examined: str = Field("", description=(
+        "Match studies with a series of this Body Part Examined (0018,0015); empty: any."))
+    series_description: str = Field("", description=(
+        "Match a Series Description (0008,103E): a glob (*thorax*) or a substring; empty: any."))
+    action: Literal["process", "store", "ignore"] = Field("process", description=(
+        "process (model and SRs), store (keep, no job) or ignore."))
+    urgent: bool = Field(False, description="true: the job goes ahead of the others in the queue.")
+    destinations: list[str] = Field([], description=(
+        "Destinations (names) of the results; empty: the caller's, else every enabled one."))
 
 
 class Settings(_Section):
