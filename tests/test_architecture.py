@@ -194,7 +194,8 @@ def test_the_listener_loads_no_model_queue_or_sr_library() -> None:
 
 #: The only modules that may write job and delivery states and their event rows.
 STATE_MACHINES = {"workflow.jobs": ("Job", "JobEvent", "JobState"),
-                  "workflow.deliveries": ("Delivery", "DeliveryEvent", "DeliveryState")}
+                  "workflow.deliveries": ("Delivery", "DeliveryEvent", "DeliveryState"),
+                  "workflow.states": ("the conditional UPDATE both perform",)}
 
 
 def _state_writes(path: Path) -> list[str]:

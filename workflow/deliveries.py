@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from common.models import Delivery, DeliveryEvent, DeliveryState, utcnow
 
-from .states import RowNotFoundError, StateChangedError, TransitionNotAllowedError, expire_loaded
+from . import states
+from .states import RowNotFoundError
 
 __all__ = ["DeliveryAction", "TRANSITIONS", "transition", "allowed_from", "retry", "DeliveryNotFoundError"]
 
@@ -54,7 +54,7 @@ class DeliveryNotFoundError(RowNotFoundError):
 
 def allowed_from(action: DeliveryAction) -> list[DeliveryState]:
     """The states in which ``action`` may be performed (in :class:`DeliveryState` order)."""
-    return [s for s in DeliveryState if (s, action) in TRANSITIONS]
+    return states.allowed_from(TRANSITIONS, DeliveryState, action)
 
 
 def transition(
@@ -75,36 +75,12 @@ def transition(
     """
     now = now or utcnow()
     if isinstance(delivery, Delivery) and action is DeliveryAction.CREATE:
-        new = _new_state(delivery.id or 0, None, action)
-        delivery.state, delivery.created_at = new, delivery.created_at or now
-        for key, value in values.items():
-            setattr(delivery, key, value)
-        session.add(delivery)
-        session.flush()
-        delivery_id = delivery.id
-    else:
-        delivery_id = delivery.id if isinstance(delivery, Delivery) else delivery
-        current = session.scalar(select(Delivery.state).where(Delivery.id == delivery_id))
-        if current is None:
-            raise DeliveryNotFoundError(f"no delivery {delivery_id}")
-        new = _new_state(delivery_id, current, action)
-        changed = cast(CursorResult[Any], session.execute(
-            update(Delivery).where(Delivery.id == delivery_id, Delivery.state == current)
-            .values(state=new, **values).execution_options(synchronize_session=False)
-        )).rowcount
-        if changed != 1:
-            raise StateChangedError(f"delivery {delivery_id} changed while {action.value} was being made")
-        expire_loaded(session, Delivery, delivery_id)
+        values = {"created_at": delivery.created_at or now, **values}
+    delivery_id, new = states.perform(session, Delivery, delivery, action, TRANSITIONS, what="delivery",
+                                      not_found=DeliveryNotFoundError, create=DeliveryAction.CREATE,
+                                      when=None, values=values)
     session.add(DeliveryEvent(delivery_id=delivery_id, state=new.value, at=now, detail=detail))
     return new
-
-
-def _new_state(delivery_id: int, state: DeliveryState | None, action: DeliveryAction) -> DeliveryState:
-    try:
-        return TRANSITIONS[(state, action)]
-    except KeyError:
-        raise TransitionNotAllowedError(
-            "delivery", delivery_id, state, action, [s.value for s in allowed_from(action)]) from None
 
 
 def retry(session: Session, delivery_id: int, actor: str) -> Delivery:

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, ColumnElement, select, update
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from common.models import Job, JobEvent, JobState, utcnow
 
-from .states import RowNotFoundError, StateChangedError, TransitionNotAllowedError, expire_loaded
+from . import states
+from .states import RowNotFoundError
 
 __all__ = ["JobAction", "TRANSITIONS", "RECORDED_AS", "transition", "allowed_from", "retry", "cancel",
            "JobNotFoundError"]
@@ -101,7 +102,7 @@ class JobNotFoundError(RowNotFoundError):
 
 def allowed_from(action: JobAction) -> list[JobState]:
     """The states in which ``action`` may be performed (in :class:`JobState` order)."""
-    return [s for s in JobState if (s, action) in TRANSITIONS]
+    return states.allowed_from(TRANSITIONS, JobState, action)
 
 
 def transition(
@@ -125,40 +126,13 @@ def transition(
     or ``when`` did not hold; nothing written).
     """
     now = now or utcnow()
+    stamps: dict[str, Any] = {"updated_at": now}
     if isinstance(job, Job) and action is JobAction.CREATE:
-        new = _new_state(job.id or 0, None, action)
-        job.state, job.created_at, job.updated_at = new, job.created_at or now, now
-        for key, value in values.items():
-            setattr(job, key, value)
-        session.add(job)
-        session.flush()
-        job_id = job.id
-    else:
-        job_id = job.id if isinstance(job, Job) else job
-        current = session.scalar(select(Job.state).where(Job.id == job_id))
-        if current is None:
-            raise JobNotFoundError(f"no job {job_id}")
-        new = _new_state(job_id, current, action)
-        conditions = [Job.id == job_id, Job.state == current]
-        if when is not None:
-            conditions.append(when)
-        changed = cast(CursorResult[Any], session.execute(
-            update(Job).where(*conditions).values(state=new, updated_at=now, **values)
-            .execution_options(synchronize_session=False)
-        )).rowcount
-        if changed != 1:
-            raise StateChangedError(f"job {job_id} changed while {action.value} was being made")
-        expire_loaded(session, Job, job_id)
+        stamps["created_at"] = job.created_at or now
+    job_id, new = states.perform(session, Job, job, action, TRANSITIONS, what="job", not_found=JobNotFoundError,
+                                 create=JobAction.CREATE, when=when, values={**stamps, **values})
     session.add(JobEvent(job_id=job_id, state=RECORDED_AS.get(action, new).value, at=now, detail=detail))
     return new
-
-
-def _new_state(job_id: int, state: JobState | None, action: JobAction) -> JobState:
-    try:
-        return TRANSITIONS[(state, action)]
-    except KeyError:
-        raise TransitionNotAllowedError(
-            "job", job_id, state, action, [s.value for s in allowed_from(action)]) from None
 
 
 def retry(session: Session, job_id: int, actor: str) -> Job:
