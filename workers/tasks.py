@@ -136,7 +136,7 @@ def _infer(job_id: int) -> None:
     from common.uids import derive_uid
     from model.analysis import SourceImage, analyse, number_regions
     from model.backends import load_backend
-    from model.classification import coded_option
+    from sr_writer.coding import coded_option
     from model.prompts import LANGUAGES, REGION_TASKS
 
     cfg = settings()

@@ -186,7 +186,7 @@ def _check_scoords(result: dict, srs: dict[str, pydicom.Dataset]) -> int:
     for _, _, uid, box, _ in result["state"]["findings"]:
         boxes[uid].append(box)
     checked = 0
-    for lang, ds in srs.items():
+    for ds in srs.values():
         for item in _content_items(ds):
             if item.ValueType != "SCOORD":
                 continue

@@ -151,7 +151,7 @@ def test_a_job_run_twice_gives_one_set_of_findings_and_one_sr_per_language(gatew
         srs = {d.language: pydicom.dcmread(settings.data_dir / d.path) for d in docs}
     assert {ds.CompletionFlag for ds in srs.values()} == {"COMPLETE"}
     # Both SRs carry every region, with one Tracking UID each; the Chinese one marks English text.
-    for language, ds in srs.items():
+    for ds in srs.values():
         text = str(ds.to_json_dict())
         assert text.count("1.2.840.10008") and all(f.tracking_uid in text for f in regions)
     zh = str(srs["zh"].to_json_dict())
