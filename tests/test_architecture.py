@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "sr_writer": {"common", "model"},
     "sender": {"common", "workflow", "sr_writer", "dicom_node"},
     "workers": {"common", "workflow", "sender", "model", "sr_writer"},
-    "evaluation": {"common", "model"},  # MedRegA's evaluation metrics, run offline
+    "evaluation": {"common", "model", "dicom_node"},  # MedRegA's evaluation, run offline (reads headers)
     "gateway": {"common", "dicom_node", "workflow", "sender", "workers", "model", "sr_writer", "evaluation"},
     "migrations": {"common"},
 }
