@@ -27,7 +27,7 @@ def test_worker_refuses_broken_task_plans(tmp_path: Path) -> None:
     result = cli(config, "worker", check=False)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("medrega-gateway: model.plans_path:") and "no [en] section" in last, result.stderr
+    assert last.startswith("medrega-gateway: model.plans_path:") and "plan x: prompts is empty" in last, result.stderr
 
 
 def test_status_reports_what_is_down(tmp_path: Path) -> None:

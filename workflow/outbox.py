@@ -48,10 +48,18 @@ def publish_pending_jobs(session: Session, publish: Callable[[Job], None]) -> in
     ).all()
     published = 0
     for job in jobs:
+        job_id = job.id
         publish(job)  # raises when the broker is unreachable: the job stays pending
         now = utcnow()
-        transition(session, job, JobAction.PUBLISH, now=now, published_at=now)
-        session.commit()
+        try:
+            transition(session, job, JobAction.PUBLISH, now=now, published_at=now)
+        except TransitionError as exc:
+            # A worker claimed the message before this write (pending -> running is allowed):
+            # its claim stands, the job is past ``queued`` and needs nothing more from the outbox.
+            session.rollback()
+            log.debug("job %s moved on before it was marked queued: %s", job_id, exc)
+        else:
+            session.commit()
         published += 1
     return published
 

@@ -195,6 +195,24 @@ def test_outbox_publishes_urgent_first_and_keeps_jobs_when_the_broker_is_down(ga
         assert s.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.state == "queued")) == 2
 
 
+def test_outbox_keeps_the_claim_of_a_worker_faster_than_its_queued_write(gateway) -> None:
+    """The broker hands the message to a worker before the outbox records ``queued``: the worker's
+    ``running`` claim stands (it was once overwritten, and the worker then dropped its result)."""
+    import workers.tasks as tasks
+    from workflow.outbox import publish_pending_jobs
+
+    settings, job_id = gateway
+
+    def publish_and_claim(job: Job) -> None:
+        assert tasks._claim(job.id, lease_s=3600) is True  # another process, its own session
+
+    with session_scope(settings.database_url) as s:
+        assert publish_pending_jobs(s, publish_and_claim) == 1
+    with session_scope(settings.database_url) as s:
+        assert s.get(Job, job_id).state == JobState.RUNNING
+        assert s.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.state == "queued")) == 0
+
+
 @pytest.mark.parametrize("left", [JobState.QUEUED, JobState.RUNNING, JobState.FAILED])
 def test_embedded_start_requeues_jobs_a_stopped_process_left(gateway, left: JobState) -> None:
     from workflow.outbox import recover_orphaned_work
