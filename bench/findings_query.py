@@ -11,6 +11,7 @@ Targets (docs/benchmarks.md): search p95 < 50 ms, timeline p95 < 20 ms.
 
     .venv/bin/python bench/findings_query.py                     # 100,000 studies (~1M findings)
     .venv/bin/python bench/findings_query.py --studies 10000     # quicker, smaller
+    .venv/bin/python bench/findings_query.py --quick             # seconds: the test suite's run
 
 The database (default ``medrega_bench`` on the local server) is created afresh and dropped at
 the end unless ``--keep`` is given.
@@ -27,12 +28,16 @@ import time
 import uuid
 from collections.abc import Callable
 
+from pathlib import Path
+
 import psycopg
 
-from common import audit
-from gateway.api.query_findings import FindingFilters, search_findings
-from gateway.api.query_studies import get_study, study_timeline
-from common.db import make_engine, session_factory, upgrade
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import audit  # noqa: E402
+from common.db import make_engine, session_factory, upgrade  # noqa: E402
+from common.models import Base  # noqa: E402
+from gateway.api.query_findings import FindingFilters, search_findings  # noqa: E402
+from gateway.api.query_studies import get_study, study_timeline  # noqa: E402
 
 EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 SPAN = dt.timedelta(days=365)
@@ -52,6 +57,24 @@ REGIONS = [
 WEIGHTS = ["sha256:1a2b3c", "sha256:4d5e6f", "sha256:7a8b9c"]
 
 
+def _with_model_defaults(table: str, named: list[str]) -> tuple[list[str], list[object]]:
+    """The columns the loader names plus every NOT NULL column it does not name that has a
+    scalar default in ``common.models`` (COPY applies server defaults only), with those values.
+
+    A column added to the schema with a Python-side default therefore does not break the load.
+    """
+    extra_names: list[str] = []
+    extra_values: list[object] = []
+    for column in Base.metadata.tables[table].columns:
+        if column.name in named or column.nullable or column.server_default is not None:
+            continue
+        if column.default is not None and getattr(column.default, "is_scalar", False):
+            extra_names.append(column.name)
+            value = column.default.arg  # type: ignore[attr-defined]
+            extra_values.append(value.value if hasattr(value, "value") else value)
+    return named + extra_names, extra_values
+
+
 def _url(base: str, name: str) -> str:
     return base.rsplit("/", 1)[0] + "/" + name
 
@@ -69,9 +92,10 @@ def load(url: str, studies: int, regions_per_study: int, seed: int) -> dict[str,
     step = SPAN / studies
     with psycopg.connect(_pg(url)) as conn, conn.cursor() as cur:
         def copy(table: str, cols: str, rows: Callable[[], object]) -> None:
-            with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as cp:
+            names, defaults = _with_model_defaults(table, [c.strip() for c in cols.split(",")])
+            with cur.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as cp:
                 for row in rows():  # type: ignore[attr-defined]
-                    cp.write_row(row)
+                    cp.write_row((*row, *defaults))  # type: ignore[misc]
 
         plan = []  # per study: (t0, modality, ae, model, weights, delivery state)
         for i in range(studies):
@@ -273,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=400)
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    ap.add_argument("--quick", action="store_true",
+                    help="200 studies, 20 queries; checks the loader and the queries run against "
+                         "today's schema (the test suite's run; targets reported, not enforced)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.studies, args.queries = min(args.studies, 200), min(args.queries, 20)
 
     name = f"medrega_bench_{uuid.uuid4().hex[:8]}"
     url = _url(args.url, name)
@@ -295,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {tl['p99']:.1f} ms  max {tl['max']:.1f} ms")
         ok = s["p95"] < 50 and tl["p95"] < 20
         print("targets (search p95 < 50 ms, timeline p95 < 20 ms):", "met" if ok else "NOT met")
-        return 0 if ok else 1
+        return 0 if ok or args.quick else 1
     finally:
         make_engine(url).dispose()
         if args.keep:

@@ -14,6 +14,7 @@ Rounds are interleaved (naive, then ours); rates are medians over the rounds, th
 the median (and range) of the per-round ratios, which is robust to load from other processes.
 
     .venv/bin/python bench/image_prep.py [--ct 100] [--radiographs 8] [--rounds 7]
+    .venv/bin/python bench/image_prep.py --quick    # 4 CT, 1 radiograph, 1 round: the test suite's run
 """
 
 from __future__ import annotations
@@ -118,7 +119,11 @@ def main() -> None:
     parser.add_argument("--ct", type=int, default=100)
     parser.add_argument("--radiographs", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true",
+                        help="4 CT slices, 1 radiograph, 1 round (the test suite's run)")
     args = parser.parse_args()
+    if args.quick:
+        args.ct, args.radiographs, args.rounds = 4, 1, 1
     with tempfile.TemporaryDirectory() as tmp:
         corpus = make_corpus(Path(tmp), args.ct, args.radiographs)
         for name, paths in corpus.items():

@@ -16,7 +16,7 @@ peak RSS. Each (corpus, associations) case runs every receiver once per round, r
 interleaved, and the median of the rounds is printed with the ratio node / receiver, and the CPU
 time (user + system, all the receiver's processes) it spent per instance.
 
-    .venv/bin/python bench/ingest.py --quick            # ~2 minutes on 2 cores
+    .venv/bin/python bench/ingest.py --quick            # 20 CT + 4 XR, one round: seconds (the test suite's run)
     .venv/bin/python bench/ingest.py --rounds 3 --rss   # the numbers in docs/benchmarks.md
     git worktree add /tmp/base BASE_COMMIT                # a change against its base:
     .venv/bin/python bench/ingest.py --baseline /tmp/base --receivers node-base,node,orthanc
@@ -279,7 +279,7 @@ def split(folder: Path, associations: int) -> list[Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "medrega-bench")
-    ap.add_argument("--quick", action="store_true", help="a fifth of the corpora, one round")
+    ap.add_argument("--quick", action="store_true", help="a fiftieth of the corpora, one round (the test suite's run)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--receivers", default="storescp,storescp-fork,orthanc,node")
     ap.add_argument("--corpora", default="ct,xr")
@@ -291,7 +291,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.baseline is not None:
         CHECKOUTS["node-base"] = args.baseline.resolve()
-    scale = 0.2 if args.quick else 1.0
+    scale = 0.02 if args.quick else 1.0
     rounds = 1 if args.quick else args.rounds
     args.work.mkdir(parents=True, exist_ok=True)
     receivers = args.receivers.split(",")

@@ -5,6 +5,7 @@ written as DICOM files. Stages are timed with the same functions ``analyse_study
 the whole ``analyse_study`` is timed once more end to end.
 
     .venv/bin/python bench/tiny_study.py [--max-new-tokens 32] [--threads 1]
+    .venv/bin/python bench/tiny_study.py --quick    # 4 CT slices, 4 new tokens: the test suite's run
 
 One torch thread by default: on a shared 2-core machine two OpenMP threads spin against other
 processes and the generate time swings 5-10x between runs.
@@ -56,7 +57,7 @@ def _write(folder: Path, pixels: np.ndarray, **attrs) -> SourceImage:
     )
 
 
-def make_study(folder: Path) -> list[SourceImage]:
+def make_study(folder: Path, slices: int = 40) -> list[SourceImage]:
     rng = np.random.default_rng(0)
     study = generate_uid()
     images = [
@@ -65,11 +66,11 @@ def make_study(folder: Path) -> list[SourceImage]:
                InstanceNumber=1, WindowCenter=2048, WindowWidth=4096)
     ]
     series = generate_uid()
-    for i in range(40):
+    for i in range(slices):
         images.append(
             _write(folder, (rng.integers(0, 1500, (512, 512)) + 24).astype(np.int16), SOPClassUID="1.2.840.10008.5.1.4.1.1.2",
                    StudyInstanceUID=study, SeriesInstanceUID=series, Modality="CT", BodyPartExamined="ABDOMEN",
-                   InstanceNumber=40 - i, ImagePositionPatient=[0, 0, 2.5 * i], ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+                   InstanceNumber=slices - i, ImagePositionPatient=[0, 0, 2.5 * i], ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
                    RescaleSlope=1, RescaleIntercept=-1024)
         )
     return images
@@ -79,14 +80,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--slices", type=int, default=40, help="CT slices in the study")
+    parser.add_argument("--quick", action="store_true",
+                        help="4 CT slices, 4 new tokens (the test suite's run)")
     args = parser.parse_args()
+    if args.quick:
+        args.slices, args.max_new_tokens = 4, 4
     import torch
 
     torch.set_num_threads(args.threads)
     settings = ModelSettings(backend="tiny", device="cpu", max_new_tokens=args.max_new_tokens, batch_size=4, slices_per_volume=3)
     rows: list[tuple[str, float, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        images = make_study(Path(tmp))
+        images = make_study(Path(tmp), args.slices)
         t = time.perf_counter()
         backend = load_backend(settings)
         rows.append(("load tiny backend (build model, train tokenizer)", time.perf_counter() - t, ""))

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import getpass
+import json
 import logging
 import os
 import socket
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +37,8 @@ __all__ = [
     "AuditSender",
     "SyslogAuditSender",
     "record",
+    "query_text",
+    "operating_system_user",
     "install_sender",
     "audit_message_xml",
     "syslog_frame",
@@ -96,6 +100,26 @@ class AuditSender(Protocol):
     """Something that forwards committed audit events (e.g. to a syslog collector)."""
 
     def send(self, event: AuditEvent) -> None: ...
+
+
+def query_text(path: str, filters: str | dict[str, Any] | None = None, **extra: Any) -> str:
+    """Canonical JSON of what was asked or changed: path (an API path or the command line's
+    command), filters (a JSON object) and extras (cursor, method, subject, error...)."""
+    parsed = json.loads(filters) if isinstance(filters, str) else (filters or {})
+    doc: dict[str, Any] = {"path": path}
+    if parsed:
+        doc["filters"] = parsed
+    doc.update({k: v for k, v in extra.items() if v not in (None, "", False)})
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def operating_system_user() -> str:
+    """The login name of the process's user: the actor of a change made on the command line
+    (the environment's LOGNAME/USER first, as :func:`getpass.getuser`, else the uid's name)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for the uid (e.g. a container's arbitrary uid)
+        return f"uid {os.getuid()}"
 
 
 def record(

@@ -18,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
@@ -117,13 +117,19 @@ def current_revision(url: str) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def is_empty(url: str) -> bool:
+    """True if the database holds no table at all (nothing to migrate, nothing to lose)."""
+    with make_engine(url).connect() as conn:
+        return not inspect(conn).get_table_names()
+
+
 def check_schema_current(url: str) -> None:
     """Raise :class:`SchemaNotCurrentError` unless the database is at the head revision."""
     current, head = current_revision(url), head_revision(url)
     if current != head:
         raise SchemaNotCurrentError(
             f"database schema is at {current or 'nothing (empty database)'}, this gateway needs "
-            f"{head}: run `medrega-gateway db upgrade --config <your config>`"
+            f"{head}: run `medrega-gateway --config <your config> db upgrade`"
         )
 
 

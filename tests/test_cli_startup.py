@@ -2,18 +2,81 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import cli, free_port, write_config
+from common import db
+from tests.e2e.harness import REPO, cli, free_port, write_config
+from tests.peers.dcmtk import echoscu, wait_for_port
 
 
 def test_serve_refuses_a_database_that_is_behind(tmp_path: Path) -> None:
+    """Behind is never migrated silently: one line whose command, run as printed, fixes it."""
     config = write_config(tmp_path, node_port=free_port(), backend="replay", model_path="x", destinations=[])
+    cli(config, "db", "upgrade", "--revision", "0001")
     result = cli(config, "serve", check=False)
-    assert result.returncode == 3
-    assert "medrega-gateway db upgrade" in result.stderr
+    assert result.returncode == 3, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("medrega-gateway: database schema is at 0001"), result.stderr
+    command = line.split("`")[1]
+    assert command == f"medrega-gateway --config {config} db upgrade"
+    fixed = subprocess.run([sys.executable, "-m", "gateway", *shlex.split(command)[1:]],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert fixed.returncode == 0, fixed.stderr
+    assert cli(config, "db", "current").stdout.split()[1] == db.head_revision()
+
+
+def test_serve_on_a_fresh_folder_creates_its_schema_and_answers_c_echo(tmp_path: Path) -> None:
+    """The contract: a config file in an empty folder, `serve`, and the node answers C-ECHO."""
+    port = free_port()
+    (tmp_path / "replay.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / "gateway.toml").write_text(
+        f'[node]\nae_title = "MEDREGA"\nhost = "127.0.0.1"\nport = {port}\nmetrics_port = 0\n'
+        '[model]\nbackend = "replay"\npath = "replay.jsonl"\n', encoding="utf-8")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", "gateway.toml", "serve"],
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=90, process=proc)
+        echo = echoscu("127.0.0.1", port, called_ae="MEDREGA")
+        assert echo.returncode == 0, echo.stdout + echo.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    text = log.read_text()
+    created = [line for line in text.splitlines() if "schema created" in line]
+    assert created == [f"medrega-gateway: empty embedded database {tmp_path / 'var' / 'gateway.db'}: "
+                       f"schema created (revision {db.head_revision()})"], text
+    assert (tmp_path / "var").is_dir()  # storage.data_dir relative to the config file
+
+
+def test_admin_command_on_a_database_without_schema_is_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path, node_port=free_port(), backend="replay", model_path="x", destinations=[])
+    for args in (("ae", "list"), ("dest", "add", "pacs", "PACS", "127.0.0.1", "104"), ("jobs", "list"),
+                 ("token", "list")):
+        result = cli(config, *args, check=False)
+        assert result.returncode == 3, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert lines == [f"medrega-gateway: database schema is at nothing (empty database), this gateway "
+                         f"needs {db.head_revision()}: run `medrega-gateway --config {config} db upgrade`"], \
+            (args, result.stderr)
+
+
+def test_without_config_one_line_names_the_defaults(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDREGA_")}
+    result = subprocess.run([sys.executable, "-m", "gateway", "db", "upgrade"], cwd=tmp_path,
+                            env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "built-in defaults" in line]
+    assert notes == ["medrega-gateway: no --config and no MEDREGA_CONFIG: built-in defaults and MEDREGA_* "
+                     f"variables in use (storage.data_dir = {tmp_path / 'var'})"], result.stderr
 
 
 def test_worker_refuses_broken_task_plans(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from . import commands  # noqa: F401  (defines the commands on ``app`` and adds the groups)
-from .base import EXIT_DATABASE, AppContext, _root, app, fail, get_settings
+from .base import EXIT_DATABASE, AppContext, _root, app, fail, get_settings, schema_advice
 
 __all__ = ["app", "main", "config_first", "AppContext", "get_settings", "fail", "_root"]
 
@@ -51,13 +51,32 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(cause).__name__
 
 
+def _schema_advice() -> str | None:
+    """The schema line if the running command's database lacks this gateway's schema."""
+    from common import db
+
+    obj = AppContext.current
+    if obj is None or obj._settings is None:
+        return None
+    try:
+        url = obj.settings.database_url
+        current, head = db.current_revision(url), db.head_revision(url)
+    except Exception:  # noqa: BLE001 - unreachable: the caller reports the connection error
+        return None
+    return None if current == head else schema_advice(obj, current, head)
+
+
 def main(argv: list[str] | None = None) -> None:
-    from sqlalchemy.exc import InterfaceError, OperationalError
+    from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 
     args = argv if argv is not None else sys.argv[1:]
     try:
         app(args=config_first(args), prog_name="medrega-gateway")
-    except (OperationalError, InterfaceError) as exc:
+    except (OperationalError, InterfaceError, ProgrammingError) as exc:
+        advice = _schema_advice()  # e.g. "no such table": the schema, not the connection
+        if advice is not None:
+            typer.echo(f"medrega-gateway: {advice}", err=True)
+            raise SystemExit(3) from None
         # Raised where a command first connects: one line, not the driver's traceback.
         typer.echo(f"medrega-gateway: database.url: cannot connect to the database: {_first_line(exc)}",
                    err=True)

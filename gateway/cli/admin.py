@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from gateway import admin
-from gateway.cli.base import fail, get_settings
 from common.db import session_scope
+from gateway import admin
+from gateway.cli.base import audited_change, fail, get_settings
 
 __all__ = ["ae_app", "dest_app", "route_app"]
 
@@ -55,24 +55,20 @@ def ae_add(
     destinations: Annotated[Optional[str], typer.Option(help="comma-separated destination names for its results")] = None,
 ) -> None:
     """Allow a calling AE title (once the list is non-empty, only listed titles may associate)."""
-    settings = get_settings(ctx)
-    try:
-        with session_scope(settings.database_url) as session:
-            row = admin.add_calling_ae(session, ae_title, host, description, _split(destinations))
-            typer.echo(f"added calling AE title {row.ae_title}" + (f" (from {row.host})" if row.host else ""))
-    except admin.AdminError as exc:
-        fail(str(exc))
+    subject = {"ae_title": ae_title, "host": host, "description": description,
+               "destinations": _split(destinations)}
+    with audited_change(ctx, "admin.calling_ae.add", subject, (admin.AdminError,)) as session:
+        row = admin.add_calling_ae(session, ae_title, host, description, _split(destinations))
+        added = f"added calling AE title {row.ae_title}" + (f" (from {row.host})" if row.host else "")
+    typer.echo(added)
 
 
 @ae_app.command("remove")
 def ae_remove(ctx: typer.Context, ae_title: str) -> None:
     """Remove a calling AE title; its next association is rejected (if the list stays non-empty)."""
-    settings = get_settings(ctx)
-    try:
-        with session_scope(settings.database_url) as session:
-            admin.remove_calling_ae(session, ae_title)
-    except admin.AdminError as exc:
-        fail(str(exc))
+    with audited_change(ctx, "admin.calling_ae.remove", {"ae_title": ae_title},
+                        (admin.AdminError,)) as session:
+        admin.remove_calling_ae(session, ae_title)
     typer.echo(f"removed calling AE title {ae_title.strip()}")
 
 
@@ -103,24 +99,17 @@ def dest_add(
     tls: Annotated[bool, typer.Option("--tls/--no-tls", help="DICOM TLS (PS3.15 B.1)")] = False,
 ) -> None:
     """Add a destination (a Storage SCP, e.g. the PACS)."""
-    settings = get_settings(ctx)
-    try:
-        with session_scope(settings.database_url) as session:
-            admin.add_destination(session, name, ae_title, host, port, send=send, tls=tls)
-    except admin.AdminError as exc:
-        fail(str(exc))
+    subject = {"name": name, "ae_title": ae_title, "host": host, "port": port, "send": send, "tls": tls}
+    with audited_change(ctx, "admin.destination.add", subject, (admin.AdminError,)) as session:
+        admin.add_destination(session, name, ae_title, host, port, send=send, tls=tls)
     typer.echo(f"added destination {name} ({ae_title.strip()}@{host}:{port})")
 
 
 @dest_app.command("remove")
 def dest_remove(ctx: typer.Context, name: str) -> None:
     """Remove a destination."""
-    settings = get_settings(ctx)
-    try:
-        with session_scope(settings.database_url) as session:
-            admin.remove_destination(session, name)
-    except admin.AdminError as exc:
-        fail(str(exc))
+    with audited_change(ctx, "admin.destination.remove", {"name": name}, (admin.AdminError,)) as session:
+        admin.remove_destination(session, name)
     typer.echo(f"removed destination {name}")
 
 
@@ -177,26 +166,18 @@ def route_add(
     destinations: Annotated[Optional[str], typer.Option(help="comma-separated destination names")] = None,
 ) -> None:
     """Add a routing rule (the first matching rule by order decides)."""
-    settings = get_settings(ctx)
-    try:
-        with session_scope(settings.database_url) as session:
-            admin.add_route(
-                session, name, action=action, order=order, calling_ae_title=calling_ae_title,
-                modality=modality, sop_class_uid=sop_class_uid, body_part_examined=body_part_examined,
-                series_description=series_description, urgent=urgent, destinations=_split(destinations),
-            )
-    except admin.AdminError as exc:
-        fail(str(exc))
+    fields = dict(action=action, order=order, calling_ae_title=calling_ae_title,
+                  modality=modality, sop_class_uid=sop_class_uid,
+                  body_part_examined=body_part_examined, series_description=series_description,
+                  urgent=urgent, destinations=_split(destinations))
+    with audited_change(ctx, "admin.route.add", {"name": name, **fields}, (admin.AdminError,)) as session:
+        admin.add_route(session, name, **fields)
     typer.echo(f"added route {name}")
 
 
 @route_app.command("remove")
 def route_remove(ctx: typer.Context, name: str) -> None:
     """Remove a routing rule."""
-    settings = get_settings(ctx)
-    try:
-        with session_scope(settings.database_url) as session:
-            admin.remove_route(session, name)
-    except admin.AdminError as exc:
-        fail(str(exc))
+    with audited_change(ctx, "admin.route.remove", {"name": name}, (admin.AdminError,)) as session:
+        admin.remove_route(session, name)
     typer.echo(f"removed route {name}")

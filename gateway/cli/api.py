@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from common import db
-from gateway.cli.base import fail, get_settings
+from gateway.cli.base import audited_change, ensure_schema, fail, get_settings
 from ..tokens import ROLES, TokenError, create_token, list_tokens, revoke_token
 
 __all__ = ["token_app", "api_command"]
@@ -23,10 +23,7 @@ token_app = typer.Typer(help="API tokens for auditors and administrators.", no_a
 
 def _ready_url(ctx: typer.Context) -> str:
     settings = get_settings(ctx)
-    try:
-        db.check_schema_current(settings.database_url)
-    except db.SchemaNotCurrentError as exc:
-        fail(str(exc), code=3)
+    ensure_schema(ctx)
     return settings.database_url
 
 
@@ -37,12 +34,10 @@ def token_create(
     role: Annotated[str, typer.Option("--role", help=f"one of: {', '.join(ROLES)}")],
 ) -> None:
     """Create a token and print it once (only its SHA-256 hash is stored)."""
-    url = _ready_url(ctx)
-    try:
-        with db.session_scope(url) as session:
-            token = create_token(session, name, role)
-    except TokenError as exc:
-        fail(str(exc), code=2)
+    _ready_url(ctx)
+    with audited_change(ctx, "admin.token.create", {"name": name, "role": role},
+                        (TokenError,)) as session:
+        token = create_token(session, name, role)
     typer.echo(f"token {name!r} ({role}) created; it is shown only now:", err=True)
     typer.echo(token)
 
@@ -50,13 +45,10 @@ def token_create(
 @token_app.command("revoke")
 def token_revoke(ctx: typer.Context, name: str) -> None:
     """Revoke the token called NAME (at once, for the API and the web pages)."""
-    url = _ready_url(ctx)
-    try:
-        with db.session_scope(url) as session:
-            row = revoke_token(session, name)
-            when = row.revoked_at
-    except TokenError as exc:
-        fail(str(exc))
+    _ready_url(ctx)
+    with audited_change(ctx, "admin.token.revoke", {"name": name}, (TokenError,)) as session:
+        row = revoke_token(session, name)
+        when = row.revoked_at
     typer.echo(f"token {name!r} revoked at {when:%Y-%m-%d %H:%M:%S} UTC")
 
 
@@ -101,6 +93,7 @@ def api_command(
     from gateway.api.app import create_app
 
     settings = get_settings(ctx)
+    ensure_schema(ctx, create_if_empty=True)
     _connect_delivery_retries(settings)
     try:
         application = create_app(settings)

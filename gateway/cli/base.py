@@ -12,15 +12,22 @@ used) and a database that cannot be reached (4, whenever a command's connection 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, ClassVar, Optional
 
 import typer
+from sqlalchemy.orm import Session
 
 from common.settings import ConfigError, Settings, load_settings
 
-__all__ = ["app", "AppContext", "get_settings", "fail"]
+__all__ = ["app", "AppContext", "get_settings", "fail", "Refused", "audited_change", "CLI_ROLE"]
+
+#: ``AuditEvent.role`` of a change made on the command line; its actor is the operating-system
+#: user who ran the command (whoever can run it can reach the database: an administrator).
+CLI_ROLE = "cli"
 
 app = typer.Typer(
     name="medrega-gateway",
@@ -35,6 +42,8 @@ app = typer.Typer(
 class AppContext:
     config_path: Path | None
     _settings: Settings | None = None
+    #: The running command's context (one command per process), for :func:`gateway.cli.main`.
+    current: "ClassVar[AppContext | None]" = None
 
     @property
     def settings(self) -> Settings:
@@ -43,8 +52,19 @@ class AppContext:
                 self._settings = load_settings(self.config_path)
             except ConfigError as exc:
                 fail(f"configuration error: {exc}", code=2)
+            if self.config_path is None:
+                typer.echo("medrega-gateway: no --config and no MEDREGA_CONFIG: built-in defaults "
+                           f"and MEDREGA_* variables in use (storage.data_dir = "
+                           f"{self._settings.data_dir.resolve()})", err=True)
             _check_data_dir(self._settings.data_dir)
         return self._settings
+
+    def command(self, *args: str) -> str:
+        """``args`` as a command line that runs as printed with this command's configuration."""
+        import shlex
+
+        config = [] if self.config_path is None else ["--config", str(self.config_path.resolve())]
+        return shlex.join(["medrega-gateway", *config, *args])
 
 
 #: Exit status of a ``storage.data_dir`` that cannot be used, and of an unreachable database.
@@ -68,6 +88,68 @@ def fail(message: str, code: int = 1) -> "typer.Exit":
     raise typer.Exit(code)
 
 
+class Refused(Exception):
+    """A change asked on the command line that the command refuses; the message says why."""
+
+
+@contextmanager
+def audited_change(
+    ctx: typer.Context,
+    action: str,
+    subject: dict[str, Any],
+    refused: tuple[type[Exception], ...] = (),
+) -> Iterator[Session]:
+    """One administrative change made on the command line, audited as the API audits its own.
+
+    Yields the change's session. On success the audit event (``action``, the command and
+    ``subject``, the operating-system user as actor) commits in the same transaction as the
+    change; a refusal (:class:`Refused` or one of ``refused``) rolls the change back, is recorded
+    with outcome ``failure`` and the reason in its own transaction, and ends the command with
+    that reason in one line (exit 1).
+    """
+    from common import audit, db
+
+    settings = get_settings(ctx)
+    command = "medrega-gateway " + " ".join(ctx.command_path.split()[1:])
+    actor = audit.operating_system_user()
+    try:
+        with db.session_scope(settings.database_url) as session:
+            yield session
+            audit.record(session, actor=actor, role=CLI_ROLE, action=action,
+                         query=audit.query_text(command, subject=subject))
+    except (Refused, *refused) as exc:
+        with db.session_scope(settings.database_url) as session:
+            audit.record(session, actor=actor, role=CLI_ROLE, action=action, outcome="failure",
+                         query=audit.query_text(command, subject=subject, error=str(exc)))
+        fail(str(exc))
+
+
+def ensure_schema(ctx: typer.Context, *, create_if_empty: bool = False) -> None:
+    """Refuse (exit 3, one line with the command to run) a database whose schema is not this
+    gateway's; with ``create_if_empty`` an empty embedded (SQLite) database gets the schema
+    created here, said in one line. A database behind the code is never migrated silently."""
+    from common import db
+
+    obj = ctx.find_root().obj
+    assert isinstance(obj, AppContext)
+    url = obj.settings.database_url
+    current, head = db.current_revision(url), db.head_revision(url)
+    if current == head:
+        return
+    if current is None and create_if_empty and url.startswith("sqlite") and db.is_empty(url):
+        db.upgrade(url)
+        typer.echo(f"medrega-gateway: empty embedded database {url.split('///', 1)[-1]}: "
+                   f"schema created (revision {head})", err=True)
+        return
+    fail(schema_advice(obj, current, head), code=3)
+
+
+def schema_advice(obj: AppContext, current: str | None, head: str | None) -> str:
+    """The one line for a database whose schema is not the one this gateway needs."""
+    return (f"database schema is at {current or 'nothing (empty database)'}, this gateway needs "
+            f"{head}: run `{obj.command('db', 'upgrade')}`")
+
+
 def get_settings(ctx: typer.Context) -> Settings:
     """Settings of the running command (validated once)."""
     obj = ctx.find_root().obj
@@ -82,4 +164,4 @@ def _root(
         Optional[Path], typer.Option("--config", "-c", help="gateway TOML file", envvar="MEDREGA_CONFIG")
     ] = None,
 ) -> None:
-    ctx.obj = AppContext(config_path=config)
+    ctx.obj = AppContext.current = AppContext(config_path=config)

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from common import db
-from gateway.cli.base import app, fail, get_settings
+from gateway.cli.base import app, audited_change, ensure_schema, fail, get_settings
 from common.settings import Settings
 
 __all__: list[str] = []
@@ -44,15 +44,13 @@ def _logging(settings: Settings, level: str | None = None) -> None:
     configure_logging(level or settings.logging.level, settings.logging.format)
 
 
-def _check_schema_and_plans(settings: Settings) -> None:
-    """Refuse to start on a database that is behind, or on task plans that do not load."""
+def _check_schema_and_plans(ctx: typer.Context, settings: Settings, create_if_empty: bool = False) -> None:
+    """Refuse to start on a database that is behind, or on task plans that do not load
+    (``create_if_empty``: an empty embedded database gets its schema, see :func:`ensure_schema`)."""
     from model.plans import PlanError, load_plans
     from model.prompts import PromptError
 
-    try:
-        db.check_schema_current(settings.database_url)
-    except db.SchemaNotCurrentError as exc:
-        fail(str(exc), code=3)
+    ensure_schema(ctx, create_if_empty=create_if_empty)
     try:
         load_plans(settings.model.plans_path or None)
     except (PlanError, PromptError, OSError) as exc:
@@ -60,11 +58,11 @@ def _check_schema_and_plans(settings: Settings) -> None:
         fail(message if message.startswith("model.plans_path") else f"model.plans_path: {message}", code=2)
 
 
-def _ready(settings: Settings) -> None:
+def _ready(ctx: typer.Context, settings: Settings, create_if_empty: bool = False) -> None:
     """Start-up checks shared by long-running commands: schema current, config seeded."""
     from gateway.admin import seed_from_settings
 
-    _check_schema_and_plans(settings)
+    _check_schema_and_plans(ctx, settings, create_if_empty)
     with db.session_scope(settings.database_url) as session:
         for line in seed_from_settings(session, settings):
             logging.getLogger("gateway").info("seeded %s from the config file", line)
@@ -105,7 +103,7 @@ def study_process(ctx: typer.Context, study_instance_uid: str) -> None:
     from workflow.assembler import StudyNotFoundError, process_now
 
     settings = get_settings(ctx)
-    _ready(settings)
+    _ready(ctx, settings)
     with db.session_scope(settings.database_url) as session:
         try:
             job = process_now(session, study_instance_uid)
@@ -139,7 +137,7 @@ def serve(
 
     settings = get_settings(ctx)
     _logging(settings, log_level)
-    _ready(settings)
+    _ready(ctx, settings, create_if_empty=True)
     configure(settings)
     dispatcher = Dispatcher(settings)
     if settings.embedded_broker:
@@ -180,7 +178,7 @@ def worker(
     """Run a Celery worker (a GPU host in production): loads the model once per process."""
     settings = get_settings(ctx)
     _logging(settings, log_level)
-    _check_schema_and_plans(settings)
+    _check_schema_and_plans(ctx, settings)
     if gpus:
         from workers.gpus import run_per_gpu
 
@@ -243,13 +241,9 @@ def _job_action(ctx: typer.Context, job_id: int, verb: str) -> None:
     from workflow import jobs
     from workflow.states import TransitionError
 
-    settings = get_settings(ctx)
     act = jobs.retry if verb == "retry" else jobs.cancel
-    try:
-        with db.session_scope(settings.database_url) as session:
-            act(session, job_id, "administrator (CLI)")
-    except TransitionError as exc:
-        fail(str(exc))
+    with audited_change(ctx, f"admin.job.{verb}", {"job_id": job_id}, (TransitionError,)) as session:
+        act(session, job_id, "administrator (CLI)")
     typer.echo(f"job {job_id} {'retried' if verb == 'retry' else 'cancelled'}")
 
 
