@@ -19,6 +19,10 @@ Rules, in order:
 4. If the database cannot be read the association is rejected *transient*, no reason given, so the
    SCU retries later instead of treating the node as misconfigured.
 
+Before rules 2-4, the node's own AE title calling from a loopback address (``medrega-gateway
+status``, the container health check) is accepted for the Verification SOP Class only (PS3.4 A):
+the allow-list cannot make the node's self-check fail, and that association can store nothing.
+
 AE titles are compared exactly after removing leading and trailing spaces (PS3.5 6.2: they are not
 significant), case-sensitively as DCMTK and most PACS do.
 """
@@ -35,6 +39,8 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, exists, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from pynetdicom.sop_class import Verification
+
 from common.models import CallingAE
 
 __all__ = [
@@ -49,6 +55,7 @@ __all__ = [
     "AssociationDecision",
     "AssociationPolicy",
     "host_matches",
+    "is_loopback",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -64,6 +71,7 @@ SOURCE_PRESENTATION = 0x03
 DIAG_LOCAL_LIMIT_EXCEEDED = 0x02
 
 _CALLERS = CallingAE.__table__
+
 _DNS_TTL_S = 60.0
 
 
@@ -76,6 +84,23 @@ class AssociationDecision:
     source: int = 0
     diagnostic: int = 0
     reason: str = ""
+    #: Abstract syntaxes the accepted association may use; None: every one the node supports.
+    abstract_syntaxes: frozenset[str] | None = None
+
+
+#: The node's own title from loopback: the Verification SOP Class only (see the module documentation).
+SELF_CHECK = AssociationDecision(True, reason="the node's own AE title from loopback: verification only",
+                                 abstract_syntaxes=frozenset({str(Verification)}))
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and an IPv4-mapped loopback address (RFC 1122, RFC 4291)."""
+    try:
+        ip = ipaddress.ip_address(_normalise(address))
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 ACCEPT = AssociationDecision(accepted=True)
@@ -150,6 +175,8 @@ class AssociationPolicy:
                 False, RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, DIAG_CALLED_AE_NOT_RECOGNIZED,
                 f"called AE title {called!r} is not this node's ({self.ae_title!r})",
             )
+        if calling == self.ae_title and is_loopback(peer_address):
+            return SELF_CHECK
         try:
             with self._engine.connect() as conn:
                 hosts = conn.execute(

@@ -765,8 +765,12 @@ class AcceptorAssociation:
             for item in primitive.user_information
             if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid is not None
         }
+        allowed = self._decision.abstract_syntaxes if self._decision is not None else None
+        supported = self.supported_contexts if allowed is None else [
+            cx for cx in self.supported_contexts if str(cx.abstract_syntax) in allowed
+        ]
         results, ac_roles = negotiate_as_acceptor(
-            primitive.presentation_context_definition_list, self.supported_contexts, roles
+            primitive.presentation_context_definition_list, supported, roles
         )
         self.accepted = {
             cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))

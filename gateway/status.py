@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from common.settings import Settings
 
-__all__ = ["Check", "check_database", "check_broker", "check_workers", "check_node", "check_destinations",
-           "run_checks"]
+__all__ = ["Check", "check_database", "check_broker", "check_workers", "check_node", "check_model",
+           "check_destinations", "run_checks"]
 
 
 @dataclass(frozen=True)
@@ -55,16 +55,33 @@ def check_workers(settings: Settings) -> Check:
     return Check("workers", bool(names), f"{len(names)} answering: {', '.join(names)}" if names else "none answering")
 
 
+class NodeCheckError(ConnectionError):
+    """The node's C-ECHO self-check failed; the message says at which step and why."""
+
+
 def _echo(host: str, port: int, called_ae: str, calling_ae: str) -> int:
+    """C-ECHO (PS3.7 9.1.5) the node as its own AE title from loopback, which its association
+    policy accepts for verification whatever the allow-list says (dicom_node.policy)."""
+    import socket
+
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        raise NodeCheckError(f"nothing accepts connections on {host}:{port}: "
+                             f"{exc.strerror or exc} (is `medrega-gateway serve` running?)") from None
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = 5
     assoc = ae.associate(host, port, ae_title=called_ae)
+    if assoc.is_rejected:
+        rj = assoc.acceptor.primitive
+        raise NodeCheckError(f"association rejected: {rj.result_str}, {rj.source_str}, {rj.reason_str}"
+                             if rj is not None else "association rejected")
     if not assoc.is_established:
-        raise ConnectionError("association rejected or aborted")
+        raise NodeCheckError("association aborted or timed out before it was established")
     try:
         status = assoc.send_c_echo()
         return int(status.Status) if status else -1
@@ -76,9 +93,28 @@ def check_node(settings: Settings) -> Check:
     host = "127.0.0.1" if settings.node.host in ("0.0.0.0", "::", "") else settings.node.host
     try:
         status = _echo(host, settings.node.port, settings.node.ae_title, settings.node.ae_title)
-    except Exception as exc:  # noqa: BLE001
+    except NodeCheckError as exc:
         return Check("node", False, f"C-ECHO to {host}:{settings.node.port} failed: {exc}")
     return Check("node", status == 0, f"C-ECHO {settings.node.ae_title}@{host}:{settings.node.port} status 0x{status:04X}")
+
+
+def check_model(settings: Settings) -> Check:
+    """The configured backend's model: for ``medrega`` the converted checkpoint at model.path
+    (config, weight shards, tokenizer) without loading it; what to do when it is missing."""
+    backend = settings.model.backend
+    if backend != "medrega":
+        what = {"tiny": "toy model of MedRegA's architecture, not for diagnosis",
+                "replay": f"answers replayed from {settings.model.path or '(model.path empty)'}"}
+        return Check("model", True, f"backend {backend}: {what.get(backend, '')}")
+    from model.backends.base import ModelLoadError
+    from model.backends.medrega import check_folder
+
+    try:
+        folder, config, files = check_folder(settings.model.path)
+    except ModelLoadError as exc:
+        return Check("model", False, str(exc))
+    return Check("model", True, f"backend medrega: converted checkpoint {folder} "
+                                f"({len(files)} weight file(s), {config.get('model_type')})")
 
 
 def check_destinations(settings: Settings) -> list[Check]:
@@ -106,7 +142,8 @@ def check_destinations(settings: Settings) -> list[Check]:
 def run_checks(settings: Settings, node_only: bool = False) -> list[Check]:
     if node_only:
         return [check_node(settings)]
-    checks = [check_database(settings), check_broker(settings), check_workers(settings), check_node(settings)]
+    checks = [check_database(settings), check_broker(settings), check_workers(settings), check_node(settings),
+              check_model(settings)]
     if checks[0].ok:
         checks.extend(check_destinations(settings))
     return checks

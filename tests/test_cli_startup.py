@@ -165,3 +165,28 @@ def test_the_metrics_server_binds_the_nodes_host(tmp_path: Path) -> None:
         assert [a.ip for a in listening] == ["127.0.0.1"]
     finally:
         serve.stop()
+
+
+@pytest.mark.parametrize("command", [("worker",), ("serve",)])
+def test_serve_and_worker_stop_on_a_missing_checkpoint_with_the_how_to(tmp_path: Path, command) -> None:
+    missing = tmp_path / "medrega-converted"
+    config = write_config(tmp_path, node_port=free_port(), backend="medrega", model_path=str(missing),
+                          destinations=[])
+    cli(config, "db", "upgrade")
+    result = cli(config, *command, check=False)
+    assert result.returncode == 6, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"medrega-gateway: model.path: model.path {missing} is not a folder."), line
+    assert "medrega-gateway model convert medrega-original <model.path>" in line
+
+    original = tmp_path / "medrega-original"  # MedRegA's own layout: not converted
+    original.mkdir()
+    (original / "config.json").write_text('{"model_type": "internvl_chat"}', encoding="utf-8")
+    config.write_text(config.read_text().replace(str(missing), str(original)))
+    result = cli(config, *command, check=False)
+    assert result.returncode == 6
+    assert f"run `medrega-gateway model convert {original} <new folder>`" in result.stderr
+
+    status = cli(config, "status", check=False)
+    model = [line for line in status.stdout.splitlines() if " model " in line]
+    assert len(model) == 1 and model[0].startswith("DOWN") and "not converted" in model[0], status.stdout

@@ -69,6 +69,8 @@ class AppContext:
 
 #: Exit status of a ``storage.data_dir`` that cannot be used, and of an unreachable database.
 EXIT_STORAGE, EXIT_DATABASE = 5, 4
+#: Exit status of serve (with its worker) and worker when the model cannot be loaded.
+EXIT_MODEL = 6
 
 
 def _check_data_dir(data_dir: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from common import db
-from gateway.cli.base import app, audited_change, ensure_schema, fail, get_settings
+from gateway.cli.base import EXIT_MODEL, app, audited_change, ensure_schema, fail, get_settings
 from common.settings import Settings
 
 __all__: list[str] = []
@@ -56,6 +56,16 @@ def _check_schema_and_plans(ctx: typer.Context, settings: Settings, create_if_em
     except (PlanError, PromptError, OSError) as exc:
         message = str(exc)
         fail(message if message.startswith("model.plans_path") else f"model.plans_path: {message}", code=2)
+
+
+def _check_model(settings: Settings) -> None:
+    """Stop a command that would run the model when the model cannot be loaded (backend
+    medrega: a missing, incomplete or unconverted checkpoint at model.path), with the how-to."""
+    from gateway.status import check_model
+
+    check = check_model(settings)
+    if not check.ok:
+        fail(f"model.path: {check.detail}", code=EXIT_MODEL)
 
 
 def _ready(ctx: typer.Context, settings: Settings, create_if_empty: bool = False) -> None:
@@ -137,6 +147,8 @@ def serve(
 
     settings = get_settings(ctx)
     _logging(settings, log_level)
+    if settings.embedded_broker and not no_worker:
+        _check_model(settings)
     _ready(ctx, settings, create_if_empty=True)
     configure(settings)
     dispatcher = Dispatcher(settings)
@@ -178,6 +190,7 @@ def worker(
     """Run a Celery worker (a GPU host in production): loads the model once per process."""
     settings = get_settings(ctx)
     _logging(settings, log_level)
+    _check_model(settings)
     _check_schema_and_plans(ctx, settings)
     if gpus:
         from workers.gpus import run_per_gpu

@@ -108,3 +108,42 @@ def test_host_matches_normalises_ipv4_mapped_addresses():
     assert host_matches("10.1.0.0/16", "::ffff:10.1.2.3")
     assert not host_matches("10.1.2.4", "10.1.2.3")
     assert host_matches("", "10.1.2.3")
+
+
+def test_own_title_from_loopback_verifies_whatever_the_allow_list_and_stores_nothing(node, settings):
+    """The node's self-check (`status`, the health check) as its own title from loopback is
+    accepted for verification only: an allow-list without that title does not refuse it, and a
+    C-STORE over such an association has no presentation context to go on."""
+    from gateway.status import check_node
+
+    with session_scope(settings.database_url) as s:
+        admin.add_calling_ae(s, "CT1")
+    assert CALLING_NOT_RECOGNIZED in _echo(node, "OTHER")[1]
+    assert _echo(node, NODE_AE)[0] == 0
+    check = check_node(settings.model_copy(update={"node": settings.node.model_copy(update={"port": node.port})}))
+    assert check.ok, check.detail
+
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    secondary_capture = "1.2.840.10008.5.1.4.1.1.7"
+    ae = AE(ae_title=NODE_AE)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(secondary_capture, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    try:
+        assert assoc.is_established
+        assert [str(cx.abstract_syntax) for cx in assoc.accepted_contexts] == [str(Verification)]
+        assert [str(cx.abstract_syntax) for cx in assoc.rejected_contexts] == [secondary_capture]
+    finally:
+        assoc.release()
+
+
+def test_status_says_why_the_node_is_down(settings):
+    from gateway.status import check_node
+    from tests.conftest import free_port
+
+    port = free_port()
+    check = check_node(settings.model_copy(update={"node": settings.node.model_copy(update={"port": port})}))
+    assert not check.ok
+    assert f"nothing accepts connections on 127.0.0.1:{port}: Connection refused" in check.detail
+    assert "medrega-gateway serve" in check.detail
