@@ -36,7 +36,7 @@ def token_create(
     """Create a token and print it once (only its SHA-256 hash is stored)."""
     _ready_url(ctx)
     with audited_change(ctx, "admin.token.create", {"name": name, "role": role},
-                        (TokenError,)) as session:
+                        (TokenError,), code=2) as session:
         token = create_token(session, name, role)
     typer.echo(f"token {name!r} ({role}) created; it is shown only now:", err=True)
     typer.echo(token)

@@ -100,6 +100,7 @@ def audited_change(
     action: str,
     subject: dict[str, Any],
     refused: tuple[type[Exception], ...] = (),
+    code: int = 1,
 ) -> Iterator[Session]:
     """One administrative change made on the command line, audited as the API audits its own.
 
@@ -107,7 +108,7 @@ def audited_change(
     ``subject``, the operating-system user as actor) commits in the same transaction as the
     change; a refusal (:class:`Refused` or one of ``refused``) rolls the change back, is recorded
     with outcome ``failure`` and the reason in its own transaction, and ends the command with
-    that reason in one line (exit 1).
+    that reason in one line (exit ``code``).
     """
     from common import audit, db
 
@@ -123,7 +124,7 @@ def audited_change(
         with db.session_scope(settings.database_url) as session:
             audit.record(session, actor=actor, role=CLI_ROLE, action=action, outcome="failure",
                          query=audit.query_text(command, subject=subject, error=str(exc)))
-        fail(str(exc))
+        fail(str(exc), code=code)
 
 
 def ensure_schema(ctx: typer.Context, *, create_if_empty: bool = False) -> None:
