@@ -90,9 +90,16 @@ def test_token_cli_create_list_revoke(sqlite_url: str, tmp_path) -> None:
 
 
 def test_token_cli_refuses_a_database_that_is_behind(tmp_path) -> None:
+    """An empty database gets the advice; one behind the code is never migrated by `api` either
+    (only an empty embedded one is created by `serve`/`api`, see tests/test_cli_startup.py)."""
+    from common.db import upgrade
+
+    url = f"sqlite:///{tmp_path / 'behind.db'}"
     env = {"MEDREGA_DATABASE__URL": f"sqlite:///{tmp_path / 'empty.db'}",
            "MEDREGA_STORAGE__DATA_DIR": str(tmp_path)}
     result = CliRunner().invoke(_cli(), ["token", "list"], env=env)
     assert result.exit_code == 3 and "db upgrade" in result.stderr
-    served = CliRunner().invoke(_cli(), ["api"], env=env)
+    upgrade(url, "0001")
+    behind = {**env, "MEDREGA_DATABASE__URL": url}
+    served = CliRunner().invoke(_cli(), ["api"], env=behind)
     assert served.exit_code == 3 and "db upgrade" in served.stderr
