@@ -39,10 +39,12 @@ from .schemas import (
     RouteIn,
     RouteOut,
 )
+from .query_check import reject_unknown_query_parameters
 
 __all__ = ["router", "admin_error_status"]
 
-router = APIRouter(prefix="/api/v1/admin", tags=["admin"], responses=AUTH_RESPONSES)
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"], responses=AUTH_RESPONSES,
+                   dependencies=[Depends(reject_unknown_query_parameters)])
 
 Name = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f/]+$")]
 RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]

@@ -19,10 +19,12 @@ from .auditing import audit_request, query_text
 from .auth import Principal, get_session, require_reader
 from .pagination import as_utc
 from .schemas import AUTH_RESPONSES, ErrorOut
+from .query_check import reject_unknown_query_parameters
 
 __all__ = ["router", "EvaluationRunOut", "EvaluationRunList"]
 
-router = APIRouter(prefix="/api/v1", tags=["auditor"], responses=AUTH_RESPONSES)
+router = APIRouter(prefix="/api/v1", tags=["auditor"], responses=AUTH_RESPONSES,
+                   dependencies=[Depends(reject_unknown_query_parameters)])
 
 WeightsId = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9:_.-]*$")]
 

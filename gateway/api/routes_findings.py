@@ -45,10 +45,12 @@ from .schemas import (
     StudyPage,
     Timeline,
 )
+from .query_check import reject_unknown_query_parameters
 
 __all__ = ["router", "finding_filters"]
 
-router = APIRouter(prefix="/api/v1", tags=["auditor"], responses=AUTH_RESPONSES)
+router = APIRouter(prefix="/api/v1", tags=["auditor"], responses=AUTH_RESPONSES,
+                   dependencies=[Depends(reject_unknown_query_parameters)])
 
 UidParam = Annotated[str, StringConstraints(min_length=1, max_length=UID_MAXIMUM_LENGTH,
                                              pattern=f"^{UID_PATTERN}$")]

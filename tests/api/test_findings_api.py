@@ -265,3 +265,13 @@ def test_study_detail_and_page_show_image_selection_and_prompts(client: TestClie
     html = page.get(f"/ui/studies/{uid}").text
     assert 'id="selection"' in html and "localizer (Image Type ORIGINAL" in html
     assert "grounded_reports_mimiccxr" in html and "truncated" in html and "prior study left out" in html
+
+
+def test_unknown_query_parameters_are_refused(client: TestClient, env: Env) -> None:
+    """A misspelt filter is a 422 naming it, never an unfiltered answer."""
+    for path in ("/api/v1/findings?langauge=zh", "/api/v1/evaluations?weights_id=x&colour=red",
+                 "/api/v1/admin/destinations?x=1"):
+        response = client.get(path, headers=env.headers("admin"))
+        assert response.status_code == 422, (path, response.text)
+        assert "unknown query parameter" in response.text
+    assert client.get("/api/v1/findings?language=zh", headers=env.headers("admin")).status_code == 200
