@@ -27,6 +27,7 @@ from .operations import (
 )
 from .query_deliveries import DeliveryFilters, list_deliveries, list_jobs
 from .schemas import (
+    RowId,
     AUTH_RESPONSES,
     ActionResult,
     CallingAEIn,
@@ -47,7 +48,6 @@ router = APIRouter(prefix="/api/v1/admin", tags=["admin"], responses=AUTH_RESPON
                    dependencies=[Depends(reject_unknown_query_parameters)])
 
 Name = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f/]+$")]
-RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 _ERRORS = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
 
 

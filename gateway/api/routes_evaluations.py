@@ -8,7 +8,7 @@ import datetime as dt
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,7 +18,7 @@ from common.models import EvaluationRun
 from .auditing import audit_request, query_text
 from .auth import Principal, get_session, require_reader
 from .pagination import as_utc
-from .schemas import AUTH_RESPONSES, ErrorOut
+from .schemas import AUTH_RESPONSES, ErrorOut, RowId
 from .query_check import reject_unknown_query_parameters
 
 __all__ = ["router", "EvaluationRunOut", "EvaluationRunList"]
@@ -88,7 +88,7 @@ def evaluations(
 @router.get("/evaluations/{run_id}", response_model=EvaluationRunOut, responses={404: {"model": ErrorOut}})
 def evaluation(
     request: Request,
-    run_id: Annotated[int, Path(ge=1)],
+    run_id: RowId,
     principal: Principal = Depends(require_reader),
     session: Session = Depends(get_session),
 ) -> EvaluationRunOut:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
+from fastapi import Path
+
 import re
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints
@@ -41,6 +43,8 @@ __all__ = [
 
 #: Free text from a client: bounded, printable (no control characters, which PostgreSQL refuses
 #: in text and which have no place in a filter).
+#: A row id in a path: what the database keys hold (an INTEGER column; larger values are 422).
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 SafeText = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
