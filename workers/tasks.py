@@ -265,6 +265,10 @@ def _infer(job_id: int) -> None:
         if skipped:
             detail += "; could not read " + "; ".join(f"{image.sop_instance_uid}: {why}" for image, why in skipped)
         transition(session, job, JobAction.INFER, detail=detail)
+    if not results:
+        # The selection is recorded (the study page and the API show each exclusion's reason);
+        # retrying would choose the same nothing, so the job ends here instead of retrying forever.
+        raise PermanentJobError(f"job {job_id}: no image of the study was asked anything ({detail})")
 
 
 def _finding_codes(results: Sequence[RunResult]) -> dict[str, dict[str, tuple[str, str, str]]]:

@@ -63,7 +63,7 @@ def test_serve_killed_in_each_state_recovers_everything_and_sends_nothing_twice(
     if fail:
         env[FAIL_AT_ENV] = fail
     serve = rig.serve(env=env)
-    files = write_series(tmp_path / "study", 2)
+    files = write_series(tmp_path / "study", 3)  # a CT series of 3: fewer is taken for a localizer
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     rig.send(files)
 

@@ -138,7 +138,7 @@ def test_api_and_study_page_show_the_stored_codes(two_runs) -> None:
         s.commit()
     stored = {(language, label): code for language, label, _, _, _, code in first["findings"]}
     with TestClient(create_app(settings)) as client:
-        listed = client.get("/api/v1/findings", params={"kind": "region", "limit": 100},
+        listed = client.get("/api/v1/findings", params={"limit": 100},
                             headers={"Authorization": f"Bearer {token}"})
         assert listed.status_code == 200, listed.text
         items = [f for f in listed.json()["items"] if f["kind"] == "region"]  # not the report texts

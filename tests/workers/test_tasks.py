@@ -317,3 +317,23 @@ def test_jobs_whose_message_was_lost_are_published_again(gateway) -> None:
         job = s.get(Job, job_id)
         assert job.state == JobState.PENDING
         assert "published again" in job.events[-1].detail
+
+
+def test_a_study_with_no_image_for_the_model_ends_dead_with_its_selection_kept(gateway, monkeypatch) -> None:
+    """Retrying cannot choose an image that the rules exclude: the job is dead at once, not retried
+    for ever, and the recorded exclusions say why (the study page and the API show them)."""
+    import dataclasses
+
+    import model.analysis as analysis
+    import workers.tasks as tasks
+    from common.models import ImageSelection
+
+    settings, job_id = gateway
+    original = analysis.select
+    monkeypatch.setattr(analysis, "select",
+                        lambda images, cfg: dataclasses.replace(original(images, cfg), chosen=[]))
+    assert tasks.process_study.apply(args=(job_id,)).get() == "dead"
+    with session_scope(settings.database_url) as s:
+        job = s.get(Job, job_id)
+        assert job.state == JobState.DEAD and "no image of the study was asked anything" in job.error
+        assert s.scalar(select(func.count()).select_from(ImageSelection).where(ImageSelection.job_id == job_id))
