@@ -101,7 +101,7 @@ class NodeSettings(_Section):
     minimum_transfer_rate_kb_s: float = Field(64.0, gt=0, description=(
         "The slowest transfer (kB/s, 1 kB = 1000 bytes) a PDU is given time for: a PDU of N bytes "
         "may take dimse_timeout_s + N / rate seconds."))
-    maximum_pending_connections_per_address: int = Field(8, ge=1, description=(
+    maximum_pending_connections_per_address: int = Field(16, ge=1, description=(
         "TCP connections from one client address that are not yet an association (accepted, no "
         "A-ASSOCIATE-AC sent yet); further ones from that address are closed at once, so that "
         "one client cannot hold every connection the node serves."))

@@ -105,7 +105,10 @@ class RssSampler(threading.Thread):
 
 def test_load_simultaneous_associations_all_stored_and_delivered(make_rig, tmp_path: Path):
     studies = _write_studies(tmp_path / "studies")
-    rig = make_rig(sections={"node": {"maximum_associations": ASSOCIATIONS + 8}})
+    # every sender is on 127.0.0.1 here, where a hospital has one address per modality: the
+    # per-address bound on connections still in their handshake must admit all of them at once
+    rig = make_rig(sections={"node": {"maximum_associations": ASSOCIATIONS + 8,
+                                      "maximum_pending_connections_per_address": ASSOCIATIONS + 8}})
     rig.start_pacs()
     serve = rig.serve()
     sampler = RssSampler(serve.proc.pid)
