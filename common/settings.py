@@ -1,8 +1,11 @@
 """Gateway configuration: a TOML file plus ``MEDREGA_<SECTION>__<KEY>`` environment overrides.
 
-Settings are validated once, at start-up (:func:`load_settings`). A wrong or missing value raises
-:class:`ConfigError` whose message is one line naming the key, e.g.
-``node.port: Input should be less than or equal to 65535``.
+Read with pydantic-settings (:class:`Settings` is the ``BaseSettings`` root): the environment wins
+over the file, the file over the defaults. Settings are validated once, at start-up
+(:func:`load_settings`). A wrong or missing value raises :class:`ConfigError` whose message is one
+line naming the key, e.g. ``node.port: Input should be less than or equal to 65535``. A
+``MEDREGA_`` variable that is no setting and not one of :data:`OTHER_VARIABLES` is an error naming
+it (``MEDREGA_NODE_PORT: unknown environment variable; did you mean MEDREGA_NODE__PORT?``).
 
 The file only *seeds* the administrative tables (AE titles, destinations, routes): once they are in
 the database, the database is authoritative and changes take effect without a restart.
@@ -10,13 +13,28 @@ the database, the database is authoritative and changes take effect without a re
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
 import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+
+from common.holds import FAIL_AT_ENV, HOLD_AT_ENV, HOLD_DIR_ENV
 
 __all__ = [
     "ConfigError",
@@ -33,12 +51,37 @@ __all__ = [
     "CallerSettings",
     "RouteSettings",
     "load_settings",
+    "check_environment",
+    "ENV_PREFIX",
+    "ENV_NESTED_DELIMITER",
+    "CONFIG_ENV",
+    "CJK_FONT_ENV",
+    "TEST_ENV_PREFIX",
+    "OTHER_VARIABLES",
     "validate_ae_title",
     "DATABASE_SCHEMES",
 ]
 
 ENV_PREFIX = "MEDREGA_"
 ENV_NESTED_DELIMITER = "__"
+
+#: The configuration file, when ``--config`` is not given (read by gateway.cli.base).
+CONFIG_ENV = "MEDREGA_CONFIG"
+#: A font file for Chinese text instead of the lookup (read by sr_writer.render.find_cjk_font).
+CJK_FONT_ENV = "MEDREGA_CJK_FONT"
+#: Variables only the tests read start with this (tests/conftest.py, tests/faults, tests/viewers).
+TEST_ENV_PREFIX = "MEDREGA_TEST_"
+#: Variables of the deployment files, read on the host by docker compose (docker-compose.yml,
+#: deploy/cpu-demo.env) and scripts/make-base-images.sh, never by the gateway: a shell that sets
+#: them may run it too. tests/test_settings.py checks that those files name no other.
+DEPLOYMENT_ENV = frozenset({
+    "MEDREGA_BASE_IMAGE", "MEDREGA_CA_BUNDLE", "MEDREGA_DEBIAN_MIRROR", "MEDREGA_DEBIAN_SECURITY_MIRROR",
+    "MEDREGA_DICOM_PORT", "MEDREGA_API_PORT", "MEDREGA_ORTHANC_HTTP_PORT", "MEDREGA_ORTHANC_DICOM_PORT",
+    "MEDREGA_MODELS_DIR", "MEDREGA_REPLAY_FILE",
+})
+#: ``MEDREGA_`` variables that are not settings and are allowed in the environment (besides
+#: :data:`TEST_ENV_PREFIX`); any other that is no setting stops the start (:func:`check_environment`).
+OTHER_VARIABLES = frozenset({CONFIG_ENV, CJK_FONT_ENV, HOLD_AT_ENV, HOLD_DIR_ENV, FAIL_AT_ENV}) | DEPLOYMENT_ENV
 
 
 class ConfigError(Exception):
@@ -292,7 +335,14 @@ class RouteSettings(_Section):
         "Destinations (names) of the results; empty: the caller's, else every enabled one."))
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
+    """The root: pydantic-settings reads, highest first, the values given to it
+    (:func:`load_settings`'s overrides), ``MEDREGA_<SECTION>__<KEY>`` variables, the TOML file,
+    then the defaults."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER)
+
     node: NodeSettings = NodeSettings()
     storage: StorageSettings = StorageSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -311,6 +361,22 @@ class Settings(_Section):
         if len(names) != len(set(names)):
             raise ValueError("destination names must be unique")
         return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path, environ = _INPUTS.get()
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings, _EnvironmentSource(settings_cls, os.environ if environ is None else environ)]
+        if path is not None:
+            sources.append(_TomlFileSource(settings_cls, path))
+        return tuple(sources)
 
     # -- derived values ---------------------------------------------------------------------
     @property
@@ -335,38 +401,72 @@ class Settings(_Section):
         return not self.queue.broker_url
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """``MEDREGA_NODE__PORT=11113`` -> ``{"node": {"port": "11113"}}``.
+class _EnvironmentSource(EnvSettingsSource):
+    """``MEDREGA_<SECTION>__<KEY>`` (and ``MEDREGA_<LIST>`` as JSON) from ``environ``, not only
+    ``os.environ``; a ``MEDREGA_`` variable that is no setting and not allowed stops the load."""
 
-    Lists (``destinations``, ``callers``, ``routes``) are given as JSON: ``MEDREGA_DESTINATIONS='[...]'``.
-    """
-    import json
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
 
-    out: dict[str, Any] = {}
-    for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX):
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        check_environment(self._environ)
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty,
+                              self.env_parse_none_str)
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{ENV_PREFIX}{field_name.upper()}: not valid JSON ({exc.msg})") from None
+
+
+class _TomlFileSource(TomlConfigSettingsSource):
+    """The ``--config`` file; a missing or unreadable file is a :class:`ConfigError`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        if not path.is_file():
+            raise ConfigError(f"--config: file not found: {path}")
+        try:
+            super().__init__(settings_cls, toml_file=path)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from None
+
+
+#: What :func:`load_settings` reads for the :class:`Settings` being built: the file and the
+#: environment (``None``: ``os.environ``). pydantic-settings builds its sources in a class method,
+#: so the per-call inputs travel beside it.
+_INPUTS: ContextVar[tuple[Path | None, Mapping[str, str] | None]] = ContextVar(
+    "medrega_settings_inputs", default=(None, None))
+
+
+def _setting_variables() -> dict[str, str]:
+    """Every environment variable that sets something (upper case) -> the key it sets."""
+    names: dict[str, str] = {}
+    for section, field in Settings.model_fields.items():
+        names[f"{ENV_PREFIX}{section.upper()}"] = section
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            for key in model.model_fields:
+                names[f"{ENV_PREFIX}{section.upper()}{ENV_NESTED_DELIMITER}{key.upper()}"] = f"{section}.{key}"
+    return names
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Raise :class:`ConfigError` naming the first ``MEDREGA_`` variable in ``environ`` that is
+    neither a setting nor allowed (:data:`OTHER_VARIABLES`, :data:`TEST_ENV_PREFIX`), with the
+    setting it most likely meant (``MEDREGA_NODE_PORT``: ``MEDREGA_NODE__PORT``)."""
+    settings = _setting_variables()
+    for name in sorted(environ):
+        upper = name.upper()
+        if (not upper.startswith(ENV_PREFIX) or upper in settings or upper in OTHER_VARIABLES
+                or upper.startswith(TEST_ENV_PREFIX)):
             continue
-        parts = key[len(ENV_PREFIX):].lower().split(ENV_NESTED_DELIMITER)
-        if len(parts) == 1 and parts[0] in ("destinations", "callers", "routes"):
-            try:
-                out[parts[0]] = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{key}: not valid JSON ({exc.msg})") from None
-            continue
-        if len(parts) != 2 or not all(parts):
-            continue
-        out.setdefault(parts[0], {})[parts[1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+        flat = {key.replace(ENV_NESTED_DELIMITER, "_"): key for key in settings}
+        meant = flat.get(upper) or next(iter(difflib.get_close_matches(upper, list(settings), n=1, cutoff=0.8)), None)
+        hint = f"; did you mean {meant}?" if meant else (
+            f"; settings are {ENV_PREFIX}<SECTION>{ENV_NESTED_DELIMITER}<KEY> (docs/configuration.md)")
+        raise ConfigError(f"{name}: unknown environment variable{hint}")
 
 
 def _describe(error: ValidationError) -> str:
@@ -382,28 +482,21 @@ def _describe(error: ValidationError) -> str:
 
 def load_settings(
     path: str | os.PathLike[str] | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Settings:
-    """Read ``path`` (TOML, optional), apply environment overrides, validate once.
+    """Read ``path`` (TOML, optional) and the environment (``environ``, default ``os.environ``),
+    validate once. ``overrides`` (section -> values) win over both.
 
-    Raises :class:`ConfigError` with a one-line message naming the offending key.
+    Raises :class:`ConfigError` with a one-line message naming the offending key or variable.
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"--config: file not found: {p}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"--config: {p} is not valid TOML: {exc}") from None
-    raw = _merge(raw, _env_overrides(dict(os.environ if environ is None else environ)))
-    raw = _merge(raw, overrides)
+    token = _INPUTS.set((None if path is None else Path(path), environ))
     try:
-        settings = Settings.model_validate(raw)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    finally:
+        _INPUTS.reset(token)
     if path is not None and not settings.storage.data_dir.is_absolute():
         # A relative data_dir is relative to the config file, not to the current directory.
         base = Path(path).resolve().parent

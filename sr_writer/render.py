@@ -22,6 +22,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from common.settings import CJK_FONT_ENV
+
 from .errors import FontNotFoundError, NotConvertibleError, RenderError, SourceImageNotFoundError
 from .readback import ReadRegion, ReadReport, read_report
 
@@ -35,7 +37,7 @@ __all__ = [
 ]
 
 #: Environment variable naming a font file to use instead of the lookup.
-FONT_ENV = "MEDREGA_CJK_FONT"
+FONT_ENV = CJK_FONT_ENV
 
 #: Known locations of fonts that cover Chinese (Debian/Ubuntu, Fedora, macOS, Windows).
 CJK_FONT_CANDIDATES: tuple[str, ...] = (

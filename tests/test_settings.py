@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +121,71 @@ def test_every_setting_has_a_description() -> None:
     keys = _all_settings()
     assert len(keys) > 50  # the walk reaches every section and list entry
     assert [key for key, f in keys if not (f.description or "").strip()] == []
+
+
+def test_precedence_overrides_environment_file_defaults(tmp_path: Path) -> None:
+    config = _write(tmp_path, EXAMPLE.replace("stable_after_s = 30", "stable_after_s = 7"))
+    env = {"MEDREGA_NODE__PORT": "11113"}
+    settings = load_settings(config, environ=env, node={"port": 11114})
+    assert settings.node.port == 11114  # given to load_settings > environment
+    assert load_settings(config, environ=env).node.port == 11113  # environment > file
+    assert settings.node.stable_after_s == 7  # file > default (30)
+    assert settings.node.ae_title == "MEDREGA" and settings.node.maximum_associations == 16  # defaults
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("MEDREGA_NODE_PORT", "MEDREGA_NODE_PORT: unknown environment variable; did you mean MEDREGA_NODE__PORT?"),
+        ("MEDREGA_NODE__PROT", "MEDREGA_NODE__PROT: unknown environment variable; did you mean MEDREGA_NODE__PORT?"),
+        ("MEDREGA_MODEL__PATH__X", "MEDREGA_MODEL__PATH__X: unknown environment variable; did you mean "
+                                   "MEDREGA_MODEL__PATH?"),
+        ("MEDREGA_WHATEVER", "MEDREGA_WHATEVER: unknown environment variable; settings are "
+                             "MEDREGA_<SECTION>__<KEY> (docs/configuration.md)"),
+    ],
+)
+def test_unknown_variable_is_an_error_naming_it(tmp_path: Path, name: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, EXAMPLE), environ={"MEDREGA_NODE__PORT": "1", name: "11113"})
+    assert str(info.value) == message
+
+
+def test_other_variables_are_accepted(tmp_path: Path) -> None:
+    from common.settings import OTHER_VARIABLES
+
+    env = {name: "x" for name in OTHER_VARIABLES} | {"MEDREGA_TEST_ANYTHING": "1", "MEDREGA_NODE": '{"port": 5}',
+                                                       "OTHER_NODE_PORT": "1"}
+    assert load_settings(_write(tmp_path, EXAMPLE), environ=env).node.port == 5
+
+
+def test_cli_stops_on_unknown_variable(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDREGA_")} | {"MEDREGA_NODE_PORT": "11113"}
+    result = subprocess.run([sys.executable, "-m", "gateway", "--config", str(_write(tmp_path, EXAMPLE)), "config"],
+                            capture_output=True, text=True, cwd=REPO, timeout=60, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "medrega-gateway: configuration error: MEDREGA_NODE_PORT: unknown environment variable; "
+        "did you mean MEDREGA_NODE__PORT?"]
+
+
+#: Where the repository reads or sets a MEDREGA_ variable: the deployment files wholesale, and the
+#: environment look-ups of the Python code.
+_DEPLOYMENT_FILES = ("docker-compose.yml", "deploy/Dockerfile", "deploy/cpu-demo.env", "scripts/make-base-images.sh")
+_PYTHON_READ = re.compile(r"""(?:environ(?:\.get|\.setdefault)?\(|environ\[|getenv\(|setenv\(|envvar=)\s*["'](MEDREGA_\w+)""")
+
+
+def test_every_variable_the_repository_uses_is_accepted() -> None:
+    """The allow-list (common.settings.OTHER_VARIABLES) covers what the deployment files and the code
+    read, so a shell that sets them can run the gateway; a new one must be added there."""
+    from common.settings import check_environment
+
+    names: set[str] = set()
+    for name in _DEPLOYMENT_FILES:
+        names |= set(re.findall(r"MEDREGA_[A-Z0-9_]*[A-Z0-9]", (REPO / name).read_text(encoding="utf-8")))
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.split():
+        if (REPO / name).is_file():
+            names |= set(_PYTHON_READ.findall((REPO / name).read_text(encoding="utf-8")))
+    assert {"MEDREGA_BASE_IMAGE", "MEDREGA_CONFIG", "MEDREGA_MODEL__BACKEND", "MEDREGA_TEST_REDIS_URL"} <= names
+    for name in sorted(names):
+        check_environment({name: "x"})  # raises ConfigError naming a variable that is not accepted

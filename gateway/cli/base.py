@@ -21,7 +21,7 @@ from typing import Annotated, Any, ClassVar, Optional
 import typer
 from sqlalchemy.orm import Session
 
-from common.settings import ConfigError, Settings, load_settings
+from common.settings import CONFIG_ENV, ConfigError, Settings, load_settings
 
 __all__ = ["app", "AppContext", "get_settings", "fail", "Refused", "audited_change", "CLI_ROLE"]
 
@@ -53,7 +53,7 @@ class AppContext:
             except ConfigError as exc:
                 fail(f"configuration error: {exc}", code=2)
             if self.config_path is None:
-                typer.echo("medrega-gateway: no --config and no MEDREGA_CONFIG: built-in defaults "
+                typer.echo(f"medrega-gateway: no --config and no {CONFIG_ENV}: built-in defaults "
                            f"and MEDREGA_* variables in use (storage.data_dir = "
                            f"{self._settings.data_dir.resolve()})", err=True)
             _check_data_dir(self._settings.data_dir)
@@ -164,7 +164,7 @@ def get_settings(ctx: typer.Context) -> Settings:
 def _root(
     ctx: typer.Context,
     config: Annotated[
-        Optional[Path], typer.Option("--config", "-c", help="gateway TOML file", envvar="MEDREGA_CONFIG")
+        Optional[Path], typer.Option("--config", "-c", help="gateway TOML file", envvar=CONFIG_ENV)
     ] = None,
 ) -> None:
     ctx.obj = AppContext.current = AppContext(config_path=config)

@@ -1,11 +1,11 @@
 """Issue 7, load: many simultaneous associations into one ``serve``, everything stored and delivered.
 
-``MEDREGA_LOAD`` = ``<associations>x<instances each>`` (default ``20x200``, the issue's figure:
+``MEDREGA_TEST_LOAD`` = ``<associations>x<instances each>`` (default ``20x200``, the issue's figure:
 4000 small CT instances, one study per association, sent by as many ``storescu`` processes at
 once). ``serve`` runs on embedded defaults (SQLite, embedded broker, worker inside) with the
 replay model. Checks: every instance stored, one SR per language delivered for every study, and
 the serve process's resident memory (sampled with psutil, children included) stays under
-``MEDREGA_LOAD_RSS_MB`` (600). Prints instances/s and peak RSS; docs/benchmarks.md
+``MEDREGA_TEST_LOAD_RSS_MB`` (600). Prints instances/s and peak RSS; docs/benchmarks.md
 ("Load and faults (issue 7)") records them.
 """
 
@@ -29,8 +29,8 @@ from tests.faults.rig import NODE_AE, sr_languages_by_study
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
-ASSOCIATIONS, INSTANCES = (int(v) for v in os.environ.get("MEDREGA_LOAD", "20x200").lower().split("x"))
-RSS_LIMIT_MB = float(os.environ.get("MEDREGA_LOAD_RSS_MB", "600"))
+ASSOCIATIONS, INSTANCES = (int(v) for v in os.environ.get("MEDREGA_TEST_LOAD", "20x200").lower().split("x"))
+RSS_LIMIT_MB = float(os.environ.get("MEDREGA_TEST_LOAD_RSS_MB", "600"))
 
 # Placeholders of fixed length in the template, replaced byte for byte (no length field changes).
 _STUDY, _SERIES, _SOP = ("1.2.826.0.1.3680043.8.498.1" + d * 30 for d in "123")

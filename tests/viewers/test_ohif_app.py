@@ -8,7 +8,7 @@ Orthanc's DICOMweb behind it, and Playwright drives Debian's Chromium as a radio
 open the study, double-click an SR, check the boxes drawn on the image it shows, accept the offer
 to track (OHIF "hydrates" the SR into measurements), and check the measurement panel and each
 measurement's image: the finding name of every region on its own image. Screenshots are written
-to the test's folder (and to ``$MEDREGA_OHIF_SCREENSHOTS`` when set: that is how docs/viewers/ is
+to the test's folder (and to ``$MEDREGA_TEST_OHIF_SCREENSHOTS`` when set: that is how docs/viewers/ is
 made). No request leaves the loopback interface.
 """
 
@@ -240,10 +240,10 @@ def session(browser: Browser) -> Iterator[Session]:
 
 def _save(page: Page, folder: Path, name: str, *, docs: bool = False) -> Path:
     """A screenshot in the test's folder; with ``docs``, also a small copy (96-colour palette PNG)
-    in ``$MEDREGA_OHIF_SCREENSHOTS`` when set: how docs/viewers/ is made."""
+    in ``$MEDREGA_TEST_OHIF_SCREENSHOTS`` when set: how docs/viewers/ is made."""
     path = folder / f"{name}.png"
     page.screenshot(path=str(path))
-    target = os.environ.get("MEDREGA_OHIF_SCREENSHOTS")
+    target = os.environ.get("MEDREGA_TEST_OHIF_SCREENSHOTS")
     if docs and target:
         Path(target).mkdir(parents=True, exist_ok=True)
         small = Image.open(path).convert("RGB").quantize(colors=96, method=Image.Quantize.FASTOCTREE)
