@@ -12,6 +12,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -327,8 +328,9 @@ class _Scanned:
 
     def dataset(self) -> Dataset:
         """The elements as a pydicom data set (decoded by pydicom on access)."""
-        ds = Dataset(self.elements)
-        ds.file_meta = FileMetaDataset(Dataset(self.meta))
+        # keyed by the elements' BaseTag (pydicom's own data sets are; its writers call .group on keys)
+        ds = Dataset({elem.tag: elem for elem in self.elements.values()})
+        ds.file_meta = FileMetaDataset(Dataset({elem.tag: elem for elem in self.meta.values()}))
         ds.set_original_encoding(self.transfer_syntax_uid == _IMPLICIT_LE, True, None)
         return ds
 
@@ -356,7 +358,7 @@ def _fast_scan(head: bytes, complete: bool) -> _Scanned:
     return _Scanned(meta_raw, elements, ts, end)
 
 
-def _parse(f) -> Dataset:  # type: ignore[no-untyped-def]
+def _parse(f: BinaryIO) -> Dataset:
     """Parse, with pydicom, the file meta and the data set up to group 0028 (Image Pixel module)
     of the open file ``f`` (what :func:`_fast_scan` leaves: big endian, deflated, a header beyond
     the first 64 KiB, inconsistent lengths).
@@ -383,7 +385,7 @@ class _Walk:
     big endian; undefined lengths end with delimitation items (7.5).
     """
 
-    def __init__(self, f, size: int, explicit: bool, little: bool, head: bytes = b"") -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, f: BinaryIO, size: int, explicit: bool, little: bool, head: bytes = b"") -> None:
         self.f, self.size, self.explicit, self.head = f, size, explicit, head
         self.u16 = struct.Struct("<H" if little else ">H")
         self.u32 = struct.Struct("<I" if little else ">I")
@@ -459,7 +461,7 @@ def check_structure(path: Path) -> None:
         raise UnreadableObjectError(f"malformed data set: {type(exc).__name__}: {exc}") from None
 
 
-def _check_structure(f, head: bytes, resume_at: int = 0) -> None:  # type: ignore[no-untyped-def]
+def _check_structure(f: BinaryIO, head: bytes, resume_at: int = 0) -> None:
     """:func:`check_structure` on an open file whose first bytes (``head``) are already read;
     the data set's elements before ``resume_at`` are known to fit (:func:`_fast_scan`)."""
     try:
@@ -724,7 +726,7 @@ def _decode_scanned(
     return _decode(scanned.dataset(), affected_sop_class_uid, affected_sop_instance_uid)
 
 
-def _header(f, head: bytes, affected_sop_class_uid: str | None, affected_sop_instance_uid: str | None) -> InstanceHeader:  # type: ignore[no-untyped-def]
+def _header(f: BinaryIO, head: bytes, affected_sop_class_uid: str | None, affected_sop_instance_uid: str | None) -> InstanceHeader:
     try:
         scanned = _fast_scan(head, complete=len(head) < _HEAD_BYTES)
     except (_Unusual, struct.error):

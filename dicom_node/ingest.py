@@ -40,9 +40,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, Insert, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -74,10 +74,11 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-_STUDIES = Study.__table__
-_SERIES = Series.__table__
-_INSTANCES = Instance.__table__
-_REPLACEMENTS = InstanceReplacement.__table__
+# A declarative class's __table__ is typed FromClause; a model declared with __tablename__ maps a Table.
+_STUDIES = cast(Table, Study.__table__)
+_SERIES = cast(Table, Series.__table__)
+_INSTANCES = cast(Table, Instance.__table__)
+_REPLACEMENTS = cast(Table, InstanceReplacement.__table__)
 _ATTEMPTS = 4
 
 
@@ -164,8 +165,9 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-def _insert_ignore(conn: Connection, table, values: dict, key: str) -> None:  # type: ignore[no-untyped-def]
+def _insert_ignore(conn: Connection, table: Table, values: dict[str, Any], key: str) -> None:
     dialect = conn.dialect.name
+    stmt: Insert
     if dialect == "postgresql":
         stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
     elif dialect == "sqlite":
@@ -175,7 +177,7 @@ def _insert_ignore(conn: Connection, table, values: dict, key: str) -> None:  # 
     conn.execute(stmt)
 
 
-def _study_id(conn: Connection, h: InstanceHeader, calling_ae_title: str | None, now) -> int:  # type: ignore[no-untyped-def]
+def _study_id(conn: Connection, h: InstanceHeader, calling_ae_title: str | None, now: datetime.datetime) -> int:
     row = conn.execute(
         select(_STUDIES.c.id, _STUDIES.c.state, _STUDIES.c.patient_id, _STUDIES.c.calling_ae_title)
         .where(_STUDIES.c.study_instance_uid == h.study_instance_uid)
@@ -214,7 +216,7 @@ _TOUCH_STUDY = (
 )
 
 
-def _touch_study(conn: Connection, study_id: int, now) -> None:  # type: ignore[no-untyped-def]
+def _touch_study(conn: Connection, study_id: int, now: datetime.datetime) -> None:
     """A new or changed instance: the study is receiving again (a COMPLETE study gets a new version)."""
     conn.execute(_TOUCH_STUDY, {"study_id_": study_id, "now_": now, "state_": StudyState.RECEIVING.value})
 
@@ -244,7 +246,9 @@ def _series_id(conn: Connection, h: InstanceHeader, study_id: int) -> int:
     return int(row.id)
 
 
-def _instance_values(h: InstanceHeader, stored: StoredFile, calling_ae_title: str | None, now) -> dict:  # type: ignore[no-untyped-def]
+def _instance_values(
+    h: InstanceHeader, stored: StoredFile, calling_ae_title: str | None, now: datetime.datetime
+) -> dict[str, Any]:
     return dict(
         sop_class_uid=h.sop_class_uid,
         transfer_syntax_uid=h.transfer_syntax_uid,
@@ -311,11 +315,12 @@ _SELECT_EXISTING = select(
 ).where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
 
 
-def _existing(conn: Connection, sop_instance_uid: str, lock: bool = False):  # type: ignore[no-untyped-def]
+def _existing(conn: Connection, sop_instance_uid: str, lock: bool = False) -> _Existing | None:
     """The row filed under the UID; ``lock``: held until commit (PostgreSQL ``FOR UPDATE``;
     SQLite's writers are serialised already)."""
     query = _SELECT_EXISTING.with_for_update() if lock else _SELECT_EXISTING
-    return conn.execute(query, {"uid": sop_instance_uid}).first()
+    row = conn.execute(query, {"uid": sop_instance_uid}).first()
+    return None if row is None else _Existing(*row)
 
 
 class _Existing(NamedTuple):
@@ -447,10 +452,9 @@ def _replace_instance(engine: Engine, data_dir: Path, header: InstanceHeader, re
     is gone meanwhile (the caller files the instance as new)."""
     try:
         with write_transaction(engine) as conn:
-            row = _existing(conn, header.sop_instance_uid, lock=True)
-            if row is None:
+            existing = _existing(conn, header.sop_instance_uid, lock=True)
+            if existing is None:
                 return None
-            existing = _Existing(*row)
             if existing.sha256 == sha256:
                 _count_duplicate(conn, existing.id)
                 received.unlink(missing_ok=True)
@@ -593,8 +597,7 @@ def record_instance(
             return IngestResult(IngestOutcome.STORED, instance_id, study_id, relpath)
         try:
             with write_transaction(engine) as conn:
-                row = _existing(conn, header.sop_instance_uid)
-                existing = None if row is None else _Existing(*row)
+                existing = _existing(conn, header.sop_instance_uid)
                 if existing is not None and existing.sha256 == sha256:
                     _count_duplicate(conn, existing.id)
                     return IngestResult(
@@ -613,6 +616,7 @@ def record_instance(
                             **values,
                         )
                     )
+                    assert result.inserted_primary_key is not None  # a single-row INSERT has one
                     instance_id = int(result.inserted_primary_key[0])
                     outcome = IngestOutcome.STORED
                     _touch_study(conn, study_id, now)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from typing import cast
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table
 
 from common.models import QuarantinedInstance, utcnow
 
@@ -24,7 +25,8 @@ from .spool import QUARANTINE_DIR, durable_move, sha256_file
 __all__ = ["quarantine_file"]
 
 LOGGER = logging.getLogger(__name__)
-_TABLE = QuarantinedInstance.__table__
+# A declarative class's __table__ is typed FromClause; a model declared with __tablename__ maps a Table.
+_TABLE = cast(Table, QuarantinedInstance.__table__)
 
 
 def quarantine_file(
@@ -59,6 +61,7 @@ def quarantine_file(
                 received_at=utcnow(),
             )
         )
+        assert result.inserted_primary_key is not None  # a single-row INSERT has one
         row_id = int(result.inserted_primary_key[0])
     LOGGER.warning("quarantined a received object from %s as %s: %s", calling_ae_title, relpath, reason)
     return row_id

@@ -688,10 +688,10 @@ class StorageSCP:
 
         try:
             shared = _SPAWN.Value("i", 0)
-            loads = _SPAWN.Array("i", self.processes)
+            load_counts = _SPAWN.Array("i", self.processes)
             pending_counts = _SPAWN.Array("i", _PendingByAddress.SLOTS)
-            channels = self._start_processes(shared, loads, pending_counts) if self.processes > 1 else []
-            counter, loads = _AssociationCounter(shared), _Loads(loads)
+            channels = self._start_processes(shared, load_counts, pending_counts) if self.processes > 1 else []
+            counter, loads = _AssociationCounter(shared), _Loads(load_counts)
             pending = _PendingByAddress(pending_counts, node.maximum_pending_connections_per_address)
             listener = _Listener(self.settings, counter=counter, loads=loads, pending=pending, slot=0)
             listener.start()

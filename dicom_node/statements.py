@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 __all__ = ["StatementError", "PreparedStatement", "dbapi_connection", "database_errors"]
 
@@ -36,6 +37,8 @@ class PreparedStatement:
 
     def __init__(self, statement: ClauseElement, dialect: Dialect, keys: Sequence[str] = ()) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys else None)
+        if not isinstance(compiled, SQLCompiler):  # DDL compiles with a DDLCompiler: no bind parameters
+            raise StatementError(f"not a SQL statement: {type(compiled).__name__}")
         if compiled.escaped_bind_names:
             raise StatementError(f"bind names need escaping: {sorted(compiled.escaped_bind_names)}")
         if any(bind.expanding or bind.literal_execute for bind in compiled.binds.values()):

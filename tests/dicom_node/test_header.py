@@ -180,7 +180,9 @@ def _file_with_raw_values(path: Path, values: dict[str, bytes], implicit: bool, 
         write_data_element(out, elem)
         encoded[int(elem.tag)] = out.getvalue()
     for keyword, raw in values.items():
-        tag, vr = tag_for_keyword(keyword), dictionary_VR(tag_for_keyword(keyword))
+        tag = tag_for_keyword(keyword)
+        assert tag is not None, keyword
+        vr = dictionary_VR(tag)
         if len(raw) % 2:
             raw += b"\x00" if vr == "UI" else b" "
         tag_bytes = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
@@ -241,7 +243,7 @@ def test_is_and_ds_values_are_read_as_pydicom_reads_them(vr, keyword, count):
 
     tag = tag_for_keyword(keyword)
 
-    def read(value: bytes, direct: bool):  # type: ignore[no-untyped-def]
+    def read(value: bytes, direct: bool):
         ds = Dataset({tag: RawDataElement(BaseTag(tag), vr, len(value), value, 0, False, True)})
         ds.set_original_encoding(False, True, None)
         with pytest.MonkeyPatch.context() as monkeypatch:

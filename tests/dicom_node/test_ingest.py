@@ -32,7 +32,7 @@ def _header(study: str, series: str, number: int) -> InstanceHeader:
     )
 
 
-def _file(url: str, data_dir: Path, header: InstanceHeader, n: int):  # type: ignore[no-untyped-def]
+def _file(url: str, data_dir: Path, header: InstanceHeader, n: int):
     received = data_dir / "incoming" / f"rx-{n}.dcm"
     received.parent.mkdir(parents=True, exist_ok=True)
     received.write_bytes(b"instance %d" % n)
@@ -41,7 +41,7 @@ def _file(url: str, data_dir: Path, header: InstanceHeader, n: int):  # type: ig
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request) -> str:  # type: ignore[no-untyped-def]
+def database_url(request) -> str:
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     url = request.getfixturevalue("postgres_url")
@@ -93,7 +93,7 @@ def test_a_stale_cached_series_falls_back_to_the_general_path(database_url, tmp_
         assert s.get(Series, row.series_id).series_instance_uid == series
 
 
-def _resend(url: str, data_dir: Path, header: InstanceHeader, content: bytes):  # type: ignore[no-untyped-def]
+def _resend(url: str, data_dir: Path, header: InstanceHeader, content: bytes):
     import hashlib
 
     received = data_dir / "incoming" / "rx-resend.dcm"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from sqlalchemy import select
 
@@ -116,15 +116,17 @@ def _raw_store(port: int, path: Path, calling_ae: str = "RAWSCU") -> int:
 
 def _broken_file(path: Path, body: bytes, sop_instance_uid: str) -> Path:
     from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomFileLike
     from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import UID, CTImageStorage
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
     with open(path, "wb") as f:
         f.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(f, meta, enforce_standard=True)
+        write_file_meta_info(DicomFileLike(f), meta, enforce_standard=True)
         f.write(body)
     return path
 
@@ -199,7 +201,7 @@ def _large_multiframe(path: Path, frames: int, rows: int = 1024, cols: int = 102
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames
     for tag in [e.tag for e in ds if e.tag.group > 0x0028]:
         del ds[tag]

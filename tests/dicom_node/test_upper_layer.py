@@ -51,7 +51,9 @@ def _command(sop_class: str, command_field: int, message_id: int, data_set: bool
     cs.CommandDataSetType = 0x0000 if data_set else 0x0101
     for keyword, value in extra.items():
         setattr(cs, keyword, value)
-    return encode(cs, True, True)
+    encoded = encode(cs, True, True)
+    assert encoded is not None, "pynetdicom could not encode the command set"
+    return encoded
 
 
 # -- command sets and file meta against pydicom's codec -------------------------------------------
