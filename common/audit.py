@@ -179,8 +179,6 @@ def install_sender(factory: sessionmaker[Session], sender: AuditSender) -> Calla
 
 
 def _iso(at: dt.datetime) -> str:
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=dt.timezone.utc)
     return at.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
 
 

@@ -28,14 +28,19 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     false,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
     "Base",
     "utcnow",
+    "as_utc",
+    "UTCDateTime",
+    "NaiveDatetimeError",
     "StudyState",
     "JobState",
     "DeliveryState",
@@ -74,7 +79,54 @@ NAMING_CONVENTION = {
 
 
 def utcnow() -> dt.datetime:
+    """Now, as an aware UTC datetime (what every timestamp column stores)."""
     return dt.datetime.now(dt.timezone.utc)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """A timestamp typed by a person (a CLI option, a page's filter, an API parameter) as aware UTC:
+    a time without a zone is taken as UTC, one with a zone is converted. Database values need no
+    conversion: :class:`UTCDateTime` returns them aware and in UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+class NaiveDatetimeError(ValueError):
+    """A datetime without a zone was given for a timestamp column: which zone it meant is unknown."""
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """The one timestamp column type: stores UTC, returns aware UTC datetimes on every database.
+
+    SQLite has no zone-aware type (SQLAlchemy's ``DateTime`` drops the offset and returns naive
+    values); PostgreSQL's ``timestamptz`` returns values in the session's zone. Both are normalised
+    here, once, so no reader converts. A naive value is refused (:class:`NaiveDatetimeError`)
+    rather than guessed. The column is ``DateTime(timezone=True)`` underneath, so the schema is
+    the same as before.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, dt.datetime):
+            raise TypeError(f"a timestamp column takes a datetime, not {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise NaiveDatetimeError(
+                f"timestamp {value.isoformat()} has no time zone: give an aware datetime "
+                "(common.models.utcnow(), or as_utc() for a time a person typed)"
+            )
+        return value.astimezone(dt.timezone.utc)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:  # SQLite: stored as UTC by process_bind_param
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -82,7 +134,7 @@ class Base(DeclarativeBase):
 
 
 def _ts(nullable: bool = False, default: bool = True) -> Mapped[dt.datetime]:
-    return mapped_column(DateTime(timezone=True), nullable=nullable, default=utcnow if default else None)
+    return mapped_column(UTCDateTime(), nullable=nullable, default=utcnow if default else None)
 
 
 class StudyState(str, enum.Enum):

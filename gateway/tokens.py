@@ -119,8 +119,6 @@ def authenticate(session: Session, token: str | None) -> ApiToken | None:
         return None
     now = utcnow()
     last = row.last_used_at
-    if last is not None and last.tzinfo is None:  # SQLite returns naive UTC
-        last = last.replace(tzinfo=dt.timezone.utc)
     if last is None or now - last >= LAST_USED_RESOLUTION:
         row.last_used_at = now
     return row

@@ -117,13 +117,6 @@ class _Outcome:
         return is_stored(self.status)
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite returns naive datetimes: they are UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value
-
-
 def backoff_s(settings: Settings, attempts: int) -> float:
     """Delay after the ``attempts``-th failed attempt (1-based): exponential, capped."""
     s = settings.sender
@@ -289,7 +282,7 @@ def deliver(settings: Settings, delivery_id: int) -> DeliveryResult:
             return DeliveryResult(
                 DeliveryState.FAILED, None, "retry limit reached (an administrator may retry it)", None, None
             )
-        due = _aware(delivery.next_attempt_at)
+        due = delivery.next_attempt_at
         if due is not None and due > now:
             return DeliveryResult(
                 DeliveryState.PENDING, None, "not due yet (or being sent by another worker)",

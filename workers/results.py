@@ -8,7 +8,6 @@ of the instances they reference, builds one SR per language (PS3.16 TID 1500, se
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,10 +28,6 @@ __all__ = ["LANGUAGES", "build_contents", "write_job_documents", "RESULTS_DIR"]
 
 LANGUAGES = ("en", "zh")
 RESULTS_DIR = "results"
-
-
-def _as_utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 def _predecessors(session: Session, job: Job, language: str) -> list[tuple[str, str, str, str]]:
@@ -122,7 +117,7 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
             regions=regions,
             algorithm=algorithm,
             study_version=job.study_version,
-            content_datetime=_as_utc(job.created_at),
+            content_datetime=job.created_at,
             predecessor=_predecessors(session, job, language),
             uid_root=uid_root,
         )

@@ -14,27 +14,16 @@ import datetime as dt
 from sqlalchemy import ColumnElement, and_, tuple_
 from sqlalchemy.orm import InstrumentedAttribute
 
-__all__ = ["InvalidCursorError", "encode_cursor", "decode_cursor", "after_cursor", "as_utc", "to_db"]
+__all__ = ["InvalidCursorError", "encode_cursor", "decode_cursor", "after_cursor"]
 
 
 class InvalidCursorError(ValueError):
     """The ``cursor`` parameter was not produced by this API."""
 
 
-def as_utc(value: dt.datetime) -> dt.datetime:
-    """Database timestamps as aware UTC (SQLite returns naive values that are UTC)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc)
-
-
-def to_db(value: dt.datetime) -> dt.datetime:
-    """A client's timestamp for comparison with stored UTC (naive input is taken as UTC)."""
-    return as_utc(value)
-
-
 def encode_cursor(at: dt.datetime, row_id: int) -> str:
-    raw = f"{as_utc(at).isoformat(timespec='microseconds')}|{row_id}".encode("ascii")
+    """``at`` is a database timestamp (aware UTC, :class:`common.models.UTCDateTime`)."""
+    raw = f"{at.isoformat(timespec='microseconds')}|{row_id}".encode("ascii")
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
@@ -60,7 +49,7 @@ def after_cursor(
     if not cursor:
         return None
     at, row_id = decode_cursor(cursor)
-    at = to_db(at)
     # A row-value comparison lets PostgreSQL seek the (at, id) index to the cursor; the redundant
-    # ``at <= :at`` gives any planner a plain range on the index's first column.
-    return and_(at_column <= at, tuple_(at_column, id_column) < tuple_(at, row_id))
+    # ``at <= :at`` gives any planner a plain range on the index's first column. The cursor's
+    # values are bound with the columns' types, so ``at`` is stored-form UTC whatever its zone.
+    return and_(at_column <= at, tuple_(at_column, id_column) < (at, row_id))

@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from common.models import AuditEvent
-from .pagination import after_cursor, as_utc, encode_cursor, to_db
+from common.models import AuditEvent, as_utc
+from .pagination import after_cursor, encode_cursor
 from .schemas import AuditEventOut
 
 __all__ = ["AuditFilters", "list_audit_events", "iter_audit_events", "AUDIT_EXPORT_COLUMNS"]
@@ -44,9 +44,9 @@ def _statement(f: AuditFilters, cursor: str | None) -> Select[Any]:
     if f.study_instance_uid:
         stmt = stmt.where(AuditEvent.study_instance_uid == f.study_instance_uid)
     if f.at_from is not None:
-        stmt = stmt.where(AuditEvent.at >= to_db(f.at_from))
+        stmt = stmt.where(AuditEvent.at >= f.at_from)
     if f.at_to is not None:
-        stmt = stmt.where(AuditEvent.at < to_db(f.at_to))
+        stmt = stmt.where(AuditEvent.at < f.at_to)
     keyset = after_cursor(AuditEvent.at, AuditEvent.id, cursor)
     if keyset is not None:
         stmt = stmt.where(keyset)
@@ -54,7 +54,7 @@ def _statement(f: AuditFilters, cursor: str | None) -> Select[Any]:
 
 
 def _out(ev: AuditEvent) -> AuditEventOut:
-    return AuditEventOut(id=ev.id, at=as_utc(ev.at), actor=ev.actor, role=ev.role,
+    return AuditEventOut(id=ev.id, at=ev.at, actor=ev.actor, role=ev.role,
                          action=ev.action, query=ev.query, rows=ev.rows, outcome=ev.outcome,
                          study_instance_uid=ev.study_instance_uid)
 

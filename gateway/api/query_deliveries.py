@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from common.models import Delivery, DeliveryState, Document, Job, JobState, Study
-from .pagination import after_cursor, as_utc, encode_cursor, to_db
+from common.models import Delivery, DeliveryState, Document, Job, JobState, Study, as_utc
+from .pagination import after_cursor, encode_cursor
 from .query_studies import delivery_out
 from .schemas import DeliveryOut, JobOut
 
@@ -50,9 +50,9 @@ def list_deliveries(
     if f.study_instance_uid:
         stmt = stmt.where(Study.study_instance_uid == f.study_instance_uid)
     if f.created_from is not None:
-        stmt = stmt.where(Delivery.created_at >= to_db(f.created_from))
+        stmt = stmt.where(Delivery.created_at >= f.created_from)
     if f.created_to is not None:
-        stmt = stmt.where(Delivery.created_at < to_db(f.created_to))
+        stmt = stmt.where(Delivery.created_at < f.created_to)
     keyset = after_cursor(Delivery.created_at, Delivery.id, cursor)
     if keyset is not None:
         stmt = stmt.where(keyset)
@@ -84,7 +84,7 @@ def list_jobs(
     items = [
         JobOut(id=j.id, study_instance_uid=uid, study_version=j.study_version,
                state=JobState(j.state).value, attempts=j.attempts, error=j.error,
-               created_at=as_utc(j.created_at), updated_at=as_utc(j.updated_at), worker=j.worker)
+               created_at=j.created_at, updated_at=j.updated_at, worker=j.worker)
         for j, uid in rows
     ]
     next_cursor = encode_cursor(rows[-1][0].updated_at, rows[-1][0].id) if more and rows else None

@@ -28,8 +28,9 @@ from common.models import (
     ModelRun,
     Series,
     Study,
+    as_utc,
 )
-from .pagination import after_cursor, as_utc, encode_cursor, to_db
+from .pagination import after_cursor, encode_cursor
 from .schemas import FindingOut
 
 __all__ = [
@@ -142,9 +143,9 @@ def finding_rows_statement(filters: FindingFilters, cursor: str | None = None) -
     )
     f = filters
     if f.created_from is not None:
-        stmt = stmt.where(Finding.created_at >= to_db(f.created_from))
+        stmt = stmt.where(Finding.created_at >= f.created_from)
     if f.created_to is not None:
-        stmt = stmt.where(Finding.created_at < to_db(f.created_to))
+        stmt = stmt.where(Finding.created_at < f.created_to)
     if f.modality:
         stmt = stmt.where(Series.modality == f.modality.strip().upper())
     if f.calling_ae_title:
@@ -206,7 +207,7 @@ def _to_out(row: Row[Any], status: str, show_identifiers: bool) -> FindingOut:
     px = [row.px_x1, row.px_y1, row.px_x2, row.px_y2]
     return FindingOut(
         id=row.id,
-        created_at=as_utc(row.created_at),
+        created_at=row.created_at,
         study_instance_uid=row.study_instance_uid,
         study_date=row.study_date,
         calling_ae_title=row.calling_ae_title,

@@ -27,8 +27,9 @@ from common.models import (
     ModelRun,
     Series,
     Study,
+    as_utc,
 )
-from .pagination import after_cursor, as_utc, encode_cursor, to_db
+from .pagination import after_cursor, encode_cursor
 from .query_findings import FindingFilters, search_findings
 from .schemas import (
     DeliveryAttemptOut,
@@ -94,9 +95,9 @@ def study_out(study: Study, modalities: Sequence[str], instance_count: int,
         state=study.state.value if hasattr(study.state, "value") else str(study.state),
         version=study.version,
         urgent=study.urgent,
-        first_received_at=as_utc(study.first_received_at),
-        last_received_at=as_utc(study.last_received_at),
-        completed_at=as_utc(study.completed_at) if study.completed_at else None,
+        first_received_at=study.first_received_at,
+        last_received_at=study.last_received_at,
+        completed_at=study.completed_at,
         modalities=sorted({m for m in modalities if m}),
         instance_count=instance_count,
         patient_id=study.patient_id if show_identifiers else None,
@@ -114,9 +115,9 @@ def list_studies(
     stmt = select(Study)
     f = filters
     if f.received_from is not None:
-        stmt = stmt.where(Study.first_received_at >= to_db(f.received_from))
+        stmt = stmt.where(Study.first_received_at >= f.received_from)
     if f.received_to is not None:
-        stmt = stmt.where(Study.first_received_at < to_db(f.received_to))
+        stmt = stmt.where(Study.first_received_at < f.received_to)
     if f.calling_ae_title:
         stmt = stmt.where(Study.calling_ae_title == f.calling_ae_title.strip())
     if f.state:
@@ -151,7 +152,7 @@ def list_studies(
 
 
 def _seconds(a: dt.datetime, b: dt.datetime) -> float:
-    return round((as_utc(b) - as_utc(a)).total_seconds(), 6)
+    return round((b - a).total_seconds(), 6)
 
 
 def study_timeline(session: Session, study: Study) -> Timeline:
@@ -197,13 +198,12 @@ def study_timeline(session: Session, study: Study) -> Timeline:
                     last = dl.attempts_log[-1]
                     raw.append((last.at, 5, "delivery_failed", d.job_id, version[d.job_id],
                                 f"{what} to {dl.destination_name} after {dl.attempts} attempts"))
-    raw.sort(key=lambda r: (as_utc(r[0]), r[1]))
-    start = as_utc(study.first_received_at)
+    raw.sort(key=lambda r: (r[0], r[1]))
+    start = study.first_received_at
     steps: list[TimelineStep] = []
     previous: dt.datetime | None = None
     last_delivered: dt.datetime | None = None
     for at, _order, step, job_id, ver, detail in raw:
-        at = as_utc(at)
         steps.append(TimelineStep(
             step=step, at=at, job_id=job_id, study_version=ver, detail=detail,
             since_previous_s=_seconds(previous, at) if previous is not None else None,
@@ -231,11 +231,11 @@ def delivery_out(dl: Delivery, doc: Document, study_uid: str) -> DeliveryOut:
         state=DeliveryState(dl.state).value,
         attempts=dl.attempts,
         sent_sop_class_uid=dl.sent_sop_class_uid,
-        next_attempt_at=as_utc(dl.next_attempt_at) if dl.next_attempt_at else None,
-        delivered_at=as_utc(dl.delivered_at) if dl.delivered_at else None,
-        created_at=as_utc(dl.created_at),
+        next_attempt_at=dl.next_attempt_at,
+        delivered_at=dl.delivered_at,
+        created_at=dl.created_at,
         attempts_log=[
-            DeliveryAttemptOut(at=as_utc(a.at), status=a.status, error=a.error,
+            DeliveryAttemptOut(at=a.at, status=a.status, error=a.error,
                                sop_class_uid=a.sop_class_uid)
             for a in dl.attempts_log
         ],

@@ -17,7 +17,6 @@ from common.models import EvaluationRun
 
 from .auditing import audit_request, query_text
 from .auth import Principal, get_session, require_reader
-from .pagination import as_utc
 from .schemas import AUTH_RESPONSES, ErrorOut, RowId
 from .query_check import reject_unknown_query_parameters
 
@@ -56,7 +55,7 @@ class EvaluationRunList(BaseModel):
 
 def _out(row: EvaluationRun) -> EvaluationRunOut:
     return EvaluationRunOut(
-        id=row.id, started_at=as_utc(row.started_at), finished_at=as_utc(row.finished_at), actor=row.actor,
+        id=row.id, started_at=row.started_at, finished_at=row.finished_at, actor=row.actor,
         dataset_path=row.dataset_path, cases_sha256=row.cases_sha256, case_count=row.case_count,
         scored_count=row.scored_count, skipped_count=row.skipped_count, backend=row.backend,
         model_name=row.model_name, model_version=row.model_version, weights_id=row.weights_id,

@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from .. import admin
-from common.models import DeliveryState, JobState
+from common.models import DeliveryState, JobState, as_utc
 from common.uids import valid_uid
 from .auditing import audit_request, query_text
 from .auth import (
@@ -185,7 +185,7 @@ def _when(params: dict[str, str], key: str) -> dt.datetime | None:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
         raise _FilterError(f"{key}: not a date and time (YYYY-MM-DD HH:MM, UTC)") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return as_utc(parsed)
 
 
 def _filters(params: dict[str, str]) -> FindingFilters:

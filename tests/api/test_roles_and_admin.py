@@ -11,7 +11,6 @@ from sqlalchemy import select
 
 from gateway import admin
 from gateway.api import hooks
-from gateway.api.pagination import as_utc
 from common.models import Delivery, DeliveryState, Destination, Job, JobEvent, JobState
 from gateway.tokens import revoke_token
 
@@ -129,7 +128,7 @@ def test_retry_failed_delivery(client: TestClient, env: Env, hook_calls: list[in
     with env.session() as s:
         dl = s.get(Delivery, failed_id)
         assert dl.state == DeliveryState.PENDING and dl.attempts == 0
-        assert as_utc(dl.next_attempt_at) >= before - dt.timedelta(seconds=1)
+        assert dl.next_attempt_at >= before - dt.timedelta(seconds=1)
     assert client.post(f"/api/v1/admin/deliveries/{failed_id}/retry", headers=h).status_code == 409
     assert client.post(f"/api/v1/admin/deliveries/{sent_id}/retry", headers=h).status_code == 409
     assert client.post("/api/v1/admin/deliveries/999999/retry", headers=h).status_code == 404
