@@ -252,6 +252,10 @@ def prepare_image(source: str | Path | Dataset, frame_number: int | None = None,
                   window: str | None = None) -> PreparedImage:
     """Decode one frame of a DICOM image and render it as RGB at its source size.
 
+    The one DICOM-frame-to-display function of the project: the model's input, the pictures of
+    ``medrega-gateway render`` (:mod:`sr_writer.render`) and the web pages' annotated images
+    (:mod:`gateway.api.render`) are all this picture, so an auditor sees what the model saw.
+
     ``frame_number`` is 1-based (as Referenced Frame Number); ``None`` means the first frame of a
     multi-frame object and the only frame of a single-frame one. ``window`` names a CT preset
     (:data:`CT_PRESETS`) that replaces the header's window for a CT image (a plan's lung and

@@ -20,7 +20,8 @@ import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from model.imaging import ImagingError, prepare_image
 
 from common.settings import CJK_FONT_ENV
 
@@ -34,6 +35,7 @@ __all__ = [
     "render_sr",
     "render_command",
     "find_dicom_files",
+    "source_picture",
 ]
 
 #: Environment variable naming a font file to use instead of the lookup.
@@ -86,29 +88,14 @@ class _Panel:
     regions: tuple[ReadRegion, ...]
 
 
-def _to_rgb(dataset: Dataset, frame: int | None) -> np.ndarray:
-    """The displayed pixels of one frame as 8-bit RGB (modality LUT, window, polarity)."""
+def source_picture(dataset: Dataset, frame: int | None) -> np.ndarray:
+    """The picture of one frame as 8-bit RGB, exactly as the model saw it: the one rendering
+    (:func:`model.imaging.prepare_image`: Modality LUT, VOI LUT or window, MONOCHROME1
+    polarity, colour conversion), so the boxes are drawn on the pixels they were found on."""
     try:
-        pixels = dataset.pixel_array
-    except Exception as exc:  # decoders raise many types; the message says which image
-        raise RenderError(f"cannot decode the pixels of {dataset.SOPInstanceUID}: {exc}") from exc
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    samples = int(dataset.get("SamplesPerPixel", 1))
-    if frames > 1:
-        pixels = pixels[(frame or 1) - 1]
-    if samples == 1:
-        values = apply_modality_lut(pixels, dataset).astype(np.float64)
-        if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
-            values = apply_voi_lut(values, dataset, index=0).astype(np.float64)
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
-        if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
-            scaled = 255.0 - scaled
-        gray = scaled.astype(np.uint8)
-        return np.stack([gray, gray, gray], axis=-1)
-    if pixels.dtype != np.uint8:
-        pixels = (pixels.astype(np.float64) / max(float(pixels.max()), 1.0) * 255.0).astype(np.uint8)
-    return pixels[..., :3]
+        return np.asarray(prepare_image(dataset, frame).rgb)
+    except ImagingError as exc:  # the message says which image
+        raise RenderError(f"cannot render the pixels of {dataset.get('SOPInstanceUID', '?')}: {exc}") from exc
 
 
 def _label(region: ReadRegion) -> str:
@@ -201,7 +188,7 @@ def render_sr(
     images = []
     for panel in panels:
         source = pydicom.dcmread(source_paths_by_sop_uid[panel.sop_instance_uid])
-        canvas = _draw_panel(_to_rgb(source, panel.frame), panel, language, companions, font)
+        canvas = _draw_panel(source_picture(source, panel.frame), panel, language, companions, font)
         frame = f" frame {panel.frame}" if panel.frame else ""
         caption = f"{source.get('Modality', '')}{frame} | image {panel.sop_instance_uid}"
         images.append((caption, canvas))

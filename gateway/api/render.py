@@ -1,8 +1,9 @@
 """Draw the model's boxes on the referenced image: a PNG rendered on the server with Pillow.
 
-The image is the spool copy of the received instance (``data_dir / Instance.path``), decoded with
-pydicom. The grey levels are windowed to the frame's minimum and maximum (a quick look, not a
-diagnostic display); MONOCHROME1 is inverted. Small images are enlarged so labels stay readable.
+The image is the spool copy of the received instance (``data_dir / Instance.path``), rendered by
+:func:`model.imaging.prepare_image`, the one DICOM-to-display function: the auditor sees the
+pixels the model saw (Modality LUT, VOI LUT or window, MONOCHROME1 polarity, colour conversion,
+PS3.4 N.2). Small images are enlarged so labels stay readable.
 Labels are drawn in both languages with a CJK font (Debian's fonts-wqy-zenhei).
 """
 
@@ -14,16 +15,16 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
 
+from model.imaging import ImagingError, prepare_image
 from sr_writer.errors import FontNotFoundError
 from sr_writer.render import find_cjk_font
 
 from .regions import Region
 
-__all__ = ["ImageNotAvailableError", "resolve_spool_path", "render_annotated_png"]
+__all__ = ["ImageNotAvailableError", "resolve_spool_path", "display_picture", "render_annotated_png"]
 
 log = logging.getLogger(__name__)
 
@@ -60,31 +61,12 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default(size)
 
 
-def _to_8bit(ds: pydicom.Dataset, frame_number: int | None) -> Image.Image:
+def display_picture(ds: pydicom.Dataset, frame_number: int | None) -> Image.Image:
+    """Frame ``frame_number`` (1-based) of ``ds`` as the model saw it (RGB, source size)."""
     try:
-        pixels = ds.pixel_array
-    except Exception as exc:  # pydicom raises several types for missing/undecodable data
-        raise ImageNotAvailableError(f"pixel data cannot be decoded: {exc}") from None
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    if frames > 1:
-        index = min(max((frame_number or 1) - 1, 0), frames - 1)
-        pixels = pixels[index]
-    pixels = np.asarray(pixels)
-    if samples == 3:
-        if "YBR" in str(getattr(ds, "PhotometricInterpretation", "")):
-            from pydicom.pixels import convert_color_space
-
-            pixels = convert_color_space(pixels, ds.PhotometricInterpretation, "RGB")
-        lo, hi = float(pixels.min()), float(pixels.max())
-        scaled = (pixels.astype(np.float64) - lo) / (hi - lo or 1.0) * 255.0
-        return Image.fromarray(scaled.clip(0, 255).astype(np.uint8), "RGB")
-    grey = pixels.astype(np.float64)
-    lo, hi = float(grey.min()), float(grey.max())
-    scaled = (grey - lo) / (hi - lo or 1.0) * 255.0
-    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
-        scaled = 255.0 - scaled
-    return Image.fromarray(scaled.clip(0, 255).astype(np.uint8), "L").convert("RGB")
+        return prepare_image(ds, frame_number).rgb
+    except ImagingError as exc:
+        raise ImageNotAvailableError(f"the image cannot be shown: {exc}") from None
 
 
 def render_annotated_png(
@@ -99,7 +81,7 @@ def render_annotated_png(
         ds = pydicom.dcmread(path)
     except Exception as exc:
         raise ImageNotAvailableError(f"the spool file is not readable DICOM: {exc}") from None
-    image = _to_8bit(ds, frame_number)
+    image = display_picture(ds, frame_number)
     width, height = image.size
     long_side = max(width, height)
     scale = 1.0
