@@ -119,11 +119,12 @@ class Process:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    cwd: Path = REPO
 
     def start(self) -> "Process":
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TCP_NODELAY="1", **self.env)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TCP_NODELAY": "1", **self.env}
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.cwd,
                                      start_new_session=True)
         return self
 
