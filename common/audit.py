@@ -31,6 +31,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from .models import AuditEvent, utcnow
+from .settings import Settings
 
 __all__ = [
     "OUTCOMES",
@@ -42,6 +43,7 @@ __all__ = [
     "install_sender",
     "audit_message_xml",
     "syslog_frame",
+    "sender_from_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -293,3 +295,16 @@ class SyslogAuditSender:
 
     def close(self) -> None:
         self._socket.close()
+
+
+def sender_from_settings(settings: Settings) -> SyslogAuditSender | None:
+    """A syslog sender when the settings name a collector host, else None (the API's and the
+    command line's audit events go to the same collector).
+
+    Reads ``api.audit_syslog_host`` / ``api.audit_syslog_port`` / ``node.ae_title`` (the audit
+    source ID, DICOM PS3.15 A.5.2); an empty host sends nothing.
+    """
+    if not settings.api.audit_syslog_host:
+        return None
+    return SyslogAuditSender(settings.api.audit_syslog_host, settings.api.audit_syslog_port,
+                             source_id=settings.node.ae_title)

@@ -18,29 +18,17 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common.audit import AuditSender, SyslogAuditSender, install_sender
+from common.audit import AuditSender, install_sender, sender_from_settings
 from common.db import check_schema_current, make_engine
 from common.settings import Settings
 from . import routes_admin, routes_evaluations, routes_findings, ui
 from .pagination import InvalidCursorError
 from .throttle import AuthFailureLimiter
 
-__all__ = ["create_app", "audit_sender_from_settings", "API_VERSION"]
+__all__ = ["create_app", "API_VERSION"]
 
 API_VERSION = "1.0.0"
 _STATIC = Path(__file__).resolve().parent / "static"
-
-
-def audit_sender_from_settings(settings: Settings) -> AuditSender | None:
-    """A syslog sender when the settings name a collector host, else None.
-
-    Reads ``api.audit_syslog_host`` / ``api.audit_syslog_port`` / ``node.ae_title`` (the audit
-    source ID); an empty host sends nothing.
-    """
-    if not settings.api.audit_syslog_host:
-        return None
-    return SyslogAuditSender(settings.api.audit_syslog_host, settings.api.audit_syslog_port,
-                             source_id=settings.node.ae_title)
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
@@ -75,7 +63,7 @@ def create_app(settings: Settings, *, audit_sender: AuditSender | None = None) -
     app.state.auth_failures = AuthFailureLimiter(
         settings.api.auth_failures_allowed, settings.api.auth_failure_delay_s,
         settings.api.auth_failure_max_delay_s)
-    sender = audit_sender or audit_sender_from_settings(settings)
+    sender = audit_sender or sender_from_settings(settings)
     if sender is not None:
         install_sender(factory, sender)
 

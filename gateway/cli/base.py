@@ -16,12 +16,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Optional
 
 import typer
 from sqlalchemy.orm import Session
 
 from common.settings import CONFIG_ENV, ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from common.audit import SyslogAuditSender
+    from common.models import AuditEvent
 
 __all__ = ["app", "AppContext", "get_settings", "fail", "Refused", "audited_change", "CLI_ROLE"]
 
@@ -115,16 +119,32 @@ def audited_change(
     settings = get_settings(ctx)
     command = "medrega-gateway " + " ".join(ctx.command_path.split()[1:])
     actor = audit.operating_system_user()
+    sender = audit.sender_from_settings(settings)
     try:
         with db.session_scope(settings.database_url) as session:
             yield session
-            audit.record(session, actor=actor, role=CLI_ROLE, action=action,
-                         query=audit.query_text(command, subject=subject))
+            event = audit.record(session, actor=actor, role=CLI_ROLE, action=action,
+                                 query=audit.query_text(command, subject=subject))
+        _forward(sender, event)
     except (Refused, *refused) as exc:
         with db.session_scope(settings.database_url) as session:
-            audit.record(session, actor=actor, role=CLI_ROLE, action=action, outcome="failure",
-                         query=audit.query_text(command, subject=subject, error=str(exc)))
+            event = audit.record(session, actor=actor, role=CLI_ROLE, action=action, outcome="failure",
+                                 query=audit.query_text(command, subject=subject, error=str(exc)))
+        _forward(sender, event)
         fail(str(exc), code=code)
+
+
+def _forward(sender: SyslogAuditSender | None, event: AuditEvent) -> None:
+    """Send a committed audit event to the configured syslog collector (``api.audit_syslog_host``),
+    as the API sends its own; a collector that cannot be reached never undoes the change."""
+    if sender is None:
+        return
+    try:
+        sender.send(event)
+    except OSError as exc:
+        typer.echo(f"medrega-gateway: audit event recorded, but not sent to the syslog collector: {exc}", err=True)
+    finally:
+        sender.close()
 
 
 def ensure_schema(ctx: typer.Context, *, create_if_empty: bool = False) -> None:

@@ -74,3 +74,35 @@ def test_cli_changes_are_audited_with_the_os_user(tmp_path: Path) -> None:
     assert "already exists" in json.loads(events[1].query)["error"]
     assert json.loads(events[10].query)["error"] == reason
     assert token and all(token not in (e.query or "") for e in events)  # the secret is never logged
+
+
+def test_cli_changes_and_refusals_reach_the_syslog_collector(tmp_path: Path) -> None:
+    """An auditor who reads the syslog collector (api.audit_syslog_host) sees the command line's
+    changes too, as DICOM audit messages (PS3.15 A.5) naming the OS user, refusals as failures."""
+    import socket
+    import xml.etree.ElementTree as ET
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as collector:
+        collector.bind(("127.0.0.1", 0))
+        collector.settimeout(10)
+        config = write_config(tmp_path, node_port=free_port(), backend="replay", model_path="x", destinations=[],
+                              sections={"api": {"audit_syslog_host": "127.0.0.1",
+                                                "audit_syslog_port": collector.getsockname()[1]}})
+        cli(config, "db", "upgrade")
+        os.environ["LOGNAME"] = "radiology-admin"
+        try:
+            cli(config, "ae", "add", "CT1")
+            assert cli(config, "ae", "add", "CT1", check=False).returncode == 1
+        finally:
+            del os.environ["LOGNAME"]
+        messages = []
+        for _ in range(2):
+            data, _ = collector.recvfrom(65535)
+            messages.append(ET.fromstring(data[data.index(b"<?xml"):]))
+    idents = [m.find("EventIdentification") for m in messages]
+    outcomes = [i.get("EventOutcomeIndicator") if i is not None else None for i in idents]
+    assert outcomes == ["0", "4"], outcomes  # success, then minor failure (PS3.15 A.5.1)
+    for message in messages:
+        users = [p.get("UserID") for p in message.findall("ActiveParticipant")]
+        assert "radiology-admin" in users, users
+    assert len(_events(config)) == 2
