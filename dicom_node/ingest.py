@@ -47,7 +47,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from tenacity import RetryError
+
 from common.models import Instance, InstanceReplacement, Series, Study, StudyState, utcnow
+from common.retries import ingest_conflict_retrying
 
 from .header import InstanceHeader
 from .spool import (
@@ -79,7 +82,14 @@ _STUDIES = cast(Table, Study.__table__)
 _SERIES = cast(Table, Series.__table__)
 _INSTANCES = cast(Table, Instance.__table__)
 _REPLACEMENTS = cast(Table, InstanceReplacement.__table__)
-_ATTEMPTS = 4
+
+
+class _ConflictError(Exception):
+    """A new instance's row met a concurrent write; tried again (:data:`_RECORD_NEW`)."""
+
+
+#: Recording a new instance, tried again on a conflict (the policy: common.retries).
+_RECORD_NEW = ingest_conflict_retrying(_ConflictError)
 
 
 class IngestError(RuntimeError):
@@ -572,71 +582,77 @@ def record_instance(
     else:
         stored = durable_move(received, data_dir, relpath, sha256=sha256, size_bytes=size_bytes)
 
-    last_exc: Exception | None = None
+    try:
+        return _RECORD_NEW(_record_new, engine, common, url, header, received, stored, relpath, sha256,
+                           calling_ae_title)
+    except RetryError as exc:
+        conflict = exc.last_attempt.exception()
+        raise IngestError("could not record the instance (conflicting concurrent writes)") from (
+            conflict.__cause__ if conflict is not None else None)
+
+
+def _record_new(engine: Engine, common: _CommonCase, url: str, header: InstanceHeader, received: Path,
+                stored: StoredFile, relpath: str, sha256: str, calling_ae_title: str | None) -> IngestResult:
+    """One attempt to file a new instance's row (its file is in place); :class:`_ConflictError`
+    when a concurrent write got in the way (the caller tries again, :data:`_RECORD_NEW`)."""
     cached = _SERIES_CACHE.get(url, header)
-    for _ in range(_ATTEMPTS):
-        now = utcnow()
-        if cached is not None:
-            # the common case: a new instance of a series already filed
-            study_id, series_id = cached
-            try:
-                instance_id = common.insert(
-                    engine,
-                    dict(
-                        study_id=study_id, series_id=series_id,
-                        sop_instance_uid=header.sop_instance_uid, duplicate_count=0,
-                        **_instance_values(header, stored, calling_ae_title, now),
-                    ),
-                    study_id,
-                )
-            except common.integrity_error as exc:  # filed meanwhile, or the study/series is gone
-                last_exc = exc
-                _SERIES_CACHE.drop(url, header)
-                cached = None
-                continue
-            return IngestResult(IngestOutcome.STORED, instance_id, study_id, relpath)
+    now = utcnow()
+    if cached is not None:
+        # the common case: a new instance of a series already filed
+        study_id, series_id = cached
         try:
-            with write_transaction(engine) as conn:
-                existing = _existing(conn, header.sop_instance_uid)
-                if existing is not None and existing.sha256 == sha256:
-                    _count_duplicate(conn, existing.id)
-                    return IngestResult(
-                        IngestOutcome.DUPLICATE, existing.id, existing.study_id, existing.path
-                    )
-                study_id = _study_id(conn, header, calling_ae_title, now)
-                series_id = _series_id(conn, header, study_id)
-                values = _instance_values(header, stored, calling_ae_title, now)
-                if existing is None:
-                    result = conn.execute(
-                        _INSTANCES.insert().values(
-                            study_id=study_id,
-                            series_id=series_id,
-                            sop_instance_uid=header.sop_instance_uid,
-                            duplicate_count=0,
-                            **values,
-                        )
-                    )
-                    assert result.inserted_primary_key is not None  # a single-row INSERT has one
-                    instance_id = int(result.inserted_primary_key[0])
-                    outcome = IngestOutcome.STORED
-                    _touch_study(conn, study_id, now)
-                else:
-                    # Filed by a concurrent association after our first look, with other
-                    # content: ours was renamed over it, so its bytes were not kept.
-                    _record_replacement(conn, existing, header, study_id, series_id, values, None, now)
-                    instance_id = int(existing.id)
-                    outcome = IngestOutcome.REPLACED
-            _SERIES_CACHE.put(url, header, (study_id, series_id))
-            return IngestResult(outcome, instance_id, study_id, relpath)
-        except SeriesStudyConflictError:
-            # not filed: give the file back to the caller (it quarantines it)
-            os.replace(stored.path, received)
-            raise
-        except IntegrityError as exc:  # a concurrent association filed the same UID first,
-            last_exc = exc              # or a cached study/series no longer exists
+            instance_id = common.insert(
+                engine,
+                dict(
+                    study_id=study_id, series_id=series_id,
+                    sop_instance_uid=header.sop_instance_uid, duplicate_count=0,
+                    **_instance_values(header, stored, calling_ae_title, now),
+                ),
+                study_id,
+            )
+        except common.integrity_error as exc:  # filed meanwhile, or the study/series is gone
             _SERIES_CACHE.drop(url, header)
-            cached = None
-            continue
-        except OperationalError as exc:
-            raise IngestError(f"database unavailable: {exc.orig.__class__.__name__}") from exc
-    raise IngestError("could not record the instance (conflicting concurrent writes)") from last_exc
+            raise _ConflictError from exc
+        return IngestResult(IngestOutcome.STORED, instance_id, study_id, relpath)
+    try:
+        with write_transaction(engine) as conn:
+            existing = _existing(conn, header.sop_instance_uid)
+            if existing is not None and existing.sha256 == sha256:
+                _count_duplicate(conn, existing.id)
+                return IngestResult(
+                    IngestOutcome.DUPLICATE, existing.id, existing.study_id, existing.path
+                )
+            study_id = _study_id(conn, header, calling_ae_title, now)
+            series_id = _series_id(conn, header, study_id)
+            values = _instance_values(header, stored, calling_ae_title, now)
+            if existing is None:
+                result = conn.execute(
+                    _INSTANCES.insert().values(
+                        study_id=study_id,
+                        series_id=series_id,
+                        sop_instance_uid=header.sop_instance_uid,
+                        duplicate_count=0,
+                        **values,
+                    )
+                )
+                assert result.inserted_primary_key is not None  # a single-row INSERT has one
+                instance_id = int(result.inserted_primary_key[0])
+                outcome = IngestOutcome.STORED
+                _touch_study(conn, study_id, now)
+            else:
+                # Filed by a concurrent association after our first look, with other
+                # content: ours was renamed over it, so its bytes were not kept.
+                _record_replacement(conn, existing, header, study_id, series_id, values, None, now)
+                instance_id = int(existing.id)
+                outcome = IngestOutcome.REPLACED
+        _SERIES_CACHE.put(url, header, (study_id, series_id))
+        return IngestResult(outcome, instance_id, study_id, relpath)
+    except SeriesStudyConflictError:
+        # not filed: give the file back to the caller (it quarantines it)
+        os.replace(stored.path, received)
+        raise
+    except IntegrityError as exc:  # a concurrent association filed the same UID first,
+        _SERIES_CACHE.drop(url, header)  # or a cached study/series no longer exists
+        raise _ConflictError from exc
+    except OperationalError as exc:
+        raise IngestError(f"database unavailable: {exc.orig.__class__.__name__}") from exc

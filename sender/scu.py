@@ -47,6 +47,7 @@ from common.db import session_scope
 from common.dimse_status import is_stored
 from common.holds import hold_point
 from common.models import Delivery, DeliveryAttempt, DeliveryState, Destination, Document, utcnow
+from common.retries import delivery_backoff_s
 from common.settings import Settings
 from common.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -118,11 +119,9 @@ class _Outcome:
 
 
 def backoff_s(settings: Settings, attempts: int) -> float:
-    """Delay after the ``attempts``-th failed attempt (1-based): exponential, capped."""
-    s = settings.sender
-    if attempts <= 0:
-        return 0.0
-    return float(min(s.backoff_max_s, s.backoff_initial_s * (2 ** (attempts - 1))))
+    """Delay after the ``attempts``-th failed attempt (1-based): exponential, capped (the policy:
+    :func:`common.retries.delivery_backoff_s`)."""
+    return delivery_backoff_s(settings.sender.backoff_initial_s, settings.sender.backoff_max_s, attempts)
 
 
 def _lease_s(settings: Settings) -> float:

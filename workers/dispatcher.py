@@ -21,8 +21,8 @@ from common.settings import Settings
 
 from .app import CPU_QUEUE, gpu_queue
 from common.holds import hold_point
+from common.retries import JOB_RETRY_BACKOFF_MAX_S
 from workflow.outbox import (
-    RETRY_COUNTDOWN_MAX_S,
     finish_delivered_jobs,
     publish_due_deliveries,
     publish_pending_jobs,
@@ -76,7 +76,7 @@ class Dispatcher:
             queue = self.settings.queue
             result.jobs_requeued = requeue_abandoned_jobs(session, queue.job_lease_s)
             result.jobs_requeued += requeue_lost_messages(session, queue.visibility_timeout_s + queue.job_lease_s)
-            result.jobs_requeued += requeue_failed_jobs(session, queue.job_lease_s + RETRY_COUNTDOWN_MAX_S)
+            result.jobs_requeued += requeue_failed_jobs(session, queue.job_lease_s + JOB_RETRY_BACKOFF_MAX_S)
             finish_delivered_jobs(session)
             try:
                 result.jobs_published = publish_pending_jobs(session, self.publish_job)

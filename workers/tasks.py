@@ -28,6 +28,7 @@ from sqlalchemy.exc import OperationalError
 
 from common.db import installation_uid_root, session_scope
 from common.holds import hold_point
+from common.retries import JOB_MAX_RETRIES, JOB_RETRY_BACKOFF_MAX_S, JOB_RETRY_BACKOFF_S
 from common.models import (
     Delivery,
     DeliveryState,
@@ -41,7 +42,6 @@ from common.models import (
     Study,
     utcnow,
 )
-from workflow.outbox import RETRY_COUNTDOWN_MAX_S
 
 from workflow.jobs import JobAction, transition
 from workflow.states import TransitionError
@@ -342,9 +342,16 @@ def _fail(job_id: int, exc: BaseException, permanent: bool) -> None:
             log.error("job %s: the failure (%s) is not recorded: %s", job_id, error, refused)
 
 
-@celery_app.task(bind=True, name="medrega.process_study", max_retries=5, acks_late=True)
+@celery_app.task(bind=True, name="medrega.process_study", acks_late=True, autoretry_for=(Exception,),
+                 max_retries=JOB_MAX_RETRIES, retry_backoff=JOB_RETRY_BACKOFF_S,
+                 retry_backoff_max=JOB_RETRY_BACKOFF_MAX_S, retry_jitter=False)
 def process_study(self: Task, job_id: int) -> str:
-    """Inference and SR writing for one job (one version of one study)."""
+    """Inference and SR writing for one job (one version of one study).
+
+    A failure that may pass is recorded (``failed``) and raised again: Celery retries the task
+    (``autoretry_for``) after its exponential backoff (the policy: :mod:`common.retries`); past the
+    last retry the job is ``dead``.
+    """
     from model.backends import ModelLoadError
 
     try:
@@ -360,9 +367,9 @@ def process_study(self: Task, job_id: int) -> str:
         log.error("job %s is dead: %s", job_id, exc)
         _fail(job_id, exc, permanent=True)
         return "dead"
-    except OperationalError as exc:  # database briefly unavailable: retry with backoff
+    except OperationalError as exc:  # database briefly unavailable: retried
         _fail(job_id, exc, permanent=self.request.retries >= self.max_retries)
-        raise self.retry(exc=exc, countdown=_retry_countdown(self.request.retries)) from exc
+        raise
     except Exception as exc:
         log.exception("job %s failed", job_id)
         permanent = self.request.retries >= self.max_retries
@@ -370,14 +377,7 @@ def process_study(self: Task, job_id: int) -> str:
         if permanent:
             return "dead"
         hold_point("job.failed")
-        raise self.retry(exc=exc, countdown=_retry_countdown(self.request.retries)) from exc
-
-
-def _retry_countdown(retries: int) -> int:
-    """Seconds before a failed job's task runs again: 10 s, doubled per retry, at most
-    :data:`~workflow.outbox.RETRY_COUNTDOWN_MAX_S` (the outbox requeues a failed job whose retry
-    did not come within the lease after that)."""
-    return min(RETRY_COUNTDOWN_MAX_S, 10 * 2 ** retries)
+        raise
 
 
 @celery_app.task(name="medrega.deliver_document", acks_late=True)

@@ -22,7 +22,6 @@ from .states import TransitionError
 
 __all__ = [
     "DELIVERY_LEASE_S",
-    "RETRY_COUNTDOWN_MAX_S",
     "finish_delivered_jobs",
     "publish_due_deliveries",
     "publish_pending_jobs",
@@ -37,8 +36,6 @@ log = logging.getLogger(__name__)
 
 #: A published delivery whose task never ran (lost with its worker) is published again after this.
 DELIVERY_LEASE_S = 300.0
-#: The longest countdown of a job task's retry (workers.tasks.process_study).
-RETRY_COUNTDOWN_MAX_S = 600
 
 
 def publish_pending_jobs(session: Session, publish: Callable[[Job], None]) -> int:

@@ -93,6 +93,25 @@ def test_a_stale_cached_series_falls_back_to_the_general_path(database_url, tmp_
         assert s.get(Series, row.series_id).series_instance_uid == series
 
 
+def test_conflicts_are_tried_again_a_bounded_number_of_times(database_url, tmp_path, monkeypatch):
+    """A new instance's row that meets a conflict on every attempt (here a cached series that is
+    gone, found again each time) is tried INGEST_CONFLICT_ATTEMPTS times, then an IngestError."""
+    from common.retries import INGEST_CONFLICT_ATTEMPTS
+    from dicom_node.statements import database_errors
+
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    header = _header(study, series, 1)
+    dropped = []
+    monkeypatch.setattr(ingest._SERIES_CACHE, "get", lambda url, h: (987654, 987654))  # no such rows
+    monkeypatch.setattr(ingest._SERIES_CACHE, "drop", lambda url, h: dropped.append(h.sop_instance_uid))
+    with pytest.raises(ingest.IngestError, match="conflicting concurrent writes") as info:
+        _file(database_url, tmp_path, header, 1)
+    assert dropped == [header.sop_instance_uid] * INGEST_CONFLICT_ATTEMPTS == [header.sop_instance_uid] * 4
+    assert isinstance(info.value.__cause__, database_errors(make_engine(database_url))[0])  # the last conflict
+    with session_scope(database_url) as s:
+        assert s.scalars(select(Instance)).all() == []
+
+
 def _resend(url: str, data_dir: Path, header: InstanceHeader, content: bytes):
     import hashlib
 

@@ -337,3 +337,29 @@ def test_a_study_with_no_image_for_the_model_ends_dead_with_its_selection_kept(g
         job = s.get(Job, job_id)
         assert job.state == JobState.DEAD and "no image of the study was asked anything" in job.error
         assert s.scalar(select(func.count()).select_from(ImageSelection).where(ImageSelection.job_id == job_id))
+
+
+def test_a_failing_job_is_retried_with_backoff_then_dead(gateway, monkeypatch) -> None:
+    """A failure that may pass is retried by Celery (autoretry_for, retry_backoff; common.retries):
+    JOB_MAX_RETRIES retries after 10, 20, 40, 80, 160 s, then the job is dead with the error."""
+    import workers.tasks as tasks
+    from common.retries import JOB_MAX_RETRIES
+
+    settings, job_id = gateway
+    runs: list[int] = []
+
+    def broken(job: int) -> str:
+        runs.append(job)
+        raise RuntimeError("the model server hiccuped")
+
+    monkeypatch.setattr(tasks, "run_job", broken)
+    countdowns: list[int] = []
+    real_retry = tasks.process_study.retry
+    monkeypatch.setattr(tasks.process_study, "retry",
+                        lambda *a, **k: countdowns.append(k["countdown"]) or real_retry(*a, **k))
+    assert tasks.process_study.apply(args=(job_id,)).get() == "dead"
+    assert runs == [job_id] * (1 + JOB_MAX_RETRIES) and JOB_MAX_RETRIES == 5
+    assert countdowns == [10, 20, 40, 80, 160]
+    with session_scope(settings.database_url) as s:
+        job = s.get(Job, job_id)
+        assert job.state == JobState.DEAD and "hiccuped" in job.error
