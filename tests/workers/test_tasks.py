@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -355,11 +356,15 @@ def test_a_failing_job_is_retried_with_backoff_then_dead(gateway, monkeypatch) -
     monkeypatch.setattr(tasks, "run_job", broken)
     countdowns: list[int] = []
     real_retry = tasks.process_study.retry
-    monkeypatch.setattr(tasks.process_study, "retry",
-                        lambda *a, **k: countdowns.append(k["countdown"]) or real_retry(*a, **k))
+
+    def retry(*args: object, **kwargs: Any) -> object:
+        countdowns.append(kwargs["countdown"])
+        return real_retry(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.process_study, "retry", retry)
     assert tasks.process_study.apply(args=(job_id,)).get() == "dead"
     assert runs == [job_id] * (1 + JOB_MAX_RETRIES) and JOB_MAX_RETRIES == 5
     assert countdowns == [10, 20, 40, 80, 160]
     with session_scope(settings.database_url) as s:
         job = s.get(Job, job_id)
-        assert job.state == JobState.DEAD and "hiccuped" in job.error
+        assert job is not None and job.state == JobState.DEAD and "hiccuped" in (job.error or "")
