@@ -22,18 +22,24 @@ __all__ = [
     "AlreadyExistsError",
     "list_calling_aes",
     "add_calling_ae",
+    "update_calling_ae",
     "remove_calling_ae",
     "list_destinations",
     "get_destination",
     "add_destination",
+    "update_destination",
+    "set_destination_enabled",
     "remove_destination",
     "list_routes",
     "add_route",
+    "update_route",
     "remove_route",
     "seed_from_settings",
 ]
 
 ROUTE_ACTIONS = ("process", "store", "ignore")
+_ROUTE_FIELDS = ("order", "calling_ae_title", "modality", "sop_class_uid", "body_part_examined",
+                 "series_description", "action", "urgent")
 SEND_MODES = ("sr", "sr+gsps")
 
 
@@ -71,6 +77,25 @@ def add_calling_ae(
     row = CallingAE(ae_title=ae_title, host=host or None, description=description,
                     destinations=list(destinations))
     session.add(row)
+    session.flush()
+    return row
+
+
+def update_calling_ae(
+    session: Session,
+    ae_title: str,
+    host: str | None = None,
+    description: str | None = None,
+    destinations: Sequence[str] = (),
+) -> CallingAE:
+    """Change what is known of an allowed caller (the AE title is its key and stays)."""
+    row = session.scalar(select(CallingAE).where(CallingAE.ae_title == ae_title.strip()))
+    if row is None:
+        raise NotFoundError(f"no calling AE title {ae_title!r}")
+    _check_destinations(session, destinations)
+    row.host = host or None
+    row.description = description or None
+    row.destinations = list(destinations)
     session.flush()
     return row
 
@@ -121,6 +146,42 @@ def add_destination(
     return row
 
 
+def update_destination(
+    session: Session,
+    name: str,
+    ae_title: str,
+    host: str,
+    port: int,
+    send: str = "sr",
+    tls: bool = False,
+) -> Destination:
+    """Change a destination's address or what it is sent (the name is its key and stays: its
+    deliveries name it)."""
+    row = get_destination(session, name)
+    try:
+        ae_title = validate_ae_title(ae_title)
+    except ValueError as exc:
+        raise AdminError(str(exc)) from None
+    if not host or len(host) > 255:
+        raise AdminError("host must be 1-255 characters")
+    if not 1 <= int(port) <= 65535:
+        raise AdminError(f"port {port} is out of range 1-65535")
+    if send not in SEND_MODES:
+        raise AdminError(f"send must be one of {', '.join(SEND_MODES)}")
+    row.ae_title, row.host, row.port, row.send, row.tls = ae_title, host, int(port), send, tls
+    session.flush()
+    return row
+
+
+def set_destination_enabled(session: Session, name: str, enabled: bool) -> Destination:
+    """Enable or disable a destination: routing leaves a disabled one out of new studies and the
+    sender does not send to it (its pending deliveries fail with that reason)."""
+    row = get_destination(session, name)
+    row.enabled = enabled
+    session.flush()
+    return row
+
+
 def remove_destination(session: Session, name: str) -> None:
     session.delete(get_destination(session, name))
     session.flush()
@@ -143,6 +204,26 @@ def add_route(session: Session, name: str, **fields: Any) -> Route:
     clean["destinations"] = list(fields.get("destinations") or ())
     row = Route(name=name, **clean)
     session.add(row)
+    session.flush()
+    return row
+
+
+def update_route(session: Session, name: str, **fields: Any) -> Route:
+    """Change a routing rule (the name is its key and stays); ``fields`` as :func:`add_route`."""
+    row = session.scalar(select(Route).where(Route.name == name))
+    if row is None:
+        raise NotFoundError(f"no route named {name!r}")
+    action = fields.get("action", row.action)
+    if action not in ROUTE_ACTIONS:
+        raise AdminError(f"action must be one of {', '.join(ROUTE_ACTIONS)}")
+    _check_destinations(session, fields.get("destinations") or ())
+    for key, value in fields.items():
+        if key == "destinations":
+            row.destinations = list(value or ())
+        elif key in _ROUTE_FIELDS:
+            setattr(row, key, value if value != "" else None)
+        else:
+            raise AdminError(f"a route has no field {key!r}")
     session.flush()
     return row
 

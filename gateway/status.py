@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from common.settings import Settings
 
 __all__ = ["Check", "check_database", "check_broker", "check_workers", "check_node", "check_model",
-           "check_destinations", "run_checks"]
+           "check_destinations", "check_queue", "check_storage", "run_checks"]
 
 
 @dataclass(frozen=True)
@@ -147,3 +150,58 @@ def run_checks(settings: Settings, node_only: bool = False) -> list[Check]:
     if checks[0].ok:
         checks.extend(check_destinations(settings))
     return checks
+
+
+def check_queue(settings: Settings) -> list[Check]:
+    """Work waiting, from the database (what the ``medrega_jobs`` metric counts): jobs pending or
+    queued (the queue length), running, and deliveries due, waiting for a retry or failed.
+    Informational: a long queue is not "down"; failed deliveries are."""
+    from sqlalchemy import func, select
+
+    from common.db import session_scope
+    from common.models import Delivery, DeliveryState, Job, JobState
+
+    with session_scope(settings.database_url) as session:
+        jobs = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+        deliveries = session.execute(
+            select(Delivery.state, Delivery.attempts > 0, func.count())
+            .group_by(Delivery.state, Delivery.attempts > 0)).all()
+    n = {JobState(k).value: v for k, v in jobs.items()}
+    waiting = n.get("pending", 0) + n.get("queued", 0)
+    due = sum(c for state, tried, c in deliveries if DeliveryState(state) == DeliveryState.PENDING and not tried)
+    retrying = sum(c for state, tried, c in deliveries if DeliveryState(state) == DeliveryState.PENDING and tried)
+    failed = sum(c for state, _tried, c in deliveries if DeliveryState(state) == DeliveryState.FAILED)
+    return [
+        Check("queue", True, f"{waiting} job(s) waiting (pending {n.get('pending', 0)}, queued "
+                             f"{n.get('queued', 0)}), {n.get('running', 0)} running, "
+                             f"{n.get('failed', 0)} failed (to retry), {n.get('dead', 0)} dead"),
+        Check("deliveries", failed == 0, f"{due} due, {retrying} waiting for a retry, {failed} failed"),
+    ]
+
+
+def _tree_size(folder: Path) -> tuple[int, int]:
+    """(files, bytes) under ``folder``."""
+    files = size = 0
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            try:
+                size += os.stat(os.path.join(root, name)).st_size
+                files += 1
+            except OSError:
+                continue
+    return files, size
+
+
+def check_storage(settings: Settings) -> Check:
+    """Free space under ``storage.data_dir`` against ``node.minimum_free_disk_mb`` (below it the
+    node refuses C-STORE with 0xA700), and the spool's size."""
+    data_dir = settings.data_dir
+    if not data_dir.is_dir():
+        return Check("storage", False, f"{data_dir} does not exist (serve creates it)")
+    usage = shutil.disk_usage(data_dir)
+    free_mb = usage.free / 1e6
+    files, size = _tree_size(data_dir / "spool")
+    detail = (f"{free_mb / 1000:.1f} GB free of {usage.total / 1e9:.1f} GB under {data_dir} "
+              f"(C-STORE refused below {settings.node.minimum_free_disk_mb:.0f} MB); spool "
+              f"{files} file(s), {size / 1e6:.1f} MB")
+    return Check("storage", free_mb >= settings.node.minimum_free_disk_mb, detail)

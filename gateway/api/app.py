@@ -3,6 +3,10 @@
 ``create_app(settings)`` refuses to build an application on a database whose schema is not at the
 head revision (:class:`common.db.SchemaNotCurrentError`): run ``medrega-gateway db upgrade``.
 
+``/`` leads to the web pages (``/ui``); ``/docs`` is Swagger UI served from the files of the
+``swagger-ui-bundle-v2`` package, so the page works in a network without internet (no page of the
+application names another host).
+
 Audit messages are also sent to a syslog collector (DICOM PS3.15 A.5 over UDP) when the settings
 name one (``api.audit_syslog_host``), or when an ``audit_sender`` is passed in.
 """
@@ -12,8 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import JSONResponse, Response
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,14 +27,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.audit import AuditSender, install_sender, sender_from_settings
 from common.db import check_schema_current, make_engine
 from common.settings import Settings
-from . import routes_admin, routes_evaluations, routes_findings, ui
+from . import routes_admin, routes_evaluations, routes_findings, ui, ui_admin, ui_pages
 from .pagination import InvalidCursorError
 from .throttle import AuthFailureLimiter
 
-__all__ = ["create_app", "API_VERSION"]
+__all__ = ["create_app", "API_VERSION", "DOCS_ASSETS"]
 
 API_VERSION = "1.0.0"
 _STATIC = Path(__file__).resolve().parent / "static"
+#: Where ``/docs`` takes Swagger UI's script and style from (files shipped with the package).
+DOCS_ASSETS = "/docs/assets"
+
+
+def _swagger_ui_folder() -> Path | None:
+    try:
+        from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    return Path(str(swagger_ui_path))
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
@@ -54,7 +70,7 @@ def create_app(settings: Settings, *, audit_sender: AuditSender | None = None) -
             "recorded in the audit log. Authenticate with `Authorization: Bearer <token>`."
         ),
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,
         redoc_url=None,
     )
     app.state.settings = settings
@@ -71,8 +87,11 @@ def create_app(settings: Settings, *, audit_sender: AuditSender | None = None) -
     app.include_router(routes_evaluations.router)
     app.include_router(routes_admin.router)
     app.include_router(ui.router)
+    app.include_router(ui_pages.router)
+    app.include_router(ui_admin.router)
     app.mount("/ui/static", StaticFiles(directory=_STATIC), name="static")
     ui.install_handlers(app)
+    _install_docs(app)
 
     @app.exception_handler(InvalidCursorError)
     async def _bad_cursor(_request: Request, exc: InvalidCursorError) -> JSONResponse:
@@ -83,7 +102,26 @@ def create_app(settings: Settings, *, audit_sender: AuditSender | None = None) -
         if exc.status_code == 405:
             # Starlette names only the first route of the path; RFC 9110 wants all its methods.
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(_allowed_methods(app, request))}
+        if ui.is_page(request):
+            return ui.html_http_error(request, exc.status_code, exc.detail, dict(exc.headers or {}))
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if ui.is_page(request):
+            return ui.html_validation_error(request, exc)
+        return await request_validation_exception_handler(request, exc)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, _exc: Exception) -> Response:
+        # Starlette logs the exception and re-raises it after sending this answer.
+        if ui.is_page(request):
+            return ui.html_server_error(request)
+        return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=303)
 
     @app.middleware("http")
     async def _security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -105,3 +143,28 @@ def create_app(settings: Settings, *, audit_sender: AuditSender | None = None) -
         return {"status": "ok"}
 
     return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the package's own files (``swagger-ui-bundle-v2``), its
+    favicon from ``/ui/static``, and no online validator (Swagger UI would fetch a badge from
+    validator.swagger.io)."""
+    folder = _swagger_ui_folder()
+    if folder is not None:
+        app.mount(DOCS_ASSETS, StaticFiles(directory=folder), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        if folder is None:
+            return HTMLResponse(
+                "<!doctype html><title>API documentation</title><p>The API documentation needs "
+                "the package swagger-ui-bundle-v2 (requirements.txt): run make setup. The "
+                "OpenAPI document is at <a href=\"/openapi.json\">/openapi.json</a>.</p>",
+                status_code=503)
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url="/ui/static/favicon.svg",
+            swagger_ui_parameters={"validatorUrl": None},
+        )

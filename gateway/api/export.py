@@ -5,6 +5,10 @@ million findings needs neither a million-row list in memory nor a long wait for 
 The read and its audit event share one transaction, opened by the stream itself: the event is
 added when the stream ends (``success``) or is cut short (``incomplete``: the client went away, or
 ``error``), with the number of rows sent, and committed with it.
+
+A CSV may begin with a UTF-8 byte-order mark (``bom``): without it Excel reads the file in the
+system's code page and garbles Chinese text; with it Excel reads UTF-8 (the mark is the Unicode
+standard's U+FEFF, three bytes EF BB BF in UTF-8).
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ from common import audit
 from common.models import utcnow
 from .auth import Principal
 
-__all__ = ["ExportFormat", "MEDIA_TYPES", "stream_export", "csv_cell"]
+__all__ = ["ExportFormat", "MEDIA_TYPES", "UTF8_BOM", "stream_export", "csv_cell"]
 
 log = logging.getLogger(__name__)
 
 ExportFormat = Literal["csv", "json"]
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
+
+#: U+FEFF encoded in UTF-8: tells Excel the CSV is UTF-8.
+UTF8_BOM = "\ufeff".encode("utf-8")
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -69,6 +76,7 @@ def _chunks(
     principal: Principal,
     action: str,
     query: str,
+    bom: bool = False,
 ) -> Iterator[bytes]:
     session = factory()
     n = 0
@@ -76,7 +84,7 @@ def _chunks(
     source = batches(session)
     try:
         if fmt == "csv":
-            yield _encode_csv_header(columns)
+            yield (UTF8_BOM if bom else b"") + _encode_csv_header(columns)
         else:
             yield b"["
         for batch in source:
@@ -139,9 +147,11 @@ def stream_export(
     action: str,
     query: str,
     filename_stem: str,
+    bom: bool = False,
 ) -> StreamingResponse:
-    """A response streaming ``batches(session)`` as CSV or JSON, audited as ``action``."""
-    chunks = _chunks(factory, batches, fmt, columns, principal, action, query)
+    """A response streaming ``batches(session)`` as CSV or JSON, audited as ``action``; a CSV
+    starts with a byte-order mark when ``bom`` (ignored for JSON, which has none, RFC 8259 8.1)."""
+    chunks = _chunks(factory, batches, fmt, columns, principal, action, query, bom and fmt == "csv")
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
         _in_worker_threads(chunks),

@@ -20,10 +20,12 @@ from common.models import (
     Delivery,
     DeliveryState,
     Document,
+    Finding,
     ImageSelection,
     Instance,
     Job,
     JobEvent,
+    JobState,
     ModelRun,
     Series,
     Study,
@@ -35,6 +37,7 @@ from .schemas import (
     DeliveryAttemptOut,
     DeliveryOut,
     ImageSelectionOut,
+    JobOut,
     ModelRunOut,
     RemovedSentenceOut,
     SeriesOut,
@@ -54,6 +57,9 @@ __all__ = [
     "study_deliveries",
     "study_detail",
     "delivery_out",
+    "StudyActivity",
+    "study_activity",
+    "study_jobs",
 ]
 
 #: At most this many findings are returned inline with a study's detail.
@@ -285,6 +291,7 @@ def study_detail(session: Session, study: Study, *, show_identifiers: bool) -> S
         findings=findings,
         image_selection=study_image_selection(session, study),
         model_runs=study_model_runs(session, study),
+        jobs=study_jobs(session, study),
     )
 
 
@@ -322,4 +329,56 @@ def study_model_runs(session: Session, study: Study) -> list[ModelRunOut]:
                     removed_sentences=[RemovedSentenceOut(**r) for r in run.removed_sentences or []],
                     selection_reason=run.selection_reason)
         for run, version, uid in rows
+    ]
+
+
+@dataclass(frozen=True)
+class StudyActivity:
+    """What became of a study: its jobs (newest version first), its deliveries by state (a
+    pending delivery already tried once is ``retrying``) and how many findings it has."""
+
+    jobs: list[tuple[int, int, str]]  # (job id, study version, state)
+    deliveries: dict[str, int]
+    findings: int
+
+
+def study_activity(session: Session, study_instance_uids: Sequence[str]) -> dict[str, StudyActivity]:
+    """:class:`StudyActivity` of each study of a page (three grouped queries for the page)."""
+    uids = list(study_instance_uids)
+    if not uids:
+        return {}
+    jobs: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+    for uid, job_id, version, job_state in session.execute(
+        select(Study.study_instance_uid, Job.id, Job.study_version, Job.state)
+        .join(Job, Job.study_id == Study.id).where(Study.study_instance_uid.in_(uids))
+        .order_by(Job.study_version.desc(), Job.id.desc())
+    ):
+        jobs[uid].append((job_id, version, JobState(job_state).value))
+    deliveries: dict[str, dict[str, int]] = defaultdict(dict)
+    for uid, state, tried, n in session.execute(
+        select(Study.study_instance_uid, Delivery.state, Delivery.attempts > 0, func.count())
+        .join(Job, Job.study_id == Study.id).join(Document, Document.job_id == Job.id)
+        .join(Delivery, Delivery.document_id == Document.id)
+        .where(Study.study_instance_uid.in_(uids))
+        .group_by(Study.study_instance_uid, Delivery.state, Delivery.attempts > 0)
+    ):
+        value = DeliveryState(state).value
+        key = "retrying" if value == DeliveryState.PENDING.value and tried else value
+        deliveries[uid][key] = deliveries[uid].get(key, 0) + n
+    findings = dict(session.execute(
+        select(Study.study_instance_uid, func.count(Finding.id))
+        .join(Job, Job.study_id == Study.id).join(Finding, Finding.job_id == Job.id)
+        .where(Study.study_instance_uid.in_(uids)).group_by(Study.study_instance_uid)
+    ).all())
+    return {uid: StudyActivity(jobs[uid], deliveries[uid], findings.get(uid, 0)) for uid in uids}
+
+
+def study_jobs(session: Session, study: Study) -> list[JobOut]:
+    """Every job (one per result version) of ``study``, newest version first."""
+    return [
+        JobOut(id=j.id, study_instance_uid=study.study_instance_uid, study_version=j.study_version,
+               state=JobState(j.state).value, attempts=j.attempts, error=j.error,
+               created_at=j.created_at, updated_at=j.updated_at, worker=j.worker)
+        for j in session.scalars(select(Job).where(Job.study_id == study.id)
+                                 .order_by(Job.study_version.desc(), Job.id.desc()))
     ]

@@ -40,6 +40,7 @@ from .schemas import (
     ErrorOut,
     FindingPage,
     IsoDateTime,
+    Language,
     SafeText,
     StudyDetail,
     StudyPage,
@@ -59,6 +60,8 @@ Cursor = Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]*$"
                                      description="next_cursor of the previous page")]
 ShortText = Annotated[str, StringConstraints(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
 ExportFormatQ = Annotated[Literal["csv", "json"], Query(description="csv or json")]
+BomQ = Annotated[bool, Query(description="CSV only: start with a UTF-8 byte-order mark, so that "
+                                         "Excel reads Chinese text correctly")]
 
 _NOT_FOUND = {404: {"model": ErrorOut}}
 _BAD = {400: {"model": ErrorOut}}
@@ -70,7 +73,7 @@ def finding_filters(
     modality: Annotated[ShortText | None, Query(description="series modality, e.g. CT")] = None,
     calling_ae_title: Annotated[ShortText | None, Query(description="AE title that sent the study")] = None,
     label: Annotated[SafeText | None, Query(description="text contained in the region's label")] = None,
-    language: Annotated[ShortText | None, Query(description="en or zh")] = None,
+    language: Annotated[Language | None, Query(description="en or zh")] = None,
     model_name: Annotated[ShortText | None, Query()] = None,
     weights_id: Annotated[SafeText | None, Query()] = None,
     delivery_status: Annotated[DeliveryStatus | None, Query(
@@ -117,6 +120,7 @@ _EXPORT_RESPONSES = {
 def export_findings(
     request: Request,
     format: ExportFormatQ = "csv",
+    bom: BomQ = False,
     filters: FindingFilters = Depends(finding_filters),
     principal: Principal = Depends(require_reader),
 ) -> StreamingResponse:
@@ -127,7 +131,7 @@ def export_findings(
         lambda s: iter_findings(s, filters, show_identifiers=show),
         fmt=format, columns=EXPORT_COLUMNS, principal=principal, action="findings.export",
         query=query_text(request.url.path, filters.as_query(), format=format),
-        filename_stem="findings",
+        filename_stem="findings", bom=bom,
     )
 
 
@@ -310,6 +314,7 @@ def audit_events(
 def export_audit_events(
     request: Request,
     format: ExportFormatQ = "csv",
+    bom: BomQ = False,
     filters: AuditFilters = Depends(audit_filters),
     principal: Principal = Depends(require_reader),
 ) -> StreamingResponse:
@@ -318,5 +323,5 @@ def export_audit_events(
         request.app.state.sessions, lambda s: iter_audit_events(s, filters),
         fmt=format, columns=AUDIT_EXPORT_COLUMNS, principal=principal, action="audit.export",
         query=query_text(request.url.path, filters.as_query(), format=format),
-        filename_stem="audit-log",
+        filename_stem="audit-log", bom=bom,
     )

@@ -15,6 +15,7 @@ __all__ = [
     "IsoDateTime",
     "SafeText",
     "DeliveryStatus",
+    "Language",
     "FindingOut",
     "FindingPage",
     "StudyOut",
@@ -63,6 +64,9 @@ def _rfc3339(value: object) -> object:
 
 #: A timestamp parameter: RFC 3339 with seconds and a zone (``Z`` or ``+08:00``).
 IsoDateTime = Annotated[dt.datetime, BeforeValidator(_rfc3339)]
+#: A finding's language: the languages the model is asked in (``model.prompts.LANGUAGES``; a test
+#: keeps the two equal), as RFC 5646 tags.
+Language = Literal["en", "zh"]
 #: Summary of a job's deliveries: any failed > any pending > all sent; ``none`` without any.
 DeliveryStatus = Literal["sent", "pending", "failed", "none"]
 
@@ -250,6 +254,8 @@ class StudyDetail(BaseModel):
     image_selection: list[ImageSelectionOut] = Field(
         default_factory=list, description="every image chosen for the model or left out, with the reason")
     model_runs: list[ModelRunOut] = Field(default_factory=list, description="the prompts each image got")
+    jobs: list[JobOut] = Field(default_factory=list,
+                               description="every job of the study (one per result version), newest first")
 
 
 class AuditEventOut(_Out):

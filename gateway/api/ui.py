@@ -3,6 +3,10 @@
 Logging in with a token sets an HttpOnly, SameSite=Strict cookie holding it (path ``/ui``), so a
 revoked token stops working on its next request. Forms that change anything carry a CSRF value
 derived from the token (HMAC), checked on every POST. Reads are audited exactly like the API's.
+
+Every refusal of a page (401, 403, 404, 422, 429, 500) is answered with the styled error page
+(:func:`error_page`), never with the API's JSON; a query parameter a page does not know, or a
+filter value it cannot take (``language=fr``), is a 422 as on the API.
 """
 
 from __future__ import annotations
@@ -11,18 +15,20 @@ import datetime as dt
 import hashlib
 import hmac
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
-from .. import admin
-from common.models import DeliveryState, JobState, as_utc
+from common.models import as_utc
 from common.uids import valid_uid
+from model.prompts import LANGUAGES
 from .auditing import audit_request, query_text
 from .auth import (
     Principal,
@@ -34,23 +40,15 @@ from .auth import (
     refuse_if_throttled,
 )
 from .export import stream_export
-from .hooks import enqueue_delivery
-from .operations import (
-    ActionNotAllowedError,
-    DeliveryNotFoundError,
-    JobNotFoundError,
-    cancel_job,
-    retry_delivery,
-    retry_job,
-)
 from .pagination import InvalidCursorError
-from .query_deliveries import DeliveryFilters, list_deliveries, list_jobs
 from .query_findings import EXPORT_COLUMNS, FindingFilters, iter_findings, search_findings
 from .query_studies import StudyNotFoundError, get_study, study_detail
 from .regions import pair_regions
 from .routes_findings import annotated_image
 
-__all__ = ["router", "install_handlers", "COOKIE_NAME", "csrf_value"]
+__all__ = ["router", "templates", "install_handlers", "COOKIE_NAME", "csrf_value", "ui_principal",
+           "ui_admin", "check_csrf", "page", "error_page", "page_params", "FilterError",
+           "text_filter", "when_filter", "next_page_url", "PAGE_SIZE"]
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
@@ -60,9 +58,20 @@ SESSION_MAX_AGE_S = 8 * 3600
 PAGE_SIZE = 50
 _TEXT_RE = re.compile(r"^[^\x00-\x1f\x7f]{0,256}$")
 
+#: Titles of the error page by status code.
+ERROR_TITLES = {
+    400: "Bad request", 401: "Not signed in", 403: "Not allowed", 404: "Not found",
+    405: "Method not allowed", 409: "Conflict", 422: "Invalid request",
+    429: "Too many attempts", 500: "Server error", 503: "Unavailable",
+}
+
 
 class LoginRequired(Exception):
     """No valid session cookie: send the browser to the login form."""
+
+
+class FilterError(ValueError):
+    """A filter value a page cannot take (answered 422 with the page and the message)."""
 
 
 def csrf_value(token: str) -> str:
@@ -79,6 +88,7 @@ def ui_principal(request: Request, session: Session = Depends(get_session)) -> P
     if principal is None:
         record_auth_failure(session, request, "invalid or revoked token (web session)")
         raise LoginRequired()
+    request.state.principal = principal  # the error page shows the navigation of this caller
     return principal
 
 
@@ -87,21 +97,50 @@ def ui_admin(request: Request, principal: Principal = Depends(ui_principal),
     """Only admins; a refused page or form is recorded (``auth.forbidden``) as the API does."""
     if not principal.is_admin:
         record_forbidden(session, request, principal)
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this page needs an admin token")
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            "this page needs an administrator's token; you are signed in as an "
+                            "auditor")
     return principal
 
 
-def _check_csrf(request: Request, csrf: str) -> None:
+def check_csrf(request: Request, csrf: str) -> None:
     token = request.cookies.get(COOKIE_NAME, "")
     if not token or not hmac.compare_digest(csrf, csrf_value(token)):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the form has expired: reload the page")
 
 
-def _page(request: Request, name: str, principal: Principal | None, code: int = 200,
-          **context: Any) -> HTMLResponse:
+def page(request: Request, template: str, principal: Principal | None, code: int = 200,
+         **context: Any) -> HTMLResponse:
     token = request.cookies.get(COOKIE_NAME, "")
     context.update(principal=principal, csrf=csrf_value(token) if token else "")
-    return templates.TemplateResponse(request, name, context, status_code=code)
+    return templates.TemplateResponse(request, template, context, status_code=code)
+
+
+def error_page(request: Request, code: int, message: str,
+               headers: dict[str, str] | None = None) -> HTMLResponse:
+    """The styled error page for a refused page or form (any status code)."""
+    principal = getattr(request.state, "principal", None)
+    response = page(request, "error.html", principal, code=code,
+                    title=ERROR_TITLES.get(code, f"Error {code}"), status_code=code,
+                    message=message)
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def is_page(request: Request) -> bool:
+    """Is this request for a web page (answered in HTML) rather than the API or an image?"""
+    path = request.url.path
+    return (path == "/ui" or path.startswith("/ui/")) and not path.startswith("/ui/static/") \
+        and not path.endswith(".png")
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
+        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
+    return "; ".join(parts) or "the request is not valid"
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -118,29 +157,108 @@ def install_handlers(app: FastAPI) -> None:
         return response
 
 
+def html_http_error(request: Request, code: int, detail: Any,
+                    headers: dict[str, str] | None) -> HTMLResponse:
+    message = detail if isinstance(detail, str) else "the request was refused"
+    if code == 404 and message == "Not Found":
+        message = f"there is no page {request.url.path}"
+    return error_page(request, code, message, headers)
+
+
+def html_validation_error(request: Request, exc: RequestValidationError) -> HTMLResponse:
+    return error_page(request, 422, _validation_message(exc))
+
+
+def html_server_error(request: Request) -> HTMLResponse:
+    return error_page(request, status.HTTP_500_INTERNAL_SERVER_ERROR,
+                      "the server failed to answer this page; the error is in the server's log")
+
+
+# -- query parameters of pages -------------------------------------------------------------------
+
+def page_params(request: Request, allowed: Iterable[str]) -> dict[str, str]:
+    """The query parameters of a page; one it does not know is a 422 (as on the API)."""
+    known = set(allowed)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise HTTPException(422,
+                            f"unknown query parameter(s): {', '.join(unknown)}")
+    return {k: v for k, v in request.query_params.items()}
+
+
+def text_filter(params: dict[str, str], key: str, max_length: int = 64) -> str | None:
+    value = (params.get(key) or "").strip()
+    if not value:
+        return None
+    if len(value) > max_length or not _TEXT_RE.match(value):
+        raise FilterError(f"{key}: at most {max_length} printable characters")
+    return value
+
+
+def choice_filter(params: dict[str, str], key: str, choices: Iterable[str]) -> str | None:
+    value = (params.get(key) or "").strip()
+    options = tuple(choices)
+    if not value:
+        return None
+    if value not in options:
+        raise FilterError(f"{key}: one of {', '.join(options)} (not {value[:32]!r})")
+    return value
+
+
+def when_filter(params: dict[str, str], key: str) -> dt.datetime | None:
+    value = (params.get(key) or "").strip()
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise FilterError(f"{key}: not a date and time (YYYY-MM-DD HH:MM, UTC)") from None
+    return as_utc(parsed)
+
+
+def uid_filter(params: dict[str, str], key: str) -> str | None:
+    uid = text_filter(params, key)
+    if uid is not None and not valid_uid(uid):
+        raise FilterError(f"{key}: not a UID (PS3.5 9.1)")
+    return uid
+
+
+def cursor_param(params: dict[str, str]) -> str | None:
+    cursor = (params.get("cursor") or "").strip()
+    if cursor and (len(cursor) > 200 or not re.fullmatch(r"[A-Za-z0-9_-]+", cursor)):
+        raise FilterError("cursor is not valid: use the page's Next link")
+    return cursor or None
+
+
+def next_page_url(path: str, params: dict[str, str], next_cursor: str | None) -> str | None:
+    clean = {k: v for k, v in params.items() if v and k != "cursor"}
+    return f"{path}?{urlencode({**clean, 'cursor': next_cursor})}" if next_cursor else None
+
+
 # -- login --------------------------------------------------------------------------------------
 
 def _safe_next(target: str | None) -> str:
     if target and target.startswith("/ui/") and not target.startswith("//"):
         return target
-    return "/ui/findings"
+    return "/ui/studies"
 
 
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: str | None = None) -> HTMLResponse:
-    return _page(request, "login.html", None, next=_safe_next(next), error=None)
+    page_params(request, ("next",))
+    return page(request, "login.html", None, next=_safe_next(next), error=None)
 
 
 @router.post("/login")
-def login(request: Request, token: str = Form(max_length=256), next: str = Form("/ui/findings"),
+def login(request: Request, token: str = Form(max_length=256), next: str = Form("/ui/studies"),
           session: Session = Depends(get_session)) -> Response:
     refuse_if_throttled(request)
     token = token.strip()
     principal = principal_for_token(session, get_settings(request), token)
     if principal is None:
         record_auth_failure(session, request, "invalid or revoked token (web login)")
-        return _page(request, "login.html", None, code=401, next=_safe_next(next),
-                     error="This token is not valid (unknown or revoked).")
+        return page(request, "login.html", None, code=401, next=_safe_next(next),
+                    error="This token is not valid (unknown or revoked).")
     audit_request(session, principal, "auth.login", query_text(request.url.path))
     session.commit()
     response = RedirectResponse(_safe_next(next), status_code=status.HTTP_303_SEE_OTHER)
@@ -159,91 +277,80 @@ def logout() -> Response:
 @router.get("")
 @router.get("/")
 def home() -> Response:
-    return RedirectResponse("/ui/findings", status_code=status.HTTP_303_SEE_OTHER)
+    return RedirectResponse("/ui/studies", status_code=status.HTTP_303_SEE_OTHER)
 
 
 # -- findings -----------------------------------------------------------------------------------
 
-class _FilterError(ValueError):
-    pass
-
-
-def _text(params: dict[str, str], key: str, max_length: int = 64) -> str | None:
-    value = (params.get(key) or "").strip()
-    if not value:
-        return None
-    if len(value) > max_length or not _TEXT_RE.match(value):
-        raise _FilterError(f"{key}: at most {max_length} printable characters")
-    return value
-
-
-def _when(params: dict[str, str], key: str) -> dt.datetime | None:
-    value = (params.get(key) or "").strip()
-    if not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise _FilterError(f"{key}: not a date and time (YYYY-MM-DD HH:MM, UTC)") from None
-    return as_utc(parsed)
+FINDING_FILTER_KEYS = ("created_from", "created_to", "modality", "calling_ae_title", "label",
+                       "language", "model_name", "weights_id", "delivery_status",
+                       "study_instance_uid")
 
 
 def _filters(params: dict[str, str]) -> FindingFilters:
-    status_value = _text(params, "delivery_status", 16)
-    if status_value not in (None, "sent", "pending", "failed", "none"):
-        raise _FilterError("delivery_status: one of sent, pending, failed, none")
-    uid = _text(params, "study_instance_uid")
-    if uid is not None and not valid_uid(uid):
-        raise _FilterError("study_instance_uid: not a UID (PS3.5 9.1)")
     return FindingFilters(
-        created_from=_when(params, "created_from"), created_to=_when(params, "created_to"),
-        modality=_text(params, "modality", 16), calling_ae_title=_text(params, "calling_ae_title", 16),
-        label=_text(params, "label", 256), language=_text(params, "language", 8),
-        model_name=_text(params, "model_name", 128), weights_id=_text(params, "weights_id", 128),
-        delivery_status=status_value, study_instance_uid=uid,
+        created_from=when_filter(params, "created_from"),
+        created_to=when_filter(params, "created_to"),
+        modality=text_filter(params, "modality", 16),
+        calling_ae_title=text_filter(params, "calling_ae_title", 16),
+        label=text_filter(params, "label", 256),
+        language=choice_filter(params, "language", LANGUAGES),
+        model_name=text_filter(params, "model_name", 128),
+        weights_id=text_filter(params, "weights_id", 128),
+        delivery_status=choice_filter(params, "delivery_status",
+                                      ("sent", "pending", "failed", "none")),
+        study_instance_uid=uid_filter(params, "study_instance_uid"),
     )
 
 
 @router.get("/findings", response_class=HTMLResponse)
 def findings_page(request: Request, principal: Principal = Depends(ui_principal),
                   session: Session = Depends(get_session)) -> HTMLResponse:
-    params = dict(request.query_params)
-    cursor = params.pop("cursor", None) or None
+    params = page_params(request, (*FINDING_FILTER_KEYS, "cursor"))
     try:
+        cursor = cursor_param(params)
         filters = _filters(params)
         items, next_cursor = search_findings(session, filters, limit=PAGE_SIZE, cursor=cursor,
                                              show_identifiers=principal.sees_patient_identifiers)
-    except (_FilterError, InvalidCursorError) as exc:
-        return _page(request, "findings.html", principal, code=400, params=params, items=[],
-                     error=str(exc), next_url=None, export_query="")
+    except (FilterError, InvalidCursorError) as exc:
+        return page(request, "findings.html", principal, code=422, params=params, items=[],
+                    error=str(exc), next_url=None, export_query="", languages=LANGUAGES)
     audit_request(session, principal, "findings.search",
                   query_text(request.url.path, filters.as_query(), limit=PAGE_SIZE,
                              cursor=bool(cursor)), rows=len(items),
                   study_instance_uid=filters.study_instance_uid)
     session.commit()
-    clean = {k: v for k, v in params.items() if v}
-    next_url = f"/ui/findings?{urlencode({**clean, 'cursor': next_cursor})}" if next_cursor else None
-    return _page(request, "findings.html", principal, params=params, items=items, error=None,
-                 next_url=next_url, export_query=urlencode(clean))
+    clean = {k: v for k, v in params.items() if v and k != "cursor"}
+    return page(request, "findings.html", principal, params=params, items=items, error=None,
+                next_url=next_page_url("/ui/findings", params, next_cursor),
+                export_query=urlencode(clean), languages=LANGUAGES)
+
+
+def bom_param(params: dict[str, str]) -> bool:
+    """``bom``: true (the default of the pages' links) or false."""
+    value = (params.get("bom") or "true").strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise FilterError("bom: true or false")
+    return value in ("true", "1")
 
 
 @router.get("/findings/export")
-def findings_export(request: Request, format: str = "csv",
+def findings_export(request: Request,
                     principal: Principal = Depends(ui_principal)) -> StreamingResponse:
-    if format not in ("csv", "json"):
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "format must be csv or json")
-    params = {k: v for k, v in request.query_params.items() if k != "format"}
+    params = page_params(request, (*FINDING_FILTER_KEYS, "format", "bom"))
     try:
+        fmt = choice_filter(params, "format", ("csv", "json")) or "csv"
+        bom = bom_param(params)
         filters = _filters(params)
-    except _FilterError as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    except FilterError as exc:
+        raise HTTPException(422, str(exc)) from None
     show = principal.sees_patient_identifiers
     return stream_export(
         request.app.state.sessions, lambda s: iter_findings(s, filters, show_identifiers=show),
-        fmt=format, columns=EXPORT_COLUMNS, principal=principal,  # type: ignore[arg-type]
+        fmt=fmt, columns=EXPORT_COLUMNS, principal=principal,  # type: ignore[arg-type]
         action="findings.export",
-        query=query_text(request.url.path, filters.as_query(), format=format),
-        filename_stem="findings",
+        query=query_text(request.url.path, filters.as_query(), format=fmt),
+        filename_stem="findings", bom=bom,
     )
 
 
@@ -259,6 +366,7 @@ def _uid(value: str) -> str:
 def study_page(request: Request, study_instance_uid: str,
                principal: Principal = Depends(ui_principal),
                session: Session = Depends(get_session)) -> HTMLResponse:
+    page_params(request, ())
     uid = _uid(study_instance_uid)
     try:
         study = get_study(session, uid)
@@ -266,7 +374,7 @@ def study_page(request: Request, study_instance_uid: str,
         audit_request(session, principal, "study.read", query_text(request.url.path), rows=0,
                       outcome="failure", study_instance_uid=uid)
         session.commit()
-        return _page(request, "error.html", principal, code=404, message=str(exc))
+        return error_page(request, status.HTTP_404_NOT_FOUND, str(exc))
     detail = study_detail(session, study, show_identifiers=principal.sees_patient_identifiers)
     audit_request(session, principal, "study.read", query_text(request.url.path),
                   rows=len(detail.findings), study_instance_uid=uid)
@@ -275,8 +383,8 @@ def study_page(request: Request, study_instance_uid: str,
     shown = {g.sop_instance_uid for g in images}
     # Images of the study without findings are listed too (nothing drawn on them).
     others = [sop for s in detail.series for sop in s.instance_sop_uids if sop not in shown]
-    return _page(request, "study.html", principal, detail=detail, images=images,
-                 other_images=others)
+    return page(request, "study.html", principal, detail=detail, images=images,
+                other_images=others)
 
 
 @router.get("/studies/{study_instance_uid}/instances/{sop_instance_uid}.png")
@@ -286,156 +394,3 @@ def study_image(request: Request, study_instance_uid: str, sop_instance_uid: str
     png = annotated_image(session, request, principal, _uid(study_instance_uid),
                           _uid(sop_instance_uid), frame)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
-
-
-# -- administration -----------------------------------------------------------------------------
-
-def _admin_redirect(message: str, error: bool = False) -> Response:
-    key = "error" if error else "message"
-    return RedirectResponse(f"/ui/admin?{urlencode({key: message})}",
-                            status_code=status.HTTP_303_SEE_OTHER)
-
-
-@router.get("/admin", response_class=HTMLResponse)
-def admin_page(request: Request, message: str | None = None, error: str | None = None,
-               principal: Principal = Depends(ui_admin),
-               session: Session = Depends(get_session)) -> HTMLResponse:
-    jobs, _ = list_jobs(session, [JobState.FAILED, JobState.DEAD], limit=200, cursor=None)
-    failed, _ = list_deliveries(session, DeliveryFilters(state=DeliveryState.FAILED.value),
-                                limit=200, cursor=None)
-    audit_request(session, principal, "jobs.list",
-                  query_text(request.url.path, {"state": ["failed", "dead"],
-                                                "delivery_state": "failed"}),
-                  rows=len(jobs) + len(failed))
-    session.commit()
-    return _page(
-        request, "admin.html", principal, message=message, error=error,
-        calling_aes=admin.list_calling_aes(session), destinations=admin.list_destinations(session),
-        routes=admin.list_routes(session), jobs=jobs, deliveries=failed,
-    )
-
-
-def _admin_action(session: Session, principal: Principal, request: Request, action: str,
-                  subject: dict[str, Any], fn: Any) -> str | None:
-    """Run ``fn()``; record success or refusal; return the refusal message or None."""
-    try:
-        fn()
-    except (admin.AdminError, JobNotFoundError, DeliveryNotFoundError,
-            ActionNotAllowedError) as exc:
-        session.rollback()
-        audit_request(session, principal, action,
-                      query_text(request.url.path, method="POST", error=str(exc)),
-                      outcome="failure")
-        session.commit()
-        return str(exc)
-    audit_request(session, principal, action,
-                  query_text(request.url.path, method="POST", subject=subject))
-    session.commit()
-    return None
-
-
-@router.post("/admin/deliveries/{delivery_id}/retry")
-def ui_retry_delivery(request: Request, delivery_id: int, csrf: str = Form(""),
-                      principal: Principal = Depends(ui_admin),
-                      session: Session = Depends(get_session)) -> Response:
-    _check_csrf(request, csrf)
-    refused = _admin_action(session, principal, request, "admin.delivery.retry",
-                            {"delivery_id": delivery_id},
-                            lambda: retry_delivery(session, delivery_id, principal.name))
-    if refused:
-        return _admin_redirect(refused, error=True)
-    enqueue_delivery(delivery_id)
-    return _admin_redirect(f"delivery {delivery_id} is pending again")
-
-
-@router.post("/admin/jobs/{job_id}/{verb}")
-def ui_job_action(request: Request, job_id: int, verb: str, csrf: str = Form(""),
-                  principal: Principal = Depends(ui_admin),
-                  session: Session = Depends(get_session)) -> Response:
-    _check_csrf(request, csrf)
-    if verb not in ("retry", "cancel"):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such action")
-    fn = retry_job if verb == "retry" else cancel_job
-    refused = _admin_action(session, principal, request, f"admin.job.{verb}", {"job_id": job_id},
-                            lambda: fn(session, job_id, principal.name))
-    if refused:
-        return _admin_redirect(refused, error=True)
-    return _admin_redirect(f"job {job_id}: {'pending again' if verb == 'retry' else 'cancelled'}")
-
-
-def _list(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-@router.post("/admin/destinations")
-def ui_add_destination(request: Request, name: str = Form(max_length=64),
-                       ae_title: str = Form(max_length=16), host: str = Form(max_length=255),
-                       port: int = Form(ge=1, le=65535), send: str = Form("sr"),
-                       tls: bool = Form(False), csrf: str = Form(""),
-                       principal: Principal = Depends(ui_admin),
-                       session: Session = Depends(get_session)) -> Response:
-    _check_csrf(request, csrf)
-    refused = _admin_action(
-        session, principal, request, "admin.destination.add",
-        {"name": name, "ae_title": ae_title, "host": host, "port": port, "send": send, "tls": tls},
-        lambda: admin.add_destination(session, name, ae_title, host, port, send=send, tls=tls))
-    return _admin_redirect(refused, error=True) if refused else _admin_redirect(
-        f"destination {name} added")
-
-
-@router.post("/admin/calling-aes")
-def ui_add_calling_ae(request: Request, ae_title: str = Form(max_length=16),
-                      host: str = Form("", max_length=255),
-                      description: str = Form("", max_length=255),
-                      destinations: str = Form("", max_length=1024), csrf: str = Form(""),
-                      principal: Principal = Depends(ui_admin),
-                      session: Session = Depends(get_session)) -> Response:
-    _check_csrf(request, csrf)
-    refused = _admin_action(
-        session, principal, request, "admin.calling_ae.add",
-        {"ae_title": ae_title, "host": host, "destinations": _list(destinations)},
-        lambda: admin.add_calling_ae(session, ae_title, host or None, description or None,
-                                     _list(destinations)))
-    return _admin_redirect(refused, error=True) if refused else _admin_redirect(
-        f"calling AE title {ae_title} added")
-
-
-@router.post("/admin/routes")
-def ui_add_route(request: Request, name: str = Form(max_length=64), order: int = Form(100),
-                 calling_ae_title: str = Form("", max_length=16),
-                 modality: str = Form("", max_length=16),
-                 body_part_examined: str = Form("", max_length=64),
-                 action: str = Form("process"), urgent: bool = Form(False),
-                 destinations: str = Form("", max_length=1024), csrf: str = Form(""),
-                 principal: Principal = Depends(ui_admin),
-                 session: Session = Depends(get_session)) -> Response:
-    _check_csrf(request, csrf)
-    fields = {"order": order, "calling_ae_title": calling_ae_title, "modality": modality,
-              "body_part_examined": body_part_examined, "action": action, "urgent": urgent,
-              "destinations": _list(destinations)}
-    refused = _admin_action(session, principal, request, "admin.route.add",
-                            {"name": name, **fields},
-                            lambda: admin.add_route(session, name, **fields))
-    return _admin_redirect(refused, error=True) if refused else _admin_redirect(
-        f"route {name} added")
-
-
-_REMOVERS = {
-    "destinations": ("admin.destination.remove", admin.remove_destination, "destination"),
-    "calling-aes": ("admin.calling_ae.remove", admin.remove_calling_ae, "calling AE title"),
-    "routes": ("admin.route.remove", admin.remove_route, "route"),
-}
-
-
-@router.post("/admin/{kind}/{name}/remove")
-def ui_remove(request: Request, kind: str, name: str, csrf: str = Form(""),
-              principal: Principal = Depends(ui_admin),
-              session: Session = Depends(get_session)) -> Response:
-    _check_csrf(request, csrf)
-    if kind not in _REMOVERS:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "nothing to remove there")
-    action, remove, what = _REMOVERS[kind]
-    refused = _admin_action(session, principal, request, action, {"name": name},
-                            lambda: remove(session, name))
-    return _admin_redirect(refused, error=True) if refused else _admin_redirect(
-        f"{what} {name} removed")

@@ -102,7 +102,9 @@ def test_login_search_study_picture_and_retry(env: Env, server: str, browser, tm
         assert Image.open(shot).size[0] >= 1000
         # An auditor has no administration page and no retry button.
         assert page.locator("text=Administration").count() == 0
-        assert page.goto(f"{server}/ui/admin").status == 403
+        refused = page.goto(f"{server}/ui/admin")
+        assert refused is not None and refused.status == 403
+        assert page.locator("h1").inner_text() == "Not allowed"  # the styled page, not JSON
 
         # Log out, log in as admin, retry the failed delivery.
         page.goto(f"{server}/ui/findings")
@@ -110,7 +112,7 @@ def test_login_search_study_picture_and_retry(env: Env, server: str, browser, tm
         page.wait_for_url("**/ui/login")
         page.fill("#token", env.admin_token)
         page.click("#login")
-        page.wait_for_url("**/ui/findings")
+        page.wait_for_url("**/ui/studies")
         page.click("text=Administration")
         page.wait_for_url("**/ui/admin")
         assert page.locator("#failed-deliveries tbody tr").count() == 2

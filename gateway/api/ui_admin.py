@@ -1,0 +1,453 @@
+"""Administrators' web pages: work to retry, destinations (C-ECHO, edit, enable/disable), calling
+AE titles and routes (edit), each removal confirmed on a page of its own.
+
+Every form is a plain HTML form (no script needed) carrying the CSRF value; every change goes
+through :mod:`gateway.admin` or :mod:`.operations`, as the API's do, and is audited the same way,
+refusals included. An auditor asking for any of these pages gets the styled 403 page, and the
+refusal is recorded (``auth.forbidden``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .. import admin
+from common.models import CallingAE, Delivery, DeliveryState, JobState, Route
+from .auditing import audit_request, query_text
+from .auth import Principal, get_session, get_settings
+from .hooks import enqueue_delivery
+from .operations import (
+    ActionNotAllowedError,
+    DeliveryNotFoundError,
+    JobNotFoundError,
+    cancel_job,
+    retry_delivery,
+    retry_job,
+)
+from .query_deliveries import DeliveryFilters, list_deliveries, list_jobs
+from .schemas import DeliveryOut
+from .ui import check_csrf, error_page, page, page_params, ui_admin
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/ui/admin", include_in_schema=False)
+
+#: Deliveries listed at most on a page (failed, and pending ones already tried: being retried).
+DELIVERIES_SHOWN = 200
+
+
+def _redirect(path: str, message: str, error: bool = False) -> Response:
+    key = "error" if error else "message"
+    return RedirectResponse(f"{path}?{urlencode({key: message})}",
+                            status_code=status.HTTP_303_SEE_OTHER)
+
+
+def _notice(request: Request) -> dict[str, Any]:
+    params = page_params(request, ("message", "error"))
+    return {"message": params.get("message"), "error": params.get("error")}
+
+
+def _act(session: Session, principal: Principal, request: Request, action: str,
+         subject: dict[str, Any], fn: Callable[[], object]) -> str | None:
+    """Run ``fn()``; record success or refusal; return the refusal message or None."""
+    try:
+        fn()
+    except (admin.AdminError, JobNotFoundError, DeliveryNotFoundError,
+            ActionNotAllowedError) as exc:
+        session.rollback()
+        audit_request(session, principal, action,
+                      query_text(request.url.path, method="POST", error=str(exc)),
+                      outcome="failure")
+        session.commit()
+        return str(exc)
+    audit_request(session, principal, action,
+                  query_text(request.url.path, method="POST", subject=subject))
+    session.commit()
+    return None
+
+
+def _list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _troubled_deliveries(session: Session, destination: str | None = None) -> list[DeliveryOut]:
+    """Failed deliveries and pending ones already tried (being retried), newest first."""
+    failed, _ = list_deliveries(session, DeliveryFilters(state=DeliveryState.FAILED.value,
+                                                         destination_name=destination),
+                                limit=DELIVERIES_SHOWN, cursor=None)
+    pending, _ = list_deliveries(session, DeliveryFilters(state=DeliveryState.PENDING.value,
+                                                          destination_name=destination),
+                                 limit=DELIVERIES_SHOWN, cursor=None)
+    retrying = [d for d in pending if d.attempts > 0]
+    return sorted(failed + retrying, key=lambda d: (d.created_at, d.id), reverse=True)
+
+
+# -- work to retry ------------------------------------------------------------------------------
+
+@router.get("", response_class=HTMLResponse)
+def admin_page(request: Request, principal: Principal = Depends(ui_admin),
+               session: Session = Depends(get_session)) -> HTMLResponse:
+    notice = _notice(request)
+    jobs, _ = list_jobs(session, [JobState.FAILED, JobState.DEAD], limit=200, cursor=None)
+    deliveries = _troubled_deliveries(session)
+    audit_request(session, principal, "jobs.list",
+                  query_text(request.url.path, {"state": ["failed", "dead"],
+                                                "delivery_state": ["failed", "retrying"]}),
+                  rows=len(jobs) + len(deliveries))
+    session.commit()
+    return page(request, "admin.html", principal, **notice, jobs=jobs, deliveries=deliveries,
+                back="/ui/admin")
+
+
+@router.post("/deliveries/{delivery_id}/retry")
+def ui_retry_delivery(request: Request, delivery_id: int, csrf: str = Form(""),
+                      back: str = Form("/ui/admin"),
+                      principal: Principal = Depends(ui_admin),
+                      session: Session = Depends(get_session)) -> Response:
+    check_csrf(request, csrf)
+    target = back if back.startswith("/ui/") else "/ui/admin"
+    refused = _act(session, principal, request, "admin.delivery.retry",
+                   {"delivery_id": delivery_id},
+                   lambda: retry_delivery(session, delivery_id, principal.name))
+    if refused:
+        return _redirect(target, refused, error=True)
+    enqueue_delivery(delivery_id)
+    return _redirect(target, f"delivery {delivery_id} is pending again")
+
+
+@router.post("/jobs/{job_id}/{verb}")
+def ui_job_action(request: Request, job_id: int, verb: str, csrf: str = Form(""),
+                  principal: Principal = Depends(ui_admin),
+                  session: Session = Depends(get_session)) -> Response:
+    check_csrf(request, csrf)
+    if verb not in ("retry", "cancel"):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such action")
+    fn = retry_job if verb == "retry" else cancel_job
+    refused = _act(session, principal, request, f"admin.job.{verb}", {"job_id": job_id},
+                   lambda: fn(session, job_id, principal.name))
+    if refused:
+        return _redirect("/ui/admin", refused, error=True)
+    return _redirect("/ui/admin",
+                     f"job {job_id}: {'pending again' if verb == 'retry' else 'cancelled'}")
+
+
+# -- destinations -------------------------------------------------------------------------------
+
+_DESTINATIONS = "/ui/admin/destinations"
+
+
+@router.get("/destinations", response_class=HTMLResponse)
+def destinations_page(request: Request, principal: Principal = Depends(ui_admin),
+                      session: Session = Depends(get_session)) -> HTMLResponse:
+    notice = _notice(request)
+    deliveries = _troubled_deliveries(session)
+    audit_request(session, principal, "deliveries.search",
+                  query_text(request.url.path, {"state": ["failed", "retrying"]}),
+                  rows=len(deliveries))
+    session.commit()
+    counts: dict[str, dict[str, int]] = {}
+    for d in deliveries:
+        key = "failed" if d.state == DeliveryState.FAILED.value else "retrying"
+        counts.setdefault(d.destination_name, {}).setdefault(key, 0)
+        counts[d.destination_name][key] += 1
+    return page(request, "destinations.html", principal, **notice,
+                destinations=admin.list_destinations(session), counts=counts,
+                deliveries=deliveries, back=_DESTINATIONS)
+
+
+@router.post("/destinations")
+def ui_add_destination(request: Request, name: str = Form(max_length=64),
+                       ae_title: str = Form(max_length=16), host: str = Form(max_length=255),
+                       port: int = Form(ge=1, le=65535), send: str = Form("sr"),
+                       tls: bool = Form(False), csrf: str = Form(""),
+                       principal: Principal = Depends(ui_admin),
+                       session: Session = Depends(get_session)) -> Response:
+    check_csrf(request, csrf)
+    refused = _act(
+        session, principal, request, "admin.destination.add",
+        {"name": name, "ae_title": ae_title, "host": host, "port": port, "send": send, "tls": tls},
+        lambda: admin.add_destination(session, name, ae_title, host, port, send=send, tls=tls))
+    return _redirect(_DESTINATIONS, refused, error=True) if refused else _redirect(
+        _DESTINATIONS, f"destination {name} added")
+
+
+@router.get("/destinations/{name}/edit", response_class=HTMLResponse)
+def edit_destination_form(request: Request, name: str, principal: Principal = Depends(ui_admin),
+                          session: Session = Depends(get_session)) -> HTMLResponse:
+    page_params(request, ())
+    try:
+        row = admin.get_destination(session, name)
+    except admin.NotFoundError as exc:
+        return error_page(request, status.HTTP_404_NOT_FOUND, str(exc))
+    return page(request, "destination_edit.html", principal, d=row)
+
+
+@router.post("/destinations/{name}/edit")
+def ui_edit_destination(request: Request, name: str, ae_title: str = Form(max_length=16),
+                        host: str = Form(max_length=255), port: int = Form(ge=1, le=65535),
+                        send: str = Form("sr"), tls: bool = Form(False), csrf: str = Form(""),
+                        principal: Principal = Depends(ui_admin),
+                        session: Session = Depends(get_session)) -> Response:
+    check_csrf(request, csrf)
+    refused = _act(
+        session, principal, request, "admin.destination.update",
+        {"name": name, "ae_title": ae_title, "host": host, "port": port, "send": send, "tls": tls},
+        lambda: admin.update_destination(session, name, ae_title, host, port, send=send, tls=tls))
+    return _redirect(_DESTINATIONS, refused, error=True) if refused else _redirect(
+        _DESTINATIONS, f"destination {name} changed")
+
+
+@router.post("/destinations/{name}/echo")
+def ui_echo_destination(request: Request, name: str, csrf: str = Form(""),
+                        principal: Principal = Depends(ui_admin),
+                        session: Session = Depends(get_session)) -> Response:
+    """C-ECHO the destination now (PS3.4 A, Verification), as ``dest test`` does; the result is
+    shown on the destinations page and recorded (``admin.destination.echo``)."""
+    from common.dimse_status import category
+    from sender.scu import SenderError, echo
+
+    check_csrf(request, csrf)
+    try:
+        row = admin.get_destination(session, name)
+    except admin.NotFoundError as exc:
+        return _redirect(_DESTINATIONS, str(exc), error=True)
+    where = f"{row.ae_title}@{row.host}:{row.port}"
+    session.rollback()  # no transaction held open while the network answers
+    try:
+        code = echo(get_settings(request), name)
+    except (SenderError, OSError) as exc:
+        result, ok = f"C-ECHO {name} ({where}) failed: {exc}", False
+    else:
+        ok = code == 0
+        result = f"C-ECHO {name} ({where}): status 0x{code:04X} ({category(code)})"
+    audit_request(session, principal, "admin.destination.echo",
+                  query_text(request.url.path, method="POST", subject={"name": name},
+                             result=result), outcome="success" if ok else "failure")
+    session.commit()
+    return _redirect(_DESTINATIONS, result, error=not ok)
+
+
+@router.post("/destinations/{name}/enable")
+def ui_enable_destination(request: Request, name: str, csrf: str = Form(""),
+                          principal: Principal = Depends(ui_admin),
+                          session: Session = Depends(get_session)) -> Response:
+    return _switch(request, name, csrf, principal, session, "enable")
+
+
+@router.post("/destinations/{name}/disable")
+def ui_disable_destination(request: Request, name: str, csrf: str = Form(""),
+                           principal: Principal = Depends(ui_admin),
+                           session: Session = Depends(get_session)) -> Response:
+    return _switch(request, name, csrf, principal, session, "disable")
+
+
+def _switch(request: Request, name: str, csrf: str, principal: Principal, session: Session,
+            verb: str) -> Response:
+    check_csrf(request, csrf)
+    enabled = verb == "enable"
+    refused = _act(session, principal, request, f"admin.destination.{verb}", {"name": name},
+                   lambda: admin.set_destination_enabled(session, name, enabled))
+    return _redirect(_DESTINATIONS, refused, error=True) if refused else _redirect(
+        _DESTINATIONS, f"destination {name} {verb}d")
+
+
+# -- calling AE titles --------------------------------------------------------------------------
+
+_CALLERS = "/ui/admin/calling-aes"
+
+
+@router.get("/calling-aes", response_class=HTMLResponse)
+def callers_page(request: Request, principal: Principal = Depends(ui_admin),
+                 session: Session = Depends(get_session)) -> HTMLResponse:
+    notice = _notice(request)
+    return page(request, "callers.html", principal, **notice,
+                calling_aes=admin.list_calling_aes(session),
+                destination_names=[d.name for d in admin.list_destinations(session)])
+
+
+@router.post("/calling-aes")
+def ui_add_calling_ae(request: Request, ae_title: str = Form(max_length=16),
+                      host: str = Form("", max_length=255),
+                      description: str = Form("", max_length=255),
+                      destinations: str = Form("", max_length=1024), csrf: str = Form(""),
+                      principal: Principal = Depends(ui_admin),
+                      session: Session = Depends(get_session)) -> Response:
+    check_csrf(request, csrf)
+    refused = _act(
+        session, principal, request, "admin.calling_ae.add",
+        {"ae_title": ae_title, "host": host, "destinations": _list(destinations)},
+        lambda: admin.add_calling_ae(session, ae_title, host or None, description or None,
+                                     _list(destinations)))
+    return _redirect(_CALLERS, refused, error=True) if refused else _redirect(
+        _CALLERS, f"calling AE title {ae_title} added")
+
+
+def _caller(session: Session, ae_title: str) -> CallingAE:
+    row = session.scalar(select(CallingAE).where(CallingAE.ae_title == ae_title.strip()))
+    if row is None:
+        raise admin.NotFoundError(f"no calling AE title {ae_title!r}")
+    return row
+
+
+@router.get("/calling-aes/{ae_title}/edit", response_class=HTMLResponse)
+def edit_caller_form(request: Request, ae_title: str, principal: Principal = Depends(ui_admin),
+                     session: Session = Depends(get_session)) -> HTMLResponse:
+    page_params(request, ())
+    try:
+        row = _caller(session, ae_title)
+    except admin.NotFoundError as exc:
+        return error_page(request, status.HTTP_404_NOT_FOUND, str(exc))
+    return page(request, "caller_edit.html", principal, c=row,
+                destination_names=[d.name for d in admin.list_destinations(session)])
+
+
+@router.post("/calling-aes/{ae_title}/edit")
+def ui_edit_calling_ae(request: Request, ae_title: str, host: str = Form("", max_length=255),
+                       description: str = Form("", max_length=255),
+                       destinations: str = Form("", max_length=1024), csrf: str = Form(""),
+                       principal: Principal = Depends(ui_admin),
+                       session: Session = Depends(get_session)) -> Response:
+    check_csrf(request, csrf)
+    refused = _act(
+        session, principal, request, "admin.calling_ae.update",
+        {"ae_title": ae_title, "host": host, "description": description,
+         "destinations": _list(destinations)},
+        lambda: admin.update_calling_ae(session, ae_title, host or None, description or None,
+                                        _list(destinations)))
+    return _redirect(_CALLERS, refused, error=True) if refused else _redirect(
+        _CALLERS, f"calling AE title {ae_title} changed")
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+_ROUTES = "/ui/admin/routes"
+
+
+@router.get("/routes", response_class=HTMLResponse)
+def routes_page(request: Request, principal: Principal = Depends(ui_admin),
+                session: Session = Depends(get_session)) -> HTMLResponse:
+    notice = _notice(request)
+    return page(request, "routes.html", principal, **notice, routes=admin.list_routes(session),
+                destination_names=[d.name for d in admin.list_destinations(session)],
+                actions=admin.ROUTE_ACTIONS)
+
+
+def _route_fields(order: int, calling_ae_title: str, modality: str, body_part_examined: str,
+                  series_description: str, action: str, urgent: bool,
+                  destinations: str) -> dict[str, Any]:
+    return {"order": order, "calling_ae_title": calling_ae_title.strip(),
+            "modality": modality.strip().upper(), "body_part_examined": body_part_examined.strip(),
+            "series_description": series_description.strip(), "action": action,
+            "urgent": urgent, "destinations": _list(destinations)}
+
+
+@router.post("/routes")
+def ui_add_route(request: Request, name: str = Form(max_length=64),
+                 order: int = Form(100, ge=-1_000_000, le=1_000_000),
+                 calling_ae_title: str = Form("", max_length=16),
+                 modality: str = Form("", max_length=16),
+                 body_part_examined: str = Form("", max_length=64),
+                 series_description: str = Form("", max_length=64),
+                 action: str = Form("process"), urgent: bool = Form(False),
+                 destinations: str = Form("", max_length=1024), csrf: str = Form(""),
+                 principal: Principal = Depends(ui_admin),
+                 session: Session = Depends(get_session)) -> Response:
+    check_csrf(request, csrf)
+    fields = _route_fields(order, calling_ae_title, modality, body_part_examined,
+                           series_description, action, urgent, destinations)
+    refused = _act(session, principal, request, "admin.route.add", {"name": name, **fields},
+                   lambda: admin.add_route(session, name, **fields))
+    return _redirect(_ROUTES, refused, error=True) if refused else _redirect(
+        _ROUTES, f"route {name} added")
+
+
+@router.get("/routes/{name}/edit", response_class=HTMLResponse)
+def edit_route_form(request: Request, name: str, principal: Principal = Depends(ui_admin),
+                    session: Session = Depends(get_session)) -> HTMLResponse:
+    page_params(request, ())
+    row = session.scalar(select(Route).where(Route.name == name))
+    if row is None:
+        return error_page(request, status.HTTP_404_NOT_FOUND, f"no route named {name!r}")
+    return page(request, "route_edit.html", principal, r=row, actions=admin.ROUTE_ACTIONS,
+                destination_names=[d.name for d in admin.list_destinations(session)])
+
+
+@router.post("/routes/{name}/edit")
+def ui_edit_route(request: Request, name: str,
+                  order: int = Form(100, ge=-1_000_000, le=1_000_000),
+                  calling_ae_title: str = Form("", max_length=16),
+                  modality: str = Form("", max_length=16),
+                  body_part_examined: str = Form("", max_length=64),
+                  series_description: str = Form("", max_length=64),
+                  action: str = Form("process"), urgent: bool = Form(False),
+                  destinations: str = Form("", max_length=1024), csrf: str = Form(""),
+                  principal: Principal = Depends(ui_admin),
+                  session: Session = Depends(get_session)) -> Response:
+    check_csrf(request, csrf)
+    fields = _route_fields(order, calling_ae_title, modality, body_part_examined,
+                           series_description, action, urgent, destinations)
+    refused = _act(session, principal, request, "admin.route.update", {"name": name, **fields},
+                   lambda: admin.update_route(session, name, **fields))
+    return _redirect(_ROUTES, refused, error=True) if refused else _redirect(
+        _ROUTES, f"route {name} changed")
+
+
+# -- removal, confirmed -------------------------------------------------------------------------
+
+_REMOVERS: dict[str, tuple[str, Callable[[Session, str], None], str, str]] = {
+    "destinations": ("admin.destination.remove", admin.remove_destination, "destination",
+                     _DESTINATIONS),
+    "calling-aes": ("admin.calling_ae.remove", admin.remove_calling_ae, "calling AE title",
+                    _CALLERS),
+    "routes": ("admin.route.remove", admin.remove_route, "route", _ROUTES),
+}
+
+
+def _consequences(session: Session, kind: str, name: str) -> Sequence[str]:
+    if kind == "destinations":
+        pending = session.scalar(
+            select(Delivery.id).where(Delivery.destination_name == name,
+                                      Delivery.state == DeliveryState.PENDING).limit(1))
+        out = ["Routing stops sending results of new studies to it."]
+        if pending is not None:
+            out.append("It still has deliveries waiting to be sent; they cannot be sent once it "
+                       "is removed.")
+        return out
+    if kind == "calling-aes":
+        return ["If it is the last calling AE title, the allow-list is empty again."]
+    return ["Studies it matched are routed by the next matching route, or by default."]
+
+
+@router.get("/{kind}/{name}/remove", response_class=HTMLResponse)
+def confirm_remove(request: Request, kind: str, name: str,
+                   principal: Principal = Depends(ui_admin),
+                   session: Session = Depends(get_session)) -> HTMLResponse:
+    """The confirmation step of a removal: a page with a POST form (works without JavaScript)."""
+    page_params(request, ())
+    if kind not in _REMOVERS:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "nothing to remove there")
+    _action, _remove, what, back = _REMOVERS[kind]
+    return page(request, "confirm.html", principal, what=what, name=name, back=back,
+                action=f"/ui/admin/{kind}/{quote(name, safe='')}/remove",
+                consequences=_consequences(session, kind, name))
+
+
+@router.post("/{kind}/{name}/remove")
+def ui_remove(request: Request, kind: str, name: str, csrf: str = Form(""),
+              principal: Principal = Depends(ui_admin),
+              session: Session = Depends(get_session)) -> Response:
+    check_csrf(request, csrf)
+    if kind not in _REMOVERS:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "nothing to remove there")
+    action, remove, what, back = _REMOVERS[kind]
+    refused = _act(session, principal, request, action, {"name": name},
+                   lambda: remove(session, name))
+    return _redirect(back, refused, error=True) if refused else _redirect(
+        back, f"{what} {name} removed")
