@@ -45,7 +45,7 @@ def _browser(app: FastAPI, token: str | None, **kwargs: object) -> TestClient:
     return client
 
 
-def _bare_study(s, n: int, *, state: StudyState = StudyState.RECEIVING,  # type: ignore[no-untyped-def,unused-ignore]
+def _bare_study(s, n: int, *, state: StudyState = StudyState.RECEIVING,
                 ae: str = "MR_ROOM_2") -> Study:
     """A study as the node records it on arrival: no job, no findings."""
     t = BASE_TIME - dt.timedelta(days=30, minutes=n)
@@ -336,7 +336,7 @@ def test_retrying_deliveries_show_state_next_attempt_and_last_error(app: FastAPI
 
 def test_every_refusal_of_a_page_is_the_styled_error_page(app: FastAPI, env: Env,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    def styled(r, code: int) -> str:  # type: ignore[no-untyped-def,unused-ignore]
+    def styled(r, code: int) -> str:
         assert r.status_code == code, r.text
         assert r.headers["content-type"].startswith("text/html"), r.headers
         assert '<link rel="stylesheet" href="/ui/static/style.css">' in r.text

@@ -6,6 +6,7 @@ Chromium is Debian's (/usr/bin/chromium, installed by `make setup`); its absence
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from common.models import AuditEvent, Delivery, DeliveryState
 from ..conftest import free_port
 from ..peers.chromium import chromium
 from .conftest import Env
-from .factories import make_study
+from .factories import BASE_TIME, make_study
 
 
 @pytest.fixture
@@ -127,9 +128,137 @@ def test_login_search_study_picture_and_retry(env: Env, server: str, browser, tm
     assert calls == [failed_id]
     with env.session() as s:
         dl = s.get(Delivery, failed_id)
-        assert dl.state == DeliveryState.PENDING and dl.attempts == 0
+        assert dl is not None and dl.state == DeliveryState.PENDING and dl.attempts == 0
         actions = [(e.actor, e.action) for e in s.scalars(select(AuditEvent).order_by(AuditEvent.id))]
     assert ("bob-auditor", "findings.search") in actions
     assert ("bob-auditor", "study.read") in actions and ("bob-auditor", "study.image") in actions
     assert ("alice-admin", "admin.delivery.retry") in actions
     assert ("anonymous", "auth.failure") in actions
+
+
+#: The screen the pages must fit (issue 17: the findings table was 1,700-2,000 px wide).
+SCREEN = {"width": 1366, "height": 768}
+
+
+def _only_own_host(page, server: str, foreign: list[str]) -> None:
+    """Every request to another host is recorded and refused (a page that needs the internet
+    is blank in a hospital network)."""
+    own = server.rstrip("/")
+
+    def route(r) -> None:
+        url = r.request.url
+        if url == own or url.startswith(own + "/") or url.startswith(("data:", "blob:")):
+            r.continue_()
+        else:
+            foreign.append(url)
+            r.abort()
+
+    page.route("**/*", route)
+
+
+def _shoot(page, tmp_path: Path, name: str) -> int:
+    """Screenshot at 1,366 x 768 (full page) under the test's tmp dir; the page's scroll width."""
+    page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+    width = page.evaluate("() => document.scrollingElement.scrollWidth")
+    assert width <= SCREEN["width"], f"{name}: {width} px wide in a {SCREEN['width']} px window"
+    return int(width)
+
+
+def test_every_page_fits_1366_and_loads_nothing_from_elsewhere(env: Env, server: str, browser,
+                                                               tmp_path: Path) -> None:
+    from common.models import DeliveryAttempt, Destination
+
+    with env.session() as s:
+        ok = make_study(s, env.data_dir, calling_ae_title="CR_ROOM_1",
+                        weights_id="sha256:" + "5c2d9f0e7a" * 6 + "abcd")
+        broken = make_study(s, env.data_dir, calling_ae_title="CT_SCANNER", modality="CT",
+                            delivery_state=DeliveryState.FAILED,
+                            weights_id="sha256:" + "9e8d7c6b5a" * 6 + "0123")
+        retrying = make_study(s, env.data_dir, delivery_state=DeliveryState.PENDING)
+        retrying.deliveries[0].attempts = 3
+        retrying.deliveries[0].next_attempt_at = BASE_TIME + dt.timedelta(days=7)
+        s.add(DeliveryAttempt(delivery_id=retrying.deliveries[0].id,
+                              error="connection refused by 127.0.0.1:4242 (ECONNREFUSED): "
+                                    "nothing listens on that port of the destination"))
+        s.add(Destination(name="PACS", ae_title="PACS", host="127.0.0.1", port=4242))
+        s.commit()
+        uid = broken.study.study_instance_uid
+        assert ok.study.study_instance_uid != uid
+    foreign: list[str] = []
+    widths: dict[str, int] = {}
+    page = browser.new_page(viewport=SCREEN)
+    page.set_default_timeout(15000)
+    _only_own_host(page, server, foreign)
+
+    page.goto(f"{server}/")
+    page.wait_for_url("**/ui/login**")
+    widths["login"] = _shoot(page, tmp_path, "login")
+    page.fill("#token", env.admin_token)
+    page.click("#login")
+    page.wait_for_url("**/ui/studies")
+    assert page.locator("#studies tbody tr").count() == 3
+
+    pages = {
+        "studies": "/ui/studies",
+        "findings": "/ui/findings",
+        "study": f"/ui/studies/{uid}",
+        "audit": "/ui/audit",
+        "health": "/ui/health",
+        "admin": "/ui/admin",
+        "destinations": "/ui/admin/destinations",
+        "destination-edit": "/ui/admin/destinations/PACS/edit",
+        "destination-remove": "/ui/admin/destinations/PACS/remove",
+        "callers": "/ui/admin/calling-aes",
+        "routes": "/ui/admin/routes",
+        "not-found": "/ui/no-such-page",
+        "invalid-filter": "/ui/findings?language=fr",
+    }
+    for name, path in pages.items():
+        response = page.goto(f"{server}{path}")
+        assert response is not None
+        expected = {"not-found": 404, "invalid-filter": 422}.get(name, 200)
+        assert response.status == expected, (name, response.status)
+        widths[name] = _shoot(page, tmp_path, name)
+
+    # The weights hash is shortened in the findings table, its full value in a title.
+    page.goto(f"{server}/ui/findings")
+    hashes = page.locator("#results span.hash")
+    assert hashes.count() > 0
+    assert hashes.first.get_attribute("title", timeout=5000).startswith("sha256:")
+    assert len(hashes.first.inner_text()) <= 13
+
+    # The retrying delivery is shown with its next attempt and last error.
+    page.goto(f"{server}/ui/admin/destinations")
+    row = page.locator(f"tr[data-delivery='{retrying.deliveries[0].id}']")
+    assert "retrying" in row.inner_text() and "ECONNREFUSED" in row.inner_text()
+
+    # Removal needs the confirmation page's button; Keep it changes nothing.
+    page.goto(f"{server}/ui/admin/destinations")
+    page.click("tr[data-destination='PACS'] a:has-text('Remove')")
+    page.wait_for_url("**/ui/admin/destinations/PACS/remove")
+    page.click("text=Keep it")
+    page.wait_for_url("**/ui/admin/destinations")
+    assert page.locator("tr[data-destination='PACS']").count() == 1
+
+    # An auditor asking for an administrator's page gets the styled 403 page.
+    auditor = browser.new_page(viewport=SCREEN)
+    _only_own_host(auditor, server, foreign)
+    auditor.goto(f"{server}/ui/login")
+    auditor.fill("#token", env.auditor_token)
+    auditor.click("#login")
+    auditor.wait_for_url("**/ui/studies")
+    refused = auditor.goto(f"{server}/ui/admin/destinations")
+    assert refused is not None and refused.status == 403
+    assert auditor.locator("h1").inner_text() == "Not allowed"
+    widths["forbidden"] = _shoot(auditor, tmp_path, "forbidden")
+
+    # /docs: Swagger UI from the project's own files renders the operations.
+    docs = browser.new_page(viewport=SCREEN)
+    _only_own_host(docs, server, foreign)
+    docs.goto(f"{server}/docs")
+    docs.wait_for_selector(".opblock", timeout=20000)
+    assert docs.locator(".opblock").count() > 10
+    docs.screenshot(path=str(tmp_path / "docs.png"), full_page=False)
+
+    assert foreign == [], foreign
+    assert len(list(tmp_path.glob("*.png"))) == len(widths) + 1
