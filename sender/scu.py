@@ -26,6 +26,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -40,7 +41,7 @@ from pydicom.uid import (
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
 from common.db import session_scope
@@ -164,8 +165,13 @@ def _describe_failure(assoc: Association) -> str:
 
 
 def _associate(settings: Settings, target: _Target, ae: AE) -> Association:
+    # server_hostname None: no SNI and no host name check (client_context). pynetdicom annotates it
+    # str, but passes it to ssl.SSLContext.wrap_socket, which takes None.
     tls_args = (client_context(settings.node), None) if target.tls else None
-    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args)
+    assoc = ae.associate(
+        target.host, target.port, ae_title=target.ae_title,
+        tls_args=tls_args,  # type: ignore[arg-type]  # server_hostname None is valid, see above
+    )
     if not assoc.is_established:
         raise AssociationFailedError(
             f"{target.name} ({target.ae_title}@{target.host}:{target.port}): {_describe_failure(assoc)}"
@@ -287,7 +293,7 @@ def deliver(settings: Settings, delivery_id: int) -> DeliveryResult:
                 DeliveryState.PENDING, None, "not due yet (or being sent by another worker)",
                 (due - now).total_seconds(), None,
             )
-        claimed = session.execute(
+        claimed = cast(CursorResult[Any], session.execute(
             update(Delivery)
             .where(
                 Delivery.id == delivery_id,
@@ -296,7 +302,7 @@ def deliver(settings: Settings, delivery_id: int) -> DeliveryResult:
             )
             .values(next_attempt_at=now + dt.timedelta(seconds=_lease_s(settings)))
             .execution_options(synchronize_session=False)
-        ).rowcount
+        )).rowcount
         if claimed != 1:
             return DeliveryResult(
                 DeliveryState.PENDING, None, "being sent by another worker", _lease_s(settings), None

@@ -23,6 +23,7 @@ from .app import CPU_QUEUE, gpu_queue
 from common.holds import hold_point
 from common.retries import JOB_RETRY_BACKOFF_MAX_S
 from workflow.outbox import (
+    RecentlyPublished,
     finish_delivered_jobs,
     publish_due_deliveries,
     publish_pending_jobs,
@@ -53,7 +54,7 @@ class Dispatcher:
         self._sessions = session_factory(settings.database_url)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._published_deliveries: dict[int, float] = {}
+        self._published_deliveries: RecentlyPublished = {}
 
     def publish_job(self, job: Job) -> None:
         """Give a job's task to the broker (the GPU queue, the job's priority)."""

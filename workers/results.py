@@ -22,17 +22,82 @@ from common.settings import Settings
 from workflow.deliveries import DeliveryAction, transition
 
 if TYPE_CHECKING:  # sr_writer is imported where documents are written
-    from sr_writer.content import Note
+    from sr_writer.content import ImageFinding, Note, RegionFinding, ReportContent
 
-__all__ = ["LANGUAGES", "build_contents", "write_job_documents", "RESULTS_DIR"]
+__all__ = ["LANGUAGES", "build_contents", "write_job_documents", "RESULTS_DIR", "IncompleteFindingError"]
 
 LANGUAGES = ("en", "zh")
 RESULTS_DIR = "results"
 
 
+class IncompleteFindingError(ValueError):
+    """A recorded finding lacks a column every finding of its kind has (written by workers.tasks)."""
+
+
+def _incomplete(f: Finding, column: str) -> IncompleteFindingError:
+    return IncompleteFindingError(f"{f.kind} finding {f.id} of job {f.job_id} has no {column}")
+
+
+def _spacing(values: list[float] | None) -> tuple[float, float] | None:
+    """Pixel Spacing (0028,0030) as recorded at ingest: (row spacing, column spacing) in mm."""
+    if not values:
+        return None
+    row_mm, column_mm = values
+    return row_mm, column_mm
+
+
+def _code(f: Finding) -> tuple[str, str, str] | None:
+    """The finding's (Code Value, Coding Scheme Designator, Code Meaning), if the worker coded it."""
+    if not f.code_value:
+        return None
+    if f.code_scheme is None or f.code_meaning is None:
+        raise _incomplete(f, "coding scheme or code meaning")
+    return f.code_value, f.code_scheme, f.code_meaning
+
+
+def _region_finding(f: Finding, code: tuple[str, str, str] | None, pixel_spacing: tuple[float, float] | None,
+                    description_language: str | None) -> RegionFinding:
+    """A region finding's row as the SR writer's :class:`sr_writer.content.RegionFinding`."""
+    from sr_writer.content import RegionFinding
+
+    if f.tracking_uid is None or f.tracking_identifier is None:
+        raise _incomplete(f, "tracking identifier")
+    if f.label is None:
+        raise _incomplete(f, "label")
+    if f.referenced_sop_class_uid is None or f.referenced_sop_instance_uid is None:
+        raise _incomplete(f, "referenced image")
+    if f.px_x1 is None or f.px_y1 is None or f.px_x2 is None or f.px_y2 is None:
+        raise _incomplete(f, "box in pixels")
+    return RegionFinding(
+        tracking_uid=f.tracking_uid,
+        tracking_identifier=f.tracking_identifier,
+        label=f.label,
+        description=f.text,
+        code=code,
+        referenced_sop_class_uid=f.referenced_sop_class_uid,
+        referenced_sop_instance_uid=f.referenced_sop_instance_uid,
+        frame_number=f.frame_number,
+        pixels=(f.px_x1, f.px_y1, f.px_x2, f.px_y2),
+        pixel_spacing=pixel_spacing,
+        description_language=description_language,
+    )
+
+
+def _image_finding(f: Finding) -> ImageFinding:
+    """A classification finding's row as the SR writer's :class:`sr_writer.content.ImageFinding`."""
+    from sr_writer.content import ImageFinding
+
+    code = _code(f)
+    if code is None:
+        raise _incomplete(f, "code")
+    if f.referenced_sop_class_uid is None or f.referenced_sop_instance_uid is None:
+        raise _incomplete(f, "referenced image")
+    return ImageFinding(code=code, source=(f.referenced_sop_class_uid, f.referenced_sop_instance_uid, f.frame_number))
+
+
 def _predecessors(session: Session, job: Job, language: str) -> list[tuple[str, str, str, str]]:
     """The SR of the previous version of the study in this language, if any."""
-    study = session.get(Study, job.study_id)
+    study = session.get_one(Study, job.study_id)
     previous = session.scalars(
         select(Document)
         .join(Job, Document.job_id == Job.id)
@@ -46,10 +111,10 @@ def _predecessors(session: Session, job: Job, language: str) -> list[tuple[str, 
              previous.sop_instance_uid)]
 
 
-def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, object]:
+def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, ReportContent]:
     """One :class:`sr_writer.content.ReportContent` per language, from the job's records."""
     from sr_writer.coding import resolve_finding_codes
-    from sr_writer.content import AlgorithmInfo, ImageFinding, RegionFinding, ReportContent
+    from sr_writer.content import AlgorithmInfo, ReportContent
 
     runs = session.scalars(select(ModelRun).where(ModelRun.job_id == job.id).order_by(ModelRun.id)).all()
     if not runs:
@@ -62,14 +127,14 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
     instance_ids = sorted({run.instance_id for run in runs})
     instances = session.scalars(select(Instance).where(Instance.id.in_(instance_ids)).order_by(Instance.id)).all()
     evidence = [pydicom.dcmread(settings.data_dir / row.path, stop_before_pixels=True) for row in instances]
-    spacing = {row.sop_instance_uid: tuple(row.pixel_spacing) if row.pixel_spacing else None for row in instances}
+    spacing = {row.sop_instance_uid: _spacing(row.pixel_spacing) for row in instances}
 
     uid_root = installation_uid_root(session)
     findings_of: dict[int, list[Finding]] = {run.id: [] for run in runs}
     for f in session.scalars(select(Finding).where(Finding.job_id == job.id).order_by(Finding.id)):
         findings_of[f.model_run_id].append(f)
 
-    contents: dict[str, object] = {}
+    contents: dict[str, ReportContent] = {}
     for language in LANGUAGES:
         # Each run's findings in this language; a task trained in one language only (every run
         # is asked in one) is reported in that language in both SRs, and each text says so.
@@ -79,38 +144,38 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
             chosen.extend(own or findings_of[run.id])
         other = [f for f in chosen if f.language != language]
         seen: set[str] = set()
-        regions = []
+        regions: list[RegionFinding] = []
         for f in [f for f in chosen if f.language == language] + other:  # a matched pair: its own language
             if f.kind != "region" or f.tracking_uid in seen:
                 continue
+            if f.tracking_uid is None or f.label is None or f.referenced_sop_instance_uid is None:
+                raise _incomplete(f, "tracking UID, label or referenced image")
             seen.add(f.tracking_uid)
-            code = (f.code_value, f.code_scheme, f.code_meaning) if f.code_value else None
+            code = _code(f)
             if f.language != language:  # the same code, its meaning in this SR's language
                 code = resolve_finding_codes({f.language: f.label, language: f.label})[language]
-            regions.append(RegionFinding(
-                tracking_uid=f.tracking_uid,
-                tracking_identifier=f.tracking_identifier,
-                label=f.label,
-                description=f.text,
-                code=code,
-                referenced_sop_class_uid=f.referenced_sop_class_uid,
-                referenced_sop_instance_uid=f.referenced_sop_instance_uid,
-                frame_number=f.frame_number,
-                pixels=(f.px_x1, f.px_y1, f.px_x2, f.px_y2),
-                pixel_spacing=spacing.get(f.referenced_sop_instance_uid),
-                description_language=f.language if f.text and f.language != language else None,
+            regions.append(_region_finding(
+                f, code, spacing.get(f.referenced_sop_instance_uid),
+                f.language if f.text and f.language != language else None,
             ))
-        reports = [f for f in chosen if f.kind == "report" and f.text]
-        coded = [ImageFinding(code=(f.code_value, f.code_scheme, f.code_meaning),
-                              source=(f.referenced_sop_class_uid, f.referenced_sop_instance_uid, f.frame_number))
-                 for f in chosen if f.kind == "classification" and f.language == language]
+        report_texts: list[str] = []
+        report_sources: list[tuple[str, str, int | None] | None] = []
+        report_languages: list[str | None] = []
+        for f in chosen:
+            if f.kind == "report" and f.text:
+                report_texts.append(f.text)
+                report_sources.append(
+                    (f.referenced_sop_class_uid, f.referenced_sop_instance_uid, f.frame_number)
+                    if f.referenced_sop_class_uid and f.referenced_sop_instance_uid else None
+                )
+                report_languages.append(f.language if f.language != language else None)
+        coded = [_image_finding(f) for f in chosen if f.kind == "classification" and f.language == language]
         contents[language] = ReportContent(
             language=language,
             evidence=evidence,
-            report_texts=[f.text for f in reports],
-            report_sources=[(f.referenced_sop_class_uid, f.referenced_sop_instance_uid, f.frame_number)
-                            if f.referenced_sop_instance_uid else None for f in reports],
-            report_languages=[f.language if f.language != language else None for f in reports],
+            report_texts=report_texts,
+            report_sources=report_sources,
+            report_languages=report_languages,
             image_findings=coded,
             notes=_notes(runs, findings_of),
             complete=not job.images_skipped and not any(run.truncated for run in runs),

@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from celery import Task
 from sqlalchemy import delete, select, update
@@ -73,6 +73,12 @@ class StudyEmptyError(RuntimeError):
     """The job's study has no instances left (all moved to other studies): it was cancelled."""
 
 
+@overload
+def _db_text(text: str) -> str: ...
+@overload
+def _db_text(text: None) -> None: ...
+@overload
+def _db_text(text: str | None) -> str | None: ...
 def _db_text(text: str | None) -> str | None:
     """Model output may contain NUL (a byte token), which PostgreSQL text cannot store."""
     return None if text is None else text.replace("\x00", "\ufffd")
@@ -141,8 +147,8 @@ def _infer(job_id: int) -> None:
 
     cfg = settings()
     with session_scope(cfg.database_url) as session:
-        job = session.get(Job, job_id)
-        study = session.get(Study, job.study_id)
+        job = session.get_one(Job, job_id)
+        study = session.get_one(Study, job.study_id)
         rows = session.scalars(
             select(Instance).where(Instance.study_id == study.id).order_by(Instance.id).limit(job.instance_count)
         ).all()
@@ -182,7 +188,7 @@ def _infer(job_id: int) -> None:
     identity = backend.identity
 
     with session_scope(cfg.database_url) as session:
-        job = session.get(Job, job_id, with_for_update=True)
+        job = session.get_one(Job, job_id, with_for_update=True)
         if job.state != JobState.RUNNING or job.worker != worker_name():
             # This worker stalled past its lease and the job went to another one: drop our work.
             raise LostClaimError(f"job {job_id} is now {job.state.value} with worker {job.worker}")
@@ -255,7 +261,7 @@ def _infer(job_id: int) -> None:
                     **where,
                 ))
                 n_regions += 1
-        job = session.get(Job, job_id)
+        job = session.get_one(Job, job_id)
         job.images_skipped = len(skipped)
         truncated = sum(r.truncated for r in results)
         detail = (f"{len(results)} model runs, {n_regions} region boxes, model {identity.name}; "
@@ -292,7 +298,7 @@ def _write_results(job_id: int) -> list[int]:
 
     cfg = settings()
     with session_scope(cfg.database_url) as session:
-        job = session.get(Job, job_id)
+        job = session.get_one(Job, job_id)
         documents = write_job_documents(session, cfg, job)
         delivery_ids = [d.id for doc in documents for d in doc.deliveries if d.state == DeliveryState.PENDING]
         transition(session, job, JobAction.WRITE_SR,
@@ -390,8 +396,8 @@ def deliver_document(delivery_id: int) -> str:
     if result.state == DeliveryState.SENT:
         hold_point("delivery.sent")
     with session_scope(cfg.database_url) as session:
-        delivery = session.get(Delivery, delivery_id)
-        job = session.get(Job, delivery.document.job_id)
+        delivery = session.get_one(Delivery, delivery_id)
+        job = session.get_one(Job, delivery.document.job_id)
         states = session.scalars(
             select(Delivery.state).join(Document, Delivery.document_id == Document.id).where(Document.job_id == job.id)
         ).all()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from common.models import Delivery, DeliveryState, Document, Job, JobState, utcnow
@@ -22,6 +22,7 @@ from .states import TransitionError
 
 __all__ = [
     "DELIVERY_LEASE_S",
+    "RecentlyPublished",
     "finish_delivered_jobs",
     "publish_due_deliveries",
     "publish_pending_jobs",
@@ -61,8 +62,12 @@ def publish_pending_jobs(session: Session, publish: Callable[[Job], None]) -> in
     return published
 
 
+#: delivery id -> (its ``next_attempt_at`` when published, monotonic time of publishing)
+RecentlyPublished = dict[int, tuple[dt.datetime | None, float]]
+
+
 def publish_due_deliveries(session: Session, publish: Callable[[Delivery], None],
-                           recently_published: dict[int, tuple] | None = None) -> int:
+                           recently_published: RecentlyPublished | None = None) -> int:
     """Publish pending deliveries whose next attempt is due.
 
     The sender claims a delivery itself (it moves ``next_attempt_at`` forward while it sends), so
@@ -120,12 +125,12 @@ def recover_orphaned_work(session: Session, publish: Callable[[Job], None]) -> i
     for job in jobs:
         transition(session, job, JobAction.REQUEUE, now=now,
                    detail="requeued at start-up (previous process stopped)")
-    claimed = session.execute(
+    claimed = cast(CursorResult[Any], session.execute(
         update(Delivery)
         .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at > now)
         .values(next_attempt_at=now)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )).rowcount
     session.commit()
     recovered = len(jobs) + claimed
     recovered += resume_inferred_jobs(session, publish, older_than_s=0.0)

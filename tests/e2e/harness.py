@@ -128,6 +128,13 @@ class Process:
                                      start_new_session=True)
         return self
 
+    @property
+    def popen(self) -> subprocess.Popen:
+        """The child, once :meth:`start` has run."""
+        if self.proc is None:
+            raise RuntimeError(f"not started: {' '.join(self.args)}")
+        return self.proc
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import pydicom
 import pytest
@@ -38,8 +39,7 @@ def make_delivery(settings, destination: str, *, sop_class_uid: str | None = Non
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if sop_class_uid:
-        ds.SOPClassUID = sop_class_uid
-        ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class_uid)
     ds.save_as(docs / name)
     with session_scope(settings.database_url) as s:
         study = s.scalar(select(Study).where(Study.study_instance_uid == ds.StudyInstanceUID))
@@ -66,7 +66,7 @@ def add_destination(settings, name: str, port: int, ae_title: str = "PACS", **kw
         admin.add_destination(s, name, ae_title, "127.0.0.1", port, **kw)
 
 
-def attempts(settings, delivery_id: int) -> list[DeliveryAttempt]:
+def attempts(settings, delivery_id: int) -> Sequence[DeliveryAttempt]:
     with session_scope(settings.database_url) as s:
         return s.scalars(select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == delivery_id)
                          .order_by(DeliveryAttempt.id)).all()
@@ -74,7 +74,7 @@ def attempts(settings, delivery_id: int) -> list[DeliveryAttempt]:
 
 def get_delivery(settings, delivery_id: int) -> Delivery:
     with session_scope(settings.database_url) as s:
-        return s.get(Delivery, delivery_id)
+        return s.get_one(Delivery, delivery_id)
 
 
 def test_echo_a_destination(settings, tmp_path):

@@ -35,24 +35,24 @@ def test_worker_gpus_starts_one_worker_per_device_and_restarts_a_dead_one(tmp_pa
         deadline = time.monotonic() + 60
         envs: list[dict[str, str]] = []
         while time.monotonic() < deadline and len(envs) < 2:
-            envs = _children_env(parent.proc.pid)
+            envs = _children_env(parent.popen.pid)
             time.sleep(0.3)
-        assert sorted(e.get("CUDA_VISIBLE_DEVICES") for e in envs) == ["0", "1"], parent.log()
-        victim = psutil.Process(parent.proc.pid).children()[0]
+        assert sorted(e.get("CUDA_VISIBLE_DEVICES", "") for e in envs) == ["0", "1"], parent.log()
+        victim = psutil.Process(parent.popen.pid).children()[0]
         victim.kill()
         victim.wait(10)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            kids = [c for c in psutil.Process(parent.proc.pid).children() if c.is_running() and c.pid != victim.pid]
+            kids = [c for c in psutil.Process(parent.popen.pid).children() if c.is_running() and c.pid != victim.pid]
             if len(kids) == 2:
                 break
             time.sleep(0.5)
         assert len(kids) == 2, "the dead worker was not restarted\n" + parent.log()
     finally:
-        os.killpg(parent.proc.pid, signal.SIGTERM)
-        parent.proc.wait(timeout=60)
+        os.killpg(parent.popen.pid, signal.SIGTERM)
+        parent.popen.wait(timeout=60)
         parent.stop()
-    assert parent.proc.returncode == 0
+    assert parent.popen.returncode == 0
 
 
 def test_json_log_lines_carry_context_fields() -> None:

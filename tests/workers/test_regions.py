@@ -39,7 +39,7 @@ def _run(tmp_path: Path, url: str, arrival, monkeypatch: pytest.MonkeyPatch) -> 
     assert tasks.run_job(job_id) == "done"
     with session_scope(settings.database_url) as s:
         written = sorted(d.sop_instance_uid for d in s.scalars(select(Document)).all())
-        s.get(Job, job_id).state = JobState.QUEUED  # an administrator's retry: inference and SRs again
+        s.get_one(Job, job_id).state = JobState.QUEUED  # an administrator's retry: inference and SRs again
     assert tasks.run_job(job_id) == "done"
     with session_scope(settings.database_url) as s:
         findings = s.scalars(select(Finding).where(Finding.kind == "region").order_by(Finding.id)).all()
@@ -58,7 +58,7 @@ def _run(tmp_path: Path, url: str, arrival, monkeypatch: pytest.MonkeyPatch) -> 
             "settings": settings,
             "written_before_retry": written,
             "uid_root": installation_uid_root(s),
-            "study_instance_uid": s.get(Instance, 1).study.study_instance_uid,
+            "study_instance_uid": s.get_one(Instance, 1).study.study_instance_uid,
         }
 
 
@@ -95,8 +95,8 @@ def test_numbers_follow_series_instance_and_position_not_arrival(two_runs) -> No
     for language, label, _, number, uid, _ in first["findings"]:
         if language == "en":
             per_image.setdefault(uid, []).append((int(number.split()[1]), label))
-    for boxes in per_image.values():
-        assert [label for _, label in sorted(boxes)] == ["odd shadow", "heart"]  # the shadow is higher up
+    for image_boxes in per_image.values():
+        assert [label for _, label in sorted(image_boxes)] == ["odd shadow", "heart"]  # the shadow is higher up
 
 
 def test_one_code_per_box_in_both_languages_and_in_the_database(two_runs) -> None:

@@ -104,10 +104,10 @@ def gateway(tmp_path: Path, sqlite_url: str):
 
 def _counts(url: str, job_id: int) -> tuple[int, int, int, int]:
     with session_scope(url) as s:
-        return (s.scalar(select(func.count()).select_from(ModelRun).where(ModelRun.job_id == job_id)),
-                s.scalar(select(func.count()).select_from(Finding).where(Finding.job_id == job_id)),
-                s.scalar(select(func.count()).select_from(Document).where(Document.job_id == job_id)),
-                s.scalar(select(func.count()).select_from(Delivery)))
+        return (s.scalars(select(func.count()).select_from(ModelRun).where(ModelRun.job_id == job_id)).one(),
+                s.scalars(select(func.count()).select_from(Finding).where(Finding.job_id == job_id)).one(),
+                s.scalars(select(func.count()).select_from(Document).where(Document.job_id == job_id)).one(),
+                s.scalars(select(func.count()).select_from(Delivery)).one())
 
 
 def test_a_job_run_twice_gives_one_set_of_findings_and_one_sr_per_language(gateway, monkeypatch) -> None:
@@ -126,7 +126,7 @@ def test_a_job_run_twice_gives_one_set_of_findings_and_one_sr_per_language(gatew
     assert tasks.run_job(job_id).startswith("skipped")
     # Forced re-run from the start (e.g. an administrator's retry after a crash): same result.
     with session_scope(settings.database_url) as s:
-        s.get(Job, job_id).state = JobState.QUEUED
+        s.get_one(Job, job_id).state = JobState.QUEUED
     assert tasks.run_job(job_id) == "done"
     assert _counts(settings.database_url, job_id) == first
     with session_scope(settings.database_url) as s:
@@ -140,7 +140,7 @@ def test_a_job_run_twice_gives_one_set_of_findings_and_one_sr_per_language(gatew
             [("en", "287272002", "Cardiomegaly")] * 3 + [("zh", "287272002", "心脏增大")] * 3)
         report = s.scalars(select(Finding).where(Finding.kind == "report", Finding.language == "en")).one()
         assert report.text == "Findings: cardiomegaly."
-        run = s.get(ModelRun, report.model_run_id)
+        run = s.get_one(ModelRun, report.model_run_id)
         assert run.removed_sentences == [{"sentence": "Compared to prior, unchanged.", "reason": "prior_study"}]
         assert run.training_set == "mimiccxr_train_rg" and run.plan == "chest-xray-frontal" and run.view == "frontal"
         selections = s.scalars(select(ImageSelection).where(ImageSelection.job_id == job_id)).all()
@@ -154,7 +154,7 @@ def test_a_job_run_twice_gives_one_set_of_findings_and_one_sr_per_language(gatew
     # Both SRs carry every region, with one Tracking UID each; the Chinese one marks English text.
     for ds in srs.values():
         text = str(ds.to_json_dict())
-        assert text.count("1.2.840.10008") and all(f.tracking_uid in text for f in regions)
+        assert text.count("1.2.840.10008") and all(f.tracking_uid is not None and f.tracking_uid in text for f in regions)
     zh = str(srs["zh"].to_json_dict())
     assert "心脏增大" in zh and "影像结论：心影增大。" in zh and "prior" in zh
 
@@ -210,7 +210,7 @@ def test_outbox_keeps_the_claim_of_a_worker_faster_than_its_queued_write(gateway
     with session_scope(settings.database_url) as s:
         assert publish_pending_jobs(s, publish_and_claim) == 1
     with session_scope(settings.database_url) as s:
-        assert s.get(Job, job_id).state == JobState.RUNNING
+        assert s.get_one(Job, job_id).state == JobState.RUNNING
         assert s.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.state == "queued")) == 0
 
 
@@ -220,12 +220,12 @@ def test_embedded_start_requeues_jobs_a_stopped_process_left(gateway, left: JobS
 
     settings, job_id = gateway
     with session_scope(settings.database_url) as s:
-        s.get(Job, job_id).state = left
+        s.get_one(Job, job_id).state = left
     published: list[int] = []
     with session_scope(settings.database_url) as s:
         assert recover_orphaned_work(s, lambda job: published.append(job.id)) == 1
     with session_scope(settings.database_url) as s:
-        assert s.get(Job, job_id).state == JobState.PENDING
+        assert s.get_one(Job, job_id).state == JobState.PENDING
     assert published == []  # the dispatcher publishes pending jobs
 
 
@@ -234,13 +234,13 @@ def test_embedded_start_publishes_an_inferred_job_again(gateway) -> None:
 
     settings, job_id = gateway
     with session_scope(settings.database_url) as s:
-        s.get(Job, job_id).state = JobState.INFERRED
+        s.get_one(Job, job_id).state = JobState.INFERRED
     published: list[int] = []
     with session_scope(settings.database_url) as s:
         assert recover_orphaned_work(s, lambda job: published.append(job.id)) == 1
     assert published == [job_id]
     with session_scope(settings.database_url) as s:
-        assert s.get(Job, job_id).state == JobState.INFERRED
+        assert s.get_one(Job, job_id).state == JobState.INFERRED
 
 
 def test_metrics_report_what_the_database_recorded(gateway, monkeypatch) -> None:
@@ -272,7 +272,7 @@ def test_an_unreadable_image_makes_the_srs_partial(gateway, monkeypatch) -> None
     ds.save_as(path)
     assert tasks.run_job(job_id) == "done"
     with session_scope(settings.database_url) as s:
-        job = s.get(Job, job_id)
+        job = s.get_one(Job, job_id)
         assert job.images_skipped == 1
         assert any("could not read" in (e.detail or "") for e in job.events)
         docs = s.scalars(select(Document).where(Document.job_id == job_id)).all()
@@ -308,16 +308,16 @@ def test_jobs_whose_message_was_lost_are_published_again(gateway) -> None:
 
     settings, job_id = gateway
     with session_scope(settings.database_url) as s:
-        job = s.get(Job, job_id)
+        job = s.get_one(Job, job_id)
         job.state, job.published_at = JobState.QUEUED, utcnow() - dt.timedelta(seconds=120)
     with session_scope(settings.database_url) as s:
         assert requeue_lost_messages(s, older_than_s=600) == 0
     with session_scope(settings.database_url) as s:
         assert requeue_lost_messages(s, older_than_s=60) == 1
     with session_scope(settings.database_url) as s:
-        job = s.get(Job, job_id)
+        job = s.get_one(Job, job_id)
         assert job.state == JobState.PENDING
-        assert "published again" in job.events[-1].detail
+        assert "published again" in (job.events[-1].detail or "")
 
 
 def test_a_study_with_no_image_for_the_model_ends_dead_with_its_selection_kept(gateway, monkeypatch) -> None:
@@ -335,8 +335,8 @@ def test_a_study_with_no_image_for_the_model_ends_dead_with_its_selection_kept(g
                         lambda images, cfg: dataclasses.replace(original(images, cfg), chosen=[]))
     assert tasks.process_study.apply(args=(job_id,)).get() == "dead"
     with session_scope(settings.database_url) as s:
-        job = s.get(Job, job_id)
-        assert job.state == JobState.DEAD and "no image of the study was asked anything" in job.error
+        job = s.get_one(Job, job_id)
+        assert job.state == JobState.DEAD and "no image of the study was asked anything" in (job.error or "")
         assert s.scalar(select(func.count()).select_from(ImageSelection).where(ImageSelection.job_id == job_id))
 
 

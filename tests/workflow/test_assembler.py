@@ -44,25 +44,27 @@ def test_an_instance_recorded_while_deciding_is_not_lost(sqlite_url: str) -> Non
     the study stays receiving, and the next pass makes a version that includes the instance."""
     study_id = _study(sqlite_url, 1)
     with session_scope(sqlite_url) as s:
-        study = s.get(Study, study_id)
+        study = s.get_one(Study, study_id)
         seen = study.last_received_at  # the assembler has read the study ...
         with session_scope(sqlite_url) as node:  # ... and the node records a new instance
-            late = node.get(Study, study_id)
+            late = node.get_one(Study, study_id)
             late.last_received_at = utcnow()
             late.state = StudyState.RECEIVING
         assert seen is not None
         assert complete_study(s, study) is None
     with session_scope(sqlite_url) as s:
-        assert s.get(Study, study_id).state == StudyState.RECEIVING
+        assert s.get_one(Study, study_id).state == StudyState.RECEIVING
         assert s.scalars(select(Job)).all() == []
 
 
 def test_process_now_forces_a_new_version(sqlite_url: str) -> None:
     _study(sqlite_url, 1)
     with session_scope(sqlite_url) as s:
-        assert process_now(s, "1.2.3").study_version == 1
+        job = process_now(s, "1.2.3")
+        assert job is not None and job.study_version == 1
     with session_scope(sqlite_url) as s:
-        assert process_now(s, "1.2.3").study_version == 2
+        job = process_now(s, "1.2.3")
+        assert job is not None and job.study_version == 2
 
 
 def test_a_changed_instance_makes_a_new_version_and_an_empty_study_none(sqlite_url: str) -> None:
@@ -72,20 +74,20 @@ def test_a_changed_instance_makes_a_new_version_and_an_empty_study_none(sqlite_u
     with session_scope(sqlite_url) as s:
         assert [j.study_version for j in complete_stable_studies(s, stable_after_s=30)] == [1]
     with session_scope(sqlite_url) as s:  # what dicom_node.ingest does on a changed re-send
-        study = s.get(Study, study_id)
+        study = s.get_one(Study, study_id)
         study.state, study.instances_changed = StudyState.RECEIVING, True
         study.last_received_at = utcnow() - dt.timedelta(seconds=60)
     with session_scope(sqlite_url) as s:
         jobs = complete_stable_studies(s, stable_after_s=30)
         assert [(j.study_version, j.instance_count) for j in jobs] == [(2, 2)]
-        assert s.get(Study, study_id).instances_changed is False
+        assert s.get_one(Study, study_id).instances_changed is False
     with session_scope(sqlite_url) as s:  # both instances moved away
         for instance in s.scalars(select(Instance)):
             s.delete(instance)
-        study = s.get(Study, study_id)
+        study = s.get_one(Study, study_id)
         study.state, study.instances_changed = StudyState.RECEIVING, True
         study.last_received_at = utcnow() - dt.timedelta(seconds=60)
     with session_scope(sqlite_url) as s:
         assert complete_stable_studies(s, stable_after_s=30) == []
         assert process_now(s, "1.2.3") is None
-        assert s.get(Study, study_id).state == StudyState.COMPLETE
+        assert s.get_one(Study, study_id).state == StudyState.COMPLETE

@@ -74,13 +74,13 @@ def test_every_job_state_and_action(session: Session, state: JobState, action: J
         with pytest.raises(TransitionNotAllowedError, match=f"job {job.id} is {state.value}"):
             jobs.transition(session, job.id, action, detail="x")
         session.expire_all()
-        assert session.get(Job, job.id).state == state
+        assert session.get_one(Job, job.id).state == state
         assert _job_events(session, job.id) == []
         return
     assert jobs.transition(session, job.id, action, detail="why") == expected
     session.flush()
     session.expire_all()
-    assert session.get(Job, job.id).state == expected
+    assert session.get_one(Job, job.id).state == expected
     assert _job_events(session, job.id) == [jobs.RECORDED_AS.get(action, expected).value]
 
 
@@ -125,13 +125,13 @@ def test_every_delivery_state_and_action(session: Session, state: DeliveryState,
         with pytest.raises(TransitionNotAllowedError, match=f"delivery {delivery.id} is {state.value}"):
             deliveries.transition(session, delivery.id, action)
         session.expire_all()
-        assert session.get(Delivery, delivery.id).state == state
+        assert session.get_one(Delivery, delivery.id).state == state
         assert session.scalar(count) == 0
         return
     assert deliveries.transition(session, delivery.id, action, detail="why") == expected
     session.flush()
     session.expire_all()
-    assert session.get(Delivery, delivery.id).state == expected
+    assert session.get_one(Delivery, delivery.id).state == expected
     assert list(session.scalars(select(DeliveryEvent.state).where(DeliveryEvent.delivery_id == delivery.id))) \
         == [expected.value]
 
