@@ -9,19 +9,22 @@ input fails loudly here instead of producing an SR that points at the wrong pixe
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pydicom
 
-try:  # highdicom's table of attributes per IOD (pinned version; private module)
-    from highdicom._standard_utils import is_attribute_in_iod as _in_iod
-except ImportError:  # pragma: no cover - a highdicom without it: decide from the header alone
-    _in_iod = None
-
 from common.uids import valid_uid
 
 from .errors import InvalidContentError
+
+_in_iod: Callable[[str, str], bool] | None
+try:  # highdicom's table of attributes per IOD (pinned version; private module)
+    from highdicom._standard_utils import is_attribute_in_iod
+
+    _in_iod = is_attribute_in_iod
+except ImportError:  # pragma: no cover - a highdicom without it: decide from the header alone
+    _in_iod = None
 
 __all__ = [
     "AlgorithmInfo",
@@ -259,10 +262,11 @@ def validate_content(content: ReportContent) -> None:
             )
         frames = frame_count(image) if is_multiframe(image) else None
         if frames is not None:
-            if referenced_frame(image, region.frame_number) is None:
+            frame = referenced_frame(image, region.frame_number)
+            if frame is None:
                 raise InvalidContentError(f"{where}: the image has {frames} frames; frame_number is required")
-            if not 1 <= region.frame_number <= frames:
-                raise InvalidContentError(f"{where}: frame {region.frame_number} not in 1..{frames}")
+            if not 1 <= frame <= frames:
+                raise InvalidContentError(f"{where}: frame {frame} not in 1..{frames}")
         elif region.frame_number not in (None, 1):
             raise InvalidContentError(f"{where}: frame {region.frame_number} of a single-frame image")
         if len(region.pixels) != 4:

@@ -21,7 +21,7 @@ of the same class (what this destination received).
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from highdicom.sr import (
     CodedConcept,
@@ -34,6 +34,7 @@ from highdicom.sr import (
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import (
+    UID,
     BasicTextSRStorage,
     Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
@@ -85,8 +86,8 @@ def _reclass(dataset: Dataset, sop_class_uid: str) -> Dataset:
     out = Dataset(copy.deepcopy(dataset))
     if hasattr(dataset, "file_meta"):
         out.file_meta = copy.deepcopy(dataset.file_meta)
-        out.file_meta.MediaStorageSOPClassUID = sop_class_uid
-    out.SOPClassUID = sop_class_uid
+        out.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    out.SOPClassUID = UID(sop_class_uid)
     out.SOPInstanceUID = fallback_uid(str(dataset.SOPInstanceUID), sop_class_uid)
     if hasattr(out, "file_meta"):
         out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
@@ -248,7 +249,8 @@ def to_basic_text_sr(dataset: Dataset) -> Dataset:
     return out
 
 
-_CONVERTERS = {
+#: keyed by SOP Class UID (looked up as str)
+_CONVERTERS: dict[str, Callable[[Dataset], Dataset]] = {
     ComprehensiveSRStorage: to_comprehensive_sr,
     EnhancedSRStorage: to_enhanced_sr,
     BasicTextSRStorage: to_basic_text_sr,

@@ -268,6 +268,7 @@ def plan_presentation_states(
         if image is None:
             raise InvalidContentError(f"source image {sop_uid} was not given; it carries regions")
         photometric = str(image.get("PhotometricInterpretation", ""))
+        cls: type[GrayscaleSoftcopyPresentationState] | type[ColorSoftcopyPresentationState]
         if photometric in _GRAYSCALE:
             cls = GrayscaleSoftcopyPresentationState
         elif photometric in _COLOR and int(image.get("SamplesPerPixel", 1)) == 3:
@@ -302,7 +303,8 @@ def plan_presentation_states(
             manufacturer=MANUFACTURER,
             manufacturer_model_name=MANUFACTURER,
             software_versions=gateway_version(),
-            device_serial_number=None,
+            # highdicom annotates str but documents and handles None (no Device Serial Number)
+            device_serial_number=None,  # type: ignore[arg-type]  # see above
             content_label=wording.gsps_content_label(first.algorithm),
             content_description=fit(
                 wording.gsps_series_description(languages, first.algorithm, first.study_version), LO
@@ -315,7 +317,10 @@ def plan_presentation_states(
             **kwargs,
         )
         ps.Laterality = _laterality(image)
-        ps.ContributingEquipmentSequence = contributing_equipment(first.algorithm, first.content_datetime, image)
+        # plain data sets where highdicom types its ContributingEquipment (as in sr_writer.report)
+        ps.ContributingEquipmentSequence = contributing_equipment(  # type: ignore[assignment]  # see above
+            first.algorithm, first.content_datetime, image
+        )
         finalize_header(ps, first.content_datetime)
         datasets.append(ps)
     return PresentationStates(datasets, skipped)

@@ -21,7 +21,8 @@ from .errors import NotConvertibleError
 
 __all__ = ["ReadRegion", "ReadReport", "read_report"]
 
-_READERS = {
+#: keyed by SOP Class UID (pydicom's UIDs are str; a data set's UID is looked up as str)
+_READERS: dict[str, type[Comprehensive3DSR] | type[ComprehensiveSR] | type[EnhancedSR]] = {
     Comprehensive3DSRStorage: Comprehensive3DSR,
     ComprehensiveSRStorage: ComprehensiveSR,
     EnhancedSRStorage: EnhancedSR,

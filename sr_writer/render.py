@@ -143,7 +143,7 @@ def _draw_panel(
 
 def _header(lines: Iterable[str], width: int, font: ImageFont.FreeTypeFont) -> Image.Image:
     lines = list(lines)
-    height = 8 + len(lines) * (font.size + 6)
+    height = 8 + len(lines) * (int(font.size) + 6)
     header = Image.new("RGB", (width, height), (32, 32, 32))
     draw = ImageDraw.Draw(header)
     for index, line in enumerate(lines):
@@ -251,12 +251,12 @@ def render_command(sr_file: Path, out: Path, spool_dir: Path | None = None) -> P
     found = find_dicom_files(folders, recursive=[False, True])
     sources = {uid: path for uid, (path, _) in found.items()}
     dataset = pydicom.dcmread(sr_file)
-    companions = []
     try:
         own = read_report(dataset)
     except NotConvertibleError:
-        own = None
-    tracking = {r.tracking_uid for r in own.regions} if own else set()
+        return render_sr(sr_file, sources, out, companion_sr_paths=[])  # no regions: no companion
+    tracking = {r.tracking_uid for r in own.regions}
+    companions: list[Path] = []
     for uid, (path, header) in found.items():
         if not tracking or uid == dataset.SOPInstanceUID or header.get("Modality") != "SR":
             continue

@@ -255,7 +255,7 @@ def _mark_language(item: ContentItem, language: str | None, document_language: s
     if "ContentSequence" in item:
         item.ContentSequence.extend(modifier)
     else:
-        item.ContentSequence = ContentSequence(list(modifier))
+        item.ContentSequence = ContentSequence(modifier)
 
 
 def image_library(evidence: Sequence[Dataset]) -> ContainerContentItem:
@@ -460,6 +460,10 @@ def build_sr(content: ReportContent) -> Comprehensive3DSR:
         content_time=when.time().replace(tzinfo=None),
         specific_character_set=CHARACTER_SET,
     )
-    sr.ContributingEquipmentSequence = contributing_equipment(content.algorithm, when, source)
+    # highdicom types the attribute as a list of its ContributingEquipment; these items are plain data
+    # sets of the same attributes (PS3.3 C.12.1.1.5), some copied element by element from the source.
+    sr.ContributingEquipmentSequence = contributing_equipment(  # type: ignore[assignment]  # see above
+        content.algorithm, when, source
+    )
     finalize_header(sr, when)
     return sr

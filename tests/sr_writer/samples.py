@@ -151,9 +151,9 @@ def make_sample(modality: str, folder: Path) -> Sample:
                 ds.SpecificCharacterSet = "ISO_IR 100"
             datasets.append(ds)
     paths = []
-    for index, ds in enumerate(datasets):
+    for index, dataset in enumerate(datasets):
         path = folder / f"{modality}_{index}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        dataset.save_as(path, enforce_file_format=True)
         paths.append(path)
     # Read back, so that names carry their source encoding as they would from PACS.
     return Sample(modality, paths, [pydicom.dcmread(p) for p in paths])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -67,6 +68,22 @@ def test_single_frame_images_take_no_frame_number(built) -> None:
     validate_content(_with_regions(content, _region(content, frame_number=1)))
     with pytest.raises(InvalidContentError, match="single-frame"):
         validate_content(_with_regions(content, _region(content, frame_number=2)))
+
+
+def test_a_multi_frame_image_of_one_frame_needs_no_frame_number(good) -> None:
+    """A missing frame number of a one-frame multi-frame image means frame 1 (``referenced_frame``);
+    validation compared the missing number itself with the frame count (a TypeError) before."""
+    region = good.regions[0]
+    evidence = []
+    for ds in good.evidence:
+        if ds.SOPInstanceUID == region.referenced_sop_instance_uid:
+            ds = copy.deepcopy(ds)
+            ds.NumberOfFrames = 1
+        evidence.append(ds)
+    one_frame = dataclasses.replace(good, evidence=evidence, regions=[_region(good, frame_number=None)])
+    validate_content(one_frame)
+    with pytest.raises(InvalidContentError, match=r"not in 1\.\.1"):
+        validate_content(_with_regions(one_frame, _region(one_frame, frame_number=2)))
 
 
 def test_evidence_from_two_studies_is_rejected(built) -> None:

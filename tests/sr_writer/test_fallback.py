@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     BasicTextSRStorage,
     Comprehensive3DSRStorage,
@@ -34,7 +36,8 @@ from tests.sr_writer.explained import unexplained
 from tests.sr_writer.samples import MODALITIES, content_for
 from tests.sr_writer.test_dsrdump import dsrdump
 
-CONVERTERS = {
+#: keyed by SOP Class UID, looked up by the str the tests are parametrized with
+CONVERTERS: dict[str, Callable[[Dataset], Dataset]] = {
     ComprehensiveSRStorage: to_comprehensive_sr,
     EnhancedSRStorage: to_enhanced_sr,
     BasicTextSRStorage: to_basic_text_sr,

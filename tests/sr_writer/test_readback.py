@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pydicom
 import pytest
-from highdicom.sr import Comprehensive3DSR, srread
+from highdicom.sr import Comprehensive3DSR, MeasurementReport, srread
 
 from sr_writer import coding
 from sr_writer.content import referenced_frame
@@ -24,6 +24,7 @@ def test_regions_read_back_equal_what_was_written(built, modality: str, language
 
     sr = srread(path)
     assert isinstance(sr, Comprehensive3DSR)
+    assert isinstance(sr.content, MeasurementReport)  # read as TID 1500
     groups = sr.content.get_planar_roi_measurement_groups()
     assert len(groups) == len(written.regions)
 
@@ -93,6 +94,7 @@ def test_documents_without_regions_read_back(built, scenario: str) -> None:
     for language in ("en", "zh"):
         path = built["MR"].paths[(scenario, language)]
         sr = srread(path)
+        assert isinstance(sr.content, MeasurementReport)  # read as TID 1500
         assert sr.content.get_planar_roi_measurement_groups() == []
         report = read_report(pydicom.dcmread(path))
         assert report.regions == ()
