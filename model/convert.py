@@ -1,6 +1,7 @@
 """MedRegA's original checkpoint -> a folder transformers' native InternVL class loads.
 
-``medrega-gateway model convert SRC DST`` (also ``python -m model.convert SRC DST``).
+:func:`convert_checkpoint`; on the command line ``medrega-gateway model convert SRC DST``
+(:func:`gateway.cli.commands.model_convert`).
 
 SRC is MedRegA as published (``Luxuriant16/medrega``: ``InternVLChatModel`` config.json,
 safetensors weights under the original parameter names, the Yi tokenizer with InternVL's nine
@@ -25,12 +26,10 @@ The mapping is the one given by the parity fixture's README (``../shared/medrega
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
 import shutil
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ __all__ = [
     "convert_checkpoint",
     "convert_config",
     "map_tensor_name",
-    "main",
+    "DEFAULT_MAX_SHARD_BYTES",
 ]
 
 #: Tokenizer files copied verbatim when present.
@@ -481,32 +480,3 @@ def _write_generation_config(dst: Path, token_ids: dict[str, int]) -> None:
     if "<|startoftext|>" in token_ids:
         gen["bos_token_id"] = token_ids["<|startoftext|>"]
     (dst / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: ``convert SRC DST [--overwrite] [--max-shard-gb N]``."""
-    parser = argparse.ArgumentParser(
-        prog="medrega-gateway model convert",
-        description="Convert MedRegA's original checkpoint (Luxuriant16/medrega) into the native folder the worker loads.",
-    )
-    parser.add_argument("src", type=Path, help="folder of the original checkpoint (config.json, *.safetensors, tokenizer)")
-    parser.add_argument("dst", type=Path, help="new folder for the converted checkpoint (model.path)")
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it is not empty")
-    parser.add_argument("--max-shard-gb", type=float, default=DEFAULT_MAX_SHARD_BYTES / 1024**3)
-    args = parser.parse_args(argv)
-    try:
-        convert_checkpoint(
-            args.src,
-            args.dst,
-            max_shard_bytes=int(args.max_shard_gb * 1024**3),
-            overwrite=args.overwrite,
-            log=lambda m: print(m, file=sys.stderr),
-        )
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -13,6 +13,7 @@ import typer
 from common import db
 from gateway.cli.base import EXIT_MODEL, app, audited_change, ensure_schema, fail, get_settings
 from common.settings import Settings
+from model.convert import DEFAULT_MAX_SHARD_BYTES
 
 __all__: list[str] = []
 
@@ -292,16 +293,24 @@ app.add_typer(model_app, name="model")
 
 @model_app.command("convert")
 def model_convert(
-    src: Path,
-    dst: Path,
-    overwrite: Annotated[bool, typer.Option(help="replace DST if it exists")] = False,
-    max_shard_gb: Annotated[float, typer.Option(help="largest output shard")] = 4.0,
+    src: Annotated[Path, typer.Argument(
+        help="folder of the original checkpoint, Luxuriant16/medrega (config.json, *.safetensors, tokenizer)")],
+    dst: Annotated[Path, typer.Argument(help="new folder for the converted checkpoint (model.path)")],
+    overwrite: Annotated[bool, typer.Option(help="replace DST if it is not empty")] = False,
+    max_shard_gb: Annotated[float, typer.Option(help="largest output shard, GiB (1024^3 bytes)")] = (
+        DEFAULT_MAX_SHARD_BYTES / 1024**3),
 ) -> None:
-    """Convert MedRegA's original checkpoint (SRC) into the native layout the worker loads (DST)."""
-    from model.convert import main as convert_main
+    """Convert MedRegA's original checkpoint (SRC) into the native layout the worker loads (DST).
 
-    argv = [str(src), str(dst), "--max-shard-gb", str(max_shard_gb)] + (["--overwrite"] if overwrite else [])
-    raise typer.Exit(convert_main(argv))
+    Exit status 2 when the checkpoint cannot be converted (the message says why).
+    """
+    from model.convert import ConversionError, convert_checkpoint
+
+    try:
+        convert_checkpoint(src, dst, max_shard_bytes=int(max_shard_gb * 1024**3), overwrite=overwrite,
+                           log=lambda message: typer.echo(message, err=True))
+    except ConversionError as exc:
+        fail(f"model convert: {exc}", code=2)
 
 
 @app.command("render")

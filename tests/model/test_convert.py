@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from model.backends.medrega import load_engine
 from model.backends.tiny import build_tiny_tokenizer
-from model.convert import ConversionError, convert_checkpoint, main, map_tensor_name
+from model.convert import ConversionError, convert_checkpoint, map_tensor_name
 
 D, HEADS, MLP, LAYERS = 32, 2, 64, 2  # vision
 H, T_LAYERS = 48, 1  # language model
@@ -190,11 +190,25 @@ def test_map_tensor_name_covers_the_layout() -> None:
     assert map_tensor_name("something.else") == []
 
 
-def test_cli(tmp_path: Path, capsys) -> None:
-    src = tmp_path / "original"
+def test_cli(tmp_path: Path) -> None:
+    """``medrega-gateway model convert``: the Typer command around :func:`convert_checkpoint`."""
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    src, dst = tmp_path / "original", tmp_path / "dst"
     write_original(src)
-    assert main([str(src), str(tmp_path / "dst")]) == 0
-    assert main([str(src), str(tmp_path / "dst")]) == 2  # not empty, no --overwrite
-    assert "not empty" in capsys.readouterr().err
-    assert main([str(src), str(tmp_path / "dst"), "--overwrite"]) == 0
-    assert main([str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 2
+
+    def convert(*args: str, code: int) -> str:
+        result = CliRunner().invoke(app, ["model", "convert", *args])
+        assert result.exit_code == code, result.output
+        return result.stderr
+
+    assert "wrote" in convert(str(src), str(dst), "--max-shard-gb", "0.0002", code=0).lower()
+    assert len(list(dst.glob("model-*.safetensors"))) > 1  # --max-shard-gb reached the converter
+    assert (dst / "model.safetensors.index.json").is_file()
+    message = convert(str(src), str(dst), code=2)  # not empty, no --overwrite
+    assert message.startswith("medrega-gateway: model convert: ") and "not empty" in message
+    convert(str(src), str(dst), "--overwrite", code=0)
+    assert (dst / "config.json").is_file() and not (dst / ".incomplete").exists()
+    assert "config.json not found" in convert(str(tmp_path / "nowhere"), str(tmp_path / "x"), code=2)
