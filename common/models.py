@@ -517,6 +517,8 @@ class CallingAE(Base):
     host: Mapped[str | None] = mapped_column(String(255))
     description: Mapped[str | None] = mapped_column(String(255))
     destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: A disabled caller stays in the allow-list (the list is still enforced) but may not associate.
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = _ts()
 
 
@@ -552,6 +554,8 @@ class Route(Base):
     action: Mapped[str] = mapped_column(String(16), default="process")
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
     destinations: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: A disabled route matches nothing (routing goes on to the next one).
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = _ts()
 
 

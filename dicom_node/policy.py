@@ -12,7 +12,9 @@ Rules, in order:
    table has at least one row: an administrator who lists one caller means "only these". With an
    empty table and ``require_known_callers = false`` every caller is accepted (first installation).
    With ``require_known_callers = true`` and an empty table nobody is accepted.
-3. An allowed caller may be pinned to a host: ``CallingAE.host`` is an IP address, a network in
+3. A disabled caller (``CallingAE.enabled`` false) is rejected like an unknown title; it still
+   counts as a row of the table, so disabling the last caller does not open the node to everyone.
+   An allowed caller may be pinned to a host: ``CallingAE.host`` is an IP address, a network in
    CIDR notation (``10.1.2.0/24``) or a host name (resolved, cached for a minute). A caller whose
    title is listed but who connects from elsewhere is rejected like an unknown title: permanent,
    service-user, *calling-AE-title-not-recognized* (0x03).
@@ -179,10 +181,11 @@ class AssociationPolicy:
             return SELF_CHECK
         try:
             with self._engine.connect() as conn:
-                hosts = conn.execute(
-                    select(_CALLERS.c.host).where(_CALLERS.c.ae_title == calling)
-                ).scalars().all()
-                listed = bool(hosts)
+                rows = conn.execute(
+                    select(_CALLERS.c.host, _CALLERS.c.enabled).where(_CALLERS.c.ae_title == calling)
+                ).all()
+                hosts = [host for host, enabled in rows if enabled]
+                listed = bool(rows)
                 enforce = self.require_known_callers or listed or bool(
                     conn.execute(select(exists().select_from(_CALLERS))).scalar()
                 )
@@ -198,6 +201,11 @@ class AssociationPolicy:
             return AssociationDecision(
                 False, RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, DIAG_CALLING_AE_NOT_RECOGNIZED,
                 f"calling AE title {calling!r} is not in the allow-list",
+            )
+        if not hosts:
+            return AssociationDecision(
+                False, RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, DIAG_CALLING_AE_NOT_RECOGNIZED,
+                f"calling AE title {calling!r} is disabled",
             )
         if any(host_matches(h or "", peer_address) for h in hosts):
             return ACCEPT

@@ -29,6 +29,8 @@ __all__ = [
     "add_destination",
     "update_destination",
     "set_destination_enabled",
+    "set_calling_ae_enabled",
+    "set_route_enabled",
     "remove_destination",
     "list_routes",
     "add_route",
@@ -96,6 +98,16 @@ def update_calling_ae(
     row.host = host or None
     row.description = description or None
     row.destinations = list(destinations)
+    session.flush()
+    return row
+
+
+def set_calling_ae_enabled(session: Session, ae_title: str, enabled: bool) -> CallingAE:
+    """A disabled caller is refused like an unknown one, and the allow-list stays enforced."""
+    row = session.scalar(select(CallingAE).where(CallingAE.ae_title == ae_title.strip()))
+    if row is None:
+        raise NotFoundError(f"no calling AE title {ae_title!r}")
+    row.enabled = enabled
     session.flush()
     return row
 
@@ -224,6 +236,16 @@ def update_route(session: Session, name: str, **fields: Any) -> Route:
             setattr(row, key, value if value != "" else None)
         else:
             raise AdminError(f"a route has no field {key!r}")
+    session.flush()
+    return row
+
+
+def set_route_enabled(session: Session, name: str, enabled: bool) -> Route:
+    """A disabled route matches no study; routing goes on to the next route."""
+    row = session.scalar(select(Route).where(Route.name == name))
+    if row is None:
+        raise NotFoundError(f"no route named {name!r}")
+    row.enabled = enabled
     session.flush()
     return row
 

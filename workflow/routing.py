@@ -10,7 +10,7 @@ study when **every non-empty** criterion matches (case-insensitive):
 ``series_description``  the Series Description (0008,103E) of any series: a glob (``*chest*``)
                         when it has ``*``, ``?`` or ``[``, else a substring
 
-The first matching route decides ``action`` (process | store | ignore) and ``urgent``. No match
+Disabled routes (``Route.enabled`` false) are skipped. The first matching route decides ``action`` (process | store | ignore) and ``urgent``. No match
 means *process*. Destinations are the route's, else the calling AE's
 (``CallingAE.destinations``), else every enabled destination; disabled or unknown destinations
 are always left out (an administrator who disables a destination means "send nothing there").
@@ -113,7 +113,8 @@ def _enabled(session: Session) -> list[str]:
 def decide(session: Session, study: Study) -> RouteDecision:
     """The routing decision for ``study`` (read at the time the study is complete)."""
     facts = _facts(session, study)
-    routes = session.scalars(select(Route).order_by(Route.order, Route.name)).all()
+    routes = session.scalars(
+        select(Route).where(Route.enabled.is_(True)).order_by(Route.order, Route.name)).all()
     matched = next((r for r in routes if route_matches(r, facts)), None)
     enabled = _enabled(session)
 

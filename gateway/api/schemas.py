@@ -309,6 +309,7 @@ class CallingAEOut(_Out):
     host: str | None
     description: str | None
     destinations: list[str]
+    enabled: bool = Field(True, description="false: refused like an unknown caller")
     created_at: dt.datetime
 
 
@@ -360,6 +361,7 @@ class RouteOut(_Out):
     action: str
     urgent: bool
     destinations: list[str]
+    enabled: bool = Field(True, description="false: matches no study")
     created_at: dt.datetime
 
 

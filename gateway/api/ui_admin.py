@@ -234,30 +234,6 @@ def ui_echo_destination(request: Request, name: str, csrf: str = Form(""),
     return _redirect(_DESTINATIONS, result, error=not ok)
 
 
-@router.post("/destinations/{name}/enable")
-def ui_enable_destination(request: Request, name: str, csrf: str = Form(""),
-                          principal: Principal = Depends(ui_admin),
-                          session: Session = Depends(get_session)) -> Response:
-    return _switch(request, name, csrf, principal, session, "enable")
-
-
-@router.post("/destinations/{name}/disable")
-def ui_disable_destination(request: Request, name: str, csrf: str = Form(""),
-                           principal: Principal = Depends(ui_admin),
-                           session: Session = Depends(get_session)) -> Response:
-    return _switch(request, name, csrf, principal, session, "disable")
-
-
-def _switch(request: Request, name: str, csrf: str, principal: Principal, session: Session,
-            verb: str) -> Response:
-    check_csrf(request, csrf)
-    enabled = verb == "enable"
-    refused = _act(session, principal, request, f"admin.destination.{verb}", {"name": name},
-                   lambda: admin.set_destination_enabled(session, name, enabled))
-    return _redirect(_DESTINATIONS, refused, error=True) if refused else _redirect(
-        _DESTINATIONS, f"destination {name} {verb}d")
-
-
 # -- calling AE titles --------------------------------------------------------------------------
 
 _CALLERS = "/ui/admin/calling-aes"
@@ -397,6 +373,44 @@ def ui_edit_route(request: Request, name: str,
                    lambda: admin.update_route(session, name, **fields))
     return _redirect(_ROUTES, refused, error=True) if refused else _redirect(
         _ROUTES, f"route {name} changed")
+
+
+# -- enable / disable ---------------------------------------------------------------------------
+
+_SWITCHES: dict[str, tuple[str, Callable[[Session, str, bool], object], str, str]] = {
+    "destinations": ("admin.destination", admin.set_destination_enabled, "destination",
+                     _DESTINATIONS),
+    "calling-aes": ("admin.calling_ae", admin.set_calling_ae_enabled, "calling AE title",
+                    _CALLERS),
+    "routes": ("admin.route", admin.set_route_enabled, "route", _ROUTES),
+}
+
+
+def _switch(request: Request, kind: str, name: str, csrf: str, principal: Principal,
+            session: Session, enabled: bool) -> Response:
+    check_csrf(request, csrf)
+    if kind not in _SWITCHES:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "nothing to enable or disable there")
+    prefix, setter, what, back = _SWITCHES[kind]
+    verb = "enable" if enabled else "disable"
+    refused = _act(session, principal, request, f"{prefix}.{verb}", {"name": name},
+                   lambda: setter(session, name, enabled))
+    return _redirect(back, refused, error=True) if refused else _redirect(
+        back, f"{what} {name} {verb}d")
+
+
+@router.post("/{kind}/{name}/enable")
+def ui_enable(request: Request, kind: str, name: str, csrf: str = Form(""),
+              principal: Principal = Depends(ui_admin),
+              session: Session = Depends(get_session)) -> Response:
+    return _switch(request, kind, name, csrf, principal, session, True)
+
+
+@router.post("/{kind}/{name}/disable")
+def ui_disable(request: Request, kind: str, name: str, csrf: str = Form(""),
+               principal: Principal = Depends(ui_admin),
+               session: Session = Depends(get_session)) -> Response:
+    return _switch(request, kind, name, csrf, principal, session, False)
 
 
 # -- removal, confirmed -------------------------------------------------------------------------

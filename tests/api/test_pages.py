@@ -295,13 +295,26 @@ def test_callers_and_routes_are_edited_and_removed_after_confirmation(app: FastA
             assert (route.order, route.modality, route.action, route.urgent, route.destinations) == (
                 5, "CT", "store", True, ["pacs"])
 
+        # Enable / disable, as for destinations.
+        for kind, name, model, column in (("calling-aes", "CT1", CallingAE, CallingAE.ae_title),
+                                          ("routes", "ct", Route, Route.name)):
+            r = c.post(f"/ui/admin/{kind}/{name}/disable", data={"csrf": csrf})
+            assert f"{name} disabled" in r.text and ">Enable</button>" in r.text
+            with env.session() as s:
+                assert s.scalar(select(model.enabled).where(column == name)) is False
+            r = c.post(f"/ui/admin/{kind}/{name}/enable", data={"csrf": csrf})
+            assert f"{name} enabled" in r.text
+            with env.session() as s:
+                assert s.scalar(select(model.enabled).where(column == name)) is True
+
         for kind, name in (("calling-aes", "CT1"), ("routes", "ct")):
             confirm = c.get(f"/ui/admin/{kind}/{name}/remove")
             assert f'action="/ui/admin/{kind}/{name}/remove"' in confirm.text
             assert "removed" in c.post(f"/ui/admin/{kind}/{name}/remove", data={"csrf": csrf}).text
     actions = [e.action for e in env.audit_events()]
     for action in ("admin.calling_ae.update", "admin.route.update", "admin.calling_ae.remove",
-                   "admin.route.remove"):
+                   "admin.route.remove", "admin.calling_ae.disable", "admin.calling_ae.enable",
+                   "admin.route.disable", "admin.route.enable"):
         assert action in actions
     assert [e.outcome for e in env.audit_events() if e.action == "admin.calling_ae.update"] == [
         "success", "failure"]

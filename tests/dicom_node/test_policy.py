@@ -50,6 +50,20 @@ def test_listed_callers_only_once_the_list_is_not_empty_and_changes_apply_at_onc
     assert CALLING_NOT_RECOGNIZED in _echo(node, "CT1")[1]
 
 
+def test_a_disabled_caller_is_refused_and_the_list_stays_enforced(node, settings):
+    """Issue 17: callers are enabled and disabled on the pages; disabling the only caller must
+    not open the node to everyone."""
+    with session_scope(settings.database_url) as s:
+        admin.add_calling_ae(s, "CT1")
+        admin.set_calling_ae_enabled(s, "CT1", False)
+    code, out = _echo(node, "CT1")
+    assert code != 0 and CALLING_NOT_RECOGNIZED in out and "Rejected Permanent" in out
+    assert CALLING_NOT_RECOGNIZED in _echo(node, "ANYONE")[1]
+    with session_scope(settings.database_url) as s:  # no restart
+        admin.set_calling_ae_enabled(s, "CT1", True)
+    assert _echo(node, "CT1")[0] == 0
+
+
 @pytest.mark.parametrize("pinned,accepted", [
     ("127.0.0.1", True), ("127.0.0.0/8", True), ("localhost", True),
     ("10.20.30.40", False), ("192.168.0.0/16", False), ("pacs.invalid", False),

@@ -54,6 +54,15 @@ def test_first_matching_route_by_order_wins(session):
     assert (d.action, d.urgent, d.destinations, d.route_name) == ("process", True, ["research"], "first")
 
 
+def test_a_disabled_route_is_skipped(session):
+    admin.add_route(session, "first", order=10, modality="CT", action="ignore")
+    admin.add_route(session, "second", order=20, modality="CT", action="store")
+    admin.set_route_enabled(session, "first", False)
+    assert decide(session, _study(session)).route_name == "second"
+    admin.set_route_enabled(session, "first", True)
+    assert decide(session, _study(session)).route_name == "first"
+
+
 def test_every_non_empty_field_must_match(session):
     admin.add_route(session, "mr-only", order=1, modality="CT", calling_ae_title="MR1", action="ignore")
     assert decide(session, _study(session)).route_name is None
