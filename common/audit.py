@@ -89,7 +89,8 @@ def _event_identity(action: str) -> tuple[_Code, str, _Code | None]:
         return (*_EXPORT, None)
     if action.endswith(".search") or action.endswith(".list"):
         return (*_QUERY, None)
-    if action.startswith("admin.job") or action.startswith("admin.delivery") or action == "evaluation.run":
+    if (action.startswith(("admin.job", "admin.delivery", "status.")) or action == "evaluation.run"
+            or action.endswith(".echo")):
         return (*_ACTIVITY, None)
     if action.startswith("admin."):
         return (*_CONFIG, _EVENT_TYPES["admin.config"])
