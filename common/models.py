@@ -150,6 +150,9 @@ class JobState(str, enum.Enum):
     INFERRED = "inferred"  # model runs + findings recorded
     SR_WRITTEN = "sr_written"  # documents written to the spool
     DELIVERED = "delivered"  # every delivery succeeded
+    #: a delivery failed for good (retries used up); back to sr_written or delivered when an
+    #: administrator retries or cancels it (workflow.deliveries)
+    DELIVERY_FAILED = "delivery_failed"
     FAILED = "failed"  # transient failure, will be retried
     DEAD = "dead"  # permanent failure; an administrator may retry
     CANCELLED = "cancelled"
@@ -159,6 +162,7 @@ class DeliveryState(str, enum.Enum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"  # retry limit reached; an administrator may retry
+    CANCELLED = "cancelled"  # an administrator cancelled it, or its destination was removed
 
 
 def _enum(e: type[enum.Enum]) -> Enum:
@@ -474,6 +478,8 @@ class Delivery(Base):
     attempts_log: Mapped[list["DeliveryAttempt"]] = relationship(
         back_populates="delivery", order_by="DeliveryAttempt.id"
     )
+    #: Its state changes, oldest first (written by workflow.deliveries only).
+    events: Mapped[list["DeliveryEvent"]] = relationship(order_by="DeliveryEvent.id", viewonly=True)
 
     __table_args__ = (
         UniqueConstraint("document_id", "destination_name", name="uq_deliveries_document_dest"),

@@ -194,9 +194,16 @@ def set_destination_enabled(session: Session, name: str, enabled: bool) -> Desti
     return row
 
 
-def remove_destination(session: Session, name: str) -> None:
-    session.delete(get_destination(session, name))
+def remove_destination(session: Session, name: str) -> Sequence[int]:
+    """Remove a destination; its ``pending`` and ``failed`` deliveries are cancelled with the reason
+    "destination <name> removed" (instead of being retried for ever). Returns their ids."""
+    from workflow.deliveries import cancel_for_destination
+
+    row = get_destination(session, name)
+    cancelled = cancel_for_destination(session, row.name)
+    session.delete(row)
     session.flush()
+    return cancelled
 
 
 def list_routes(session: Session) -> Sequence[Route]:

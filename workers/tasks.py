@@ -28,11 +28,10 @@ from sqlalchemy.exc import OperationalError
 
 from common.db import installation_uid_root, session_scope
 from common.holds import hold_point
+from common.logs import log_context
 from common.retries import JOB_MAX_RETRIES, JOB_RETRY_BACKOFF_MAX_S, JOB_RETRY_BACKOFF_S
 from common.models import (
-    Delivery,
     DeliveryState,
-    Document,
     Finding,
     ImageSelection,
     Instance,
@@ -49,6 +48,7 @@ from workflow.states import TransitionError
 from .app import CPU_QUEUE, celery_app, settings
 
 if TYPE_CHECKING:  # the model package is imported by the GPU task only
+    from common.settings import Settings
     from model.analysis import RunResult
 
 __all__ = ["process_study", "deliver_document", "run_job", "PermanentJobError"]
@@ -314,7 +314,14 @@ def run_job(job_id: int) -> str:
         if job is None:
             return "missing"
         state = job.state
-    if state in (JobState.SR_WRITTEN, JobState.DELIVERED, JobState.CANCELLED, JobState.DEAD):
+        study_uid = session.scalar(select(Study.study_instance_uid).where(Study.id == job.study_id))
+    with log_context(job_id=job_id, study_instance_uid=study_uid):
+        return _run_job(cfg, job_id, state)
+
+
+def _run_job(cfg: Settings, job_id: int, state: JobState) -> str:
+    if state in (JobState.SR_WRITTEN, JobState.DELIVERY_FAILED, JobState.DELIVERED, JobState.CANCELLED,
+                 JobState.DEAD):
         return f"skipped ({state.value})"
     if state != JobState.INFERRED:
         if not _claim(job_id, lease_s=cfg.queue.job_lease_s):
@@ -357,7 +364,24 @@ def process_study(self: Task, job_id: int) -> str:
     A failure that may pass is recorded (``failed``) and raised again: Celery retries the task
     (``autoretry_for``) after its exponential backoff (the policy: :mod:`common.retries`); past the
     last retry the job is ``dead``.
+
+    Every line logged meanwhile carries ``job_id`` and ``study_instance_uid``.
     """
+    with log_context(job_id=job_id, study_instance_uid=_study_of(job_id)):
+        return _process_study(self, job_id)
+
+
+def _study_of(job_id: int) -> str | None:
+    """The job's Study Instance UID for the log context (None if the database cannot say now)."""
+    try:
+        with session_scope(settings().database_url) as session:
+            return session.scalar(select(Study.study_instance_uid).join(Job, Job.study_id == Study.id)
+                                  .where(Job.id == job_id))
+    except OperationalError:
+        return None
+
+
+def _process_study(self: Task, job_id: int) -> str:
     from model.backends import ModelLoadError
 
     try:
@@ -388,23 +412,12 @@ def process_study(self: Task, job_id: int) -> str:
 
 @celery_app.task(name="medrega.deliver_document", acks_late=True)
 def deliver_document(delivery_id: int) -> str:
-    """C-STORE one document to one destination (see :func:`sender.scu.deliver`)."""
+    """C-STORE one document to one destination (see :func:`sender.scu.deliver`); the delivery's
+    transition settles its job in the same transaction (:func:`workflow.deliveries.settle_job`)."""
     from sender.scu import deliver
 
-    cfg = settings()
-    result = deliver(cfg, delivery_id)
-    if result.state == DeliveryState.SENT:
-        hold_point("delivery.sent")
-    with session_scope(cfg.database_url) as session:
-        delivery = session.get_one(Delivery, delivery_id)
-        job = session.get_one(Job, delivery.document.job_id)
-        states = session.scalars(
-            select(Delivery.state).join(Document, Delivery.document_id == Document.id).where(Document.job_id == job.id)
-        ).all()
-        if result.state == DeliveryState.SENT and all(s == DeliveryState.SENT for s in states):
-            if job.state != JobState.DELIVERED:
-                try:
-                    transition(session, job, JobAction.DELIVER, detail=f"{len(states)} deliveries sent")
-                except TransitionError as exc:  # another delivery's task recorded it at the same moment
-                    log.info("job %s: %s", job.id, exc)
+    with log_context(delivery_id=delivery_id):
+        result = deliver(settings(), delivery_id)
+        if result.state == DeliveryState.SENT:
+            hold_point("delivery.sent")
     return result.state.value

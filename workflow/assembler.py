@@ -16,17 +16,22 @@ is in now and in the study it left; a study left without instances makes no job.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
+from common.logs import log_context
 from common.models import Instance, Job, Study, StudyState, utcnow
 
 from .jobs import JobAction, transition
 
 __all__ = ["StudyNotFoundError", "stable_studies", "complete_study", "complete_stable_studies"]
+
+
+log = logging.getLogger(__name__)
 
 
 class StudyNotFoundError(LookupError):
@@ -48,6 +53,8 @@ def stable_studies(session: Session, stable_after_s: float, now: dt.datetime | N
 def complete_study(session: Session, study: Study, force: bool = False) -> Job | None:
     """Mark ``study`` complete and create the job for its next version (same transaction).
 
+    Lines logged meanwhile carry the study's ``study_instance_uid`` (and the new ``job_id``).
+
     Returns the new job, or ``None`` when routing says the study is only stored or ignored, when
     nothing arrived or changed since the last version (unless ``force``), when the study has no
     instances (all moved to other studies), or when an instance arrived while we decided (the
@@ -57,6 +64,11 @@ def complete_study(session: Session, study: Study, force: bool = False) -> Job |
     an instance recorded by the node in the meantime is never folded into a version that was
     already decided without it.
     """
+    with log_context(study_instance_uid=study.study_instance_uid):
+        return _complete_study(session, study, force)
+
+
+def _complete_study(session: Session, study: Study, force: bool) -> Job | None:
     from .routing import decide
 
     now = utcnow()
@@ -94,6 +106,9 @@ def complete_study(session: Session, study: Study, force: bool = False) -> Job |
     detail = f"route {decision.route_name}" if decision.route_name else "default route"
     transition(session, job, JobAction.CREATE, now=now,
                detail=f"study complete ({instance_count} instances, {detail})")
+    with log_context(job_id=job.id):
+        log.info("study complete: version %d, %d instances, %s; job %d created", job.study_version,
+                 instance_count, detail, job.id)
     return job
 
 

@@ -14,6 +14,11 @@ Administrators' rule (CLI and API alike): ``retry`` takes a ``failed``, ``dead``
 job back to ``pending`` with its attempt counter and error cleared (a cancelled job can so be
 undone: nothing else would ever run it); ``cancel`` stops a job no worker holds
 (``pending``, ``queued``, ``failed``, ``dead``) and keeps its last error.
+
+A job whose results are written follows its deliveries (:func:`workflow.deliveries.settle_job`):
+``sr_written`` while any is pending, ``delivery_failed`` (with the failure as its error) while any
+failed for good, ``delivered`` when all are sent; cancelled deliveries do not count. Its failed
+deliveries are retried or cancelled one by one (``deliveries retry|cancel``), not the job.
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ class JobAction(str, enum.Enum):
     CLAIM = "claim"  #: a worker took it (or took over a running job whose lease ran out)
     INFER = "infer"  #: model runs and findings recorded
     WRITE_SR = "write_sr"  #: SRs (and presentation states) written, deliveries created
-    DELIVER = "deliver"  #: every delivery sent
+    DELIVER = "deliver"  #: every delivery sent (cancelled ones aside)
+    FAIL_DELIVERY = "fail_delivery"  #: one of its deliveries failed for good (retries used up)
+    RESUME_DELIVERY = "resume_delivery"  #: no delivery failed any more (retried or cancelled): the rest go on
     FAIL = "fail"  #: a transient failure; the worker retries
     FAIL_PERMANENTLY = "fail_permanently"  #: retrying cannot help (missing model, retries used up)
     REQUEUE = "requeue"  #: lost message, abandoned claim or stopped process: publish it again
@@ -66,6 +73,11 @@ TRANSITIONS: dict[tuple[JobState | None, JobAction], JobState] = {
     (S.RUNNING, A.INFER): S.INFERRED,
     (S.INFERRED, A.WRITE_SR): S.SR_WRITTEN,
     (S.SR_WRITTEN, A.DELIVER): S.DELIVERED,
+    # The job follows its deliveries (workflow.deliveries.settle_job, in the delivery's transaction).
+    (S.SR_WRITTEN, A.FAIL_DELIVERY): S.DELIVERY_FAILED,
+    (S.DELIVERY_FAILED, A.FAIL_DELIVERY): S.DELIVERY_FAILED,  # a second delivery failed: on the timeline
+    (S.DELIVERY_FAILED, A.RESUME_DELIVERY): S.SR_WRITTEN,
+    (S.DELIVERY_FAILED, A.DELIVER): S.DELIVERED,  # an administrator's retry of the failed one succeeded
     (S.PENDING, A.FAIL): S.FAILED,
     (S.QUEUED, A.FAIL): S.FAILED,
     (S.RUNNING, A.FAIL): S.FAILED,

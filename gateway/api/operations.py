@@ -12,17 +12,19 @@ from sqlalchemy.orm import Session
 
 from common.models import Delivery, Job
 from workflow import deliveries, jobs
-from workflow.deliveries import DeliveryNotFoundError
+from workflow.deliveries import DeliveryNotFoundError, DestinationMissingError
 from workflow.jobs import JobNotFoundError
 from workflow.states import TransitionNotAllowedError as ActionNotAllowedError
 
 __all__ = [
     "JobNotFoundError",
     "DeliveryNotFoundError",
+    "DestinationMissingError",
     "ActionNotAllowedError",
     "retry_job",
     "cancel_job",
     "retry_delivery",
+    "cancel_delivery",
 ]
 
 
@@ -37,5 +39,10 @@ def cancel_job(session: Session, job_id: int, actor: str) -> Job:
 
 
 def retry_delivery(session: Session, delivery_id: int, actor: str) -> Delivery:
-    """``failed`` -> ``pending`` with attempts 0, due now."""
+    """``failed`` or ``cancelled`` -> ``pending`` with attempts 0, due now (its destination must exist)."""
     return deliveries.retry(session, delivery_id, actor)
+
+
+def cancel_delivery(session: Session, delivery_id: int, actor: str) -> Delivery:
+    """``pending`` or ``failed`` -> ``cancelled``."""
+    return deliveries.cancel(session, delivery_id, actor)

@@ -1,4 +1,16 @@
-"""Deliveries (documents sent to destinations) and jobs, listed newest first with cursors."""
+"""Deliveries (documents sent to destinations) and jobs, listed newest first with cursors.
+
+For the API, the CLI (``deliveries list``) and the pages alike:
+
+- :func:`list_deliveries` (:class:`DeliveryFilters`: state(s), destination, study, created from/to)
+  gives :class:`~gateway.api.schemas.DeliveryOut` rows with each attempt's exact error, the state
+  changes with why (``events``) and ``last_error``, newest first, with a cursor;
+- :func:`get_delivery` one delivery by id;
+- :func:`delivery_counts` deliveries per destination and state (a destinations or health page);
+- :func:`list_jobs` jobs by state.
+
+Changes go through :mod:`workflow.deliveries` (``retry``, ``cancel``), whose rules all share.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from common.models import Delivery, DeliveryState, Document, Job, JobState, Study, as_utc
@@ -15,11 +27,14 @@ from .pagination import after_cursor, encode_cursor
 from .query_studies import delivery_out
 from .schemas import DeliveryOut, JobOut
 
-__all__ = ["DeliveryFilters", "list_deliveries", "list_jobs"]
+__all__ = ["DeliveryFilters", "list_deliveries", "get_delivery", "delivery_counts", "parse_states", "list_jobs"]
 
 
 @dataclass(frozen=True)
 class DeliveryFilters:
+    """``state``: one state or several, comma-separated (``"failed,cancelled"``); values of
+    :class:`~common.models.DeliveryState` (a wrong one raises ValueError)."""
+
     state: str | None = None
     destination_name: str | None = None
     study_instance_uid: str | None = None
@@ -41,10 +56,10 @@ def list_deliveries(
         .join(Document, Document.id == Delivery.document_id)
         .join(Job, Job.id == Document.job_id)
         .join(Study, Study.id == Job.study_id)
-        .options(selectinload(Delivery.attempts_log))
+        .options(selectinload(Delivery.attempts_log), selectinload(Delivery.events))
     )
     if f.state:
-        stmt = stmt.where(Delivery.state == DeliveryState(f.state))
+        stmt = stmt.where(Delivery.state.in_(parse_states(f.state)))
     if f.destination_name:
         stmt = stmt.where(Delivery.destination_name == f.destination_name)
     if f.study_instance_uid:
@@ -64,6 +79,42 @@ def list_deliveries(
     items = [delivery_out(dl, doc, uid) for dl, doc, uid in rows]
     next_cursor = encode_cursor(rows[-1][0].created_at, rows[-1][0].id) if more and rows else None
     return items, next_cursor
+
+
+def parse_states(text: str) -> list[DeliveryState]:
+    """``"failed,cancelled"`` as states; ValueError naming the allowed ones for a wrong value."""
+    out = []
+    for word in (w.strip() for w in text.split(",") if w.strip()):
+        try:
+            out.append(DeliveryState(word))
+        except ValueError:
+            raise ValueError(f"unknown delivery state {word!r}; one of "
+                             f"{', '.join(s.value for s in DeliveryState)}") from None
+    return out
+
+
+def get_delivery(session: Session, delivery_id: int) -> DeliveryOut | None:
+    """One delivery with its attempts and state changes, or None."""
+    row = session.execute(
+        select(Delivery, Document, Study.study_instance_uid)
+        .join(Document, Document.id == Delivery.document_id)
+        .join(Job, Job.id == Document.job_id)
+        .join(Study, Study.id == Job.study_id)
+        .where(Delivery.id == delivery_id)
+        .options(selectinload(Delivery.attempts_log), selectinload(Delivery.events))
+    ).first()
+    return delivery_out(*row) if row is not None else None
+
+
+def delivery_counts(session: Session) -> dict[str, dict[str, int]]:
+    """Destination name -> state -> number of deliveries (every destination that has any)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, state, count in session.execute(
+        select(Delivery.destination_name, Delivery.state, func.count()).group_by(Delivery.destination_name,
+                                                                                  Delivery.state)
+    ):
+        out.setdefault(name, {})[DeliveryState(state).value] = count
+    return out
 
 
 def list_jobs(

@@ -35,6 +35,7 @@ from .pagination import after_cursor, encode_cursor
 from .query_findings import FindingFilters, search_findings
 from .schemas import (
     DeliveryAttemptOut,
+    DeliveryEventOut,
     DeliveryOut,
     ImageSelectionOut,
     JobOut,
@@ -240,11 +241,13 @@ def delivery_out(dl: Delivery, doc: Document, study_uid: str) -> DeliveryOut:
         next_attempt_at=dl.next_attempt_at,
         delivered_at=dl.delivered_at,
         created_at=dl.created_at,
+        last_error=dl.attempts_log[-1].error if dl.attempts_log else None,
         attempts_log=[
             DeliveryAttemptOut(at=a.at, status=a.status, error=a.error,
                                sop_class_uid=a.sop_class_uid)
             for a in dl.attempts_log
         ],
+        events=[DeliveryEventOut(at=e.at, state=e.state, detail=e.detail) for e in dl.events],
     )
 
 
@@ -254,7 +257,7 @@ def study_deliveries(session: Session, study: Study) -> list[DeliveryOut]:
         .join(Document, Document.id == Delivery.document_id)
         .join(Job, Job.id == Document.job_id)
         .where(Job.study_id == study.id)
-        .options(selectinload(Delivery.attempts_log))
+        .options(selectinload(Delivery.attempts_log), selectinload(Delivery.events))
         .order_by(Delivery.id)
     ).all()
     return [delivery_out(dl, doc, study.study_instance_uid) for dl, doc in rows]

@@ -7,6 +7,7 @@ recorded in the audit log in the same transaction.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
@@ -20,7 +21,9 @@ from .hooks import enqueue_delivery
 from .operations import (
     ActionNotAllowedError,
     DeliveryNotFoundError,
+    DestinationMissingError,
     JobNotFoundError,
+    cancel_delivery,
     cancel_job,
     retry_delivery,
     retry_job,
@@ -54,7 +57,7 @@ _ERRORS = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": Er
 def admin_error_status(exc: Exception) -> int:
     if isinstance(exc, (admin.NotFoundError, JobNotFoundError, DeliveryNotFoundError)):
         return status.HTTP_404_NOT_FOUND
-    if isinstance(exc, (admin.AlreadyExistsError, ActionNotAllowedError)):
+    if isinstance(exc, (admin.AlreadyExistsError, ActionNotAllowedError, DestinationMissingError)):
         return status.HTTP_409_CONFLICT
     return status.HTTP_400_BAD_REQUEST
 
@@ -139,12 +142,17 @@ def remove_destination(name: Name, request: Request,
                        principal: Principal = Depends(require_admin),
                        session: Session = Depends(get_session)) -> ActionResult:
     try:
-        admin.remove_destination(session, name)
+        cancelled = admin.remove_destination(session, name)
     except admin.AdminError as exc:
         raise _refused(session, principal, request, "admin.destination.remove", exc) from None
-    _change(session, principal, request, "admin.destination.remove", {"name": name})
+    _change(session, principal, request, "admin.destination.remove",
+            {"name": name, "cancelled_deliveries": list(cancelled)})
     session.commit()
-    return ActionResult(detail=f"destination {name} removed")
+    return ActionResult(detail=f"destination {name} removed" + _cancelled(cancelled))
+
+
+def _cancelled(ids: Sequence[int]) -> str:
+    return f"; {len(ids)} pending or failed deliveries to it cancelled" if ids else ""
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -185,7 +193,7 @@ def remove_route(name: Name, request: Request, principal: Principal = Depends(re
 def jobs(
     request: Request,
     state: Annotated[list[Literal["pending", "queued", "running", "inferred", "sr_written",
-                                  "delivered", "failed", "dead", "cancelled"]] | None,
+                                  "delivery_failed", "delivered", "failed", "dead", "cancelled"]] | None,
                      Query(description="repeat for several; default failed and dead")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]*$")] = None,
@@ -246,16 +254,56 @@ def failed_deliveries(
     return DeliveryPage(items=items, next_cursor=next_cursor)
 
 
+@router.get("/deliveries", response_model=DeliveryPage, responses={400: {"model": ErrorOut}})
+def deliveries(
+    request: Request,
+    state: Annotated[list[Literal["pending", "sent", "failed", "cancelled"]] | None,
+                     Query(description="repeat for several; default all")] = None,
+    destination: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    study_instance_uid: Annotated[str | None, Query(min_length=1, max_length=64,
+                                                    pattern=r"^[0-9]+(\.[0-9]+)*$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]*$")] = None,
+    principal: Principal = Depends(require_admin),
+    session: Session = Depends(get_session),
+) -> DeliveryPage:
+    """Deliveries, newest first, each with its attempts (DIMSE status or the exact network error)
+    and its state changes with why."""
+    filters = DeliveryFilters(state=",".join(state) if state else None, destination_name=destination,
+                              study_instance_uid=study_instance_uid)
+    items, next_cursor = list_deliveries(session, filters, limit=limit, cursor=cursor)
+    audit_request(session, principal, "deliveries.search",
+                  query_text(request.url.path, filters.as_query(), limit=limit,
+                             cursor=bool(cursor)), rows=len(items))
+    session.commit()
+    return DeliveryPage(items=items, next_cursor=next_cursor)
+
+
 @router.post("/deliveries/{delivery_id}/retry", response_model=ActionResult, responses=_ERRORS)
 def retry_failed_delivery(delivery_id: RowId, request: Request,
                           principal: Principal = Depends(require_admin),
                           session: Session = Depends(get_session)) -> ActionResult:
-    """A failed delivery becomes pending (attempts 0, due now) and is handed to the sender."""
+    """A failed or cancelled delivery becomes pending (attempts 0, due now) and is handed to the
+    sender; refused (409) when its destination was removed."""
     try:
         retry_delivery(session, delivery_id, principal.name)
-    except (DeliveryNotFoundError, ActionNotAllowedError) as exc:
+    except (DeliveryNotFoundError, ActionNotAllowedError, DestinationMissingError) as exc:
         raise _refused(session, principal, request, "admin.delivery.retry", exc) from None
     _change(session, principal, request, "admin.delivery.retry", {"delivery_id": delivery_id})
     session.commit()
     enqueue_delivery(delivery_id)
     return ActionResult(detail=f"delivery {delivery_id} is pending again")
+
+
+@router.post("/deliveries/{delivery_id}/cancel", response_model=ActionResult, responses=_ERRORS)
+def cancel_pending_delivery(delivery_id: RowId, request: Request,
+                            principal: Principal = Depends(require_admin),
+                            session: Session = Depends(get_session)) -> ActionResult:
+    """A pending or failed delivery is cancelled: it is not attempted again."""
+    try:
+        cancel_delivery(session, delivery_id, principal.name)
+    except (DeliveryNotFoundError, ActionNotAllowedError) as exc:
+        raise _refused(session, principal, request, "admin.delivery.cancel", exc) from None
+    _change(session, principal, request, "admin.delivery.cancel", {"delivery_id": delivery_id})
+    session.commit()
+    return ActionResult(detail=f"delivery {delivery_id} cancelled")

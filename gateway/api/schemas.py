@@ -25,6 +25,7 @@ __all__ = [
     "TimelineStep",
     "Timeline",
     "DeliveryAttemptOut",
+    "DeliveryEventOut",
     "DeliveryOut",
     "DeliveryPage",
     "AuditEventOut",
@@ -184,6 +185,14 @@ class DeliveryAttemptOut(_Out):
     sop_class_uid: str | None
 
 
+class DeliveryEventOut(_Out):
+    """A state change of a delivery (workflow.deliveries), with why."""
+
+    at: dt.datetime
+    state: str = Field(description="pending, sent, failed or cancelled")
+    detail: str | None
+
+
 class DeliveryOut(BaseModel):
     id: int
     study_instance_uid: str
@@ -198,7 +207,11 @@ class DeliveryOut(BaseModel):
     next_attempt_at: dt.datetime | None
     delivered_at: dt.datetime | None
     created_at: dt.datetime
+    last_error: str | None = Field(description="the last attempt's DIMSE status or network error, "
+                                               "e.g. 'connection refused (ECONNREFUSED) to 10.0.0.5:104'")
     attempts_log: list[DeliveryAttemptOut]
+    events: list[DeliveryEventOut] = Field(default_factory=list,
+                                           description="state changes, oldest first, with why")
 
 
 class DeliveryPage(BaseModel):

@@ -107,10 +107,13 @@ def dest_add(
 
 @dest_app.command("remove")
 def dest_remove(ctx: typer.Context, name: str) -> None:
-    """Remove a destination."""
-    with audited_change(ctx, "admin.destination.remove", {"name": name}, (admin.AdminError,)) as session:
-        admin.remove_destination(session, name)
-    typer.echo(f"removed destination {name}")
+    """Remove a destination; its pending and failed deliveries are cancelled ("destination NAME removed")."""
+    subject: dict[str, object] = {"name": name}
+    with audited_change(ctx, "admin.destination.remove", subject, (admin.AdminError,)) as session:
+        cancelled = admin.remove_destination(session, name)
+        subject["cancelled_deliveries"] = list(cancelled)
+    typer.echo(f"removed destination {name}" + (f"; {len(cancelled)} pending or failed deliveries to it "
+                                                 f"cancelled ({', '.join(map(str, cancelled))})" if cancelled else ""))
 
 
 @dest_app.command("test")

@@ -25,6 +25,7 @@ app.add_typer(study_app, name="study")
 
 def _add_groups() -> None:
     from gateway.cli.admin import ae_app, dest_app, route_app
+    from gateway.cli.deliveries import deliveries_app
 
     from gateway.cli.api import api_command, token_app
     from gateway.cli import evaluate  # noqa: F401  (defines `evaluate` on app)
@@ -32,6 +33,7 @@ def _add_groups() -> None:
     app.add_typer(ae_app, name="ae")
     app.add_typer(dest_app, name="dest")
     app.add_typer(route_app, name="route")
+    app.add_typer(deliveries_app, name="deliveries")
     app.add_typer(token_app, name="token")
     app.command("api")(api_command)
 
@@ -225,7 +227,8 @@ app.add_typer(jobs_app, name="jobs")
 @jobs_app.command("list")
 def jobs_list(
     ctx: typer.Context,
-    state: Annotated[Optional[str], typer.Option(help="only jobs in this state (e.g. dead, failed)")] = None,
+    state: Annotated[Optional[str], typer.Option(
+        help="only jobs in this state (e.g. dead, failed, delivery_failed)")] = None,
     limit: int = 50,
 ) -> None:
     """List the newest jobs with their state and last error."""

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from gateway import admin
 from gateway.api import hooks
-from common.models import Delivery, DeliveryState, Destination, Job, JobEvent, JobState
+from common.models import Delivery, DeliveryAttempt, DeliveryState, Destination, Job, JobEvent, JobState, utcnow
 from gateway.tokens import revoke_token
 
 from .conftest import Env
@@ -121,6 +121,11 @@ def test_retry_failed_delivery(client: TestClient, env: Env, hook_calls: list[in
     listed = client.get("/api/v1/admin/deliveries/failed", headers=h).json()
     assert {d["id"] for d in listed["items"]} == {d.id for d in rows.deliveries}
 
+    gone = client.post(f"/api/v1/admin/deliveries/{failed_id}/retry", headers=h)
+    assert gone.status_code == 409 and "destination 'PACS' no longer exists" in gone.json()["detail"]
+    with env.session() as s:
+        admin.add_destination(s, "PACS", "PACS", "127.0.0.1", 104)
+        s.commit()
     before = dt.datetime.now(dt.timezone.utc)
     r = client.post(f"/api/v1/admin/deliveries/{failed_id}/retry", headers=h)
     assert r.status_code == 200, r.text
@@ -134,7 +139,40 @@ def test_retry_failed_delivery(client: TestClient, env: Env, hook_calls: list[in
     assert client.post("/api/v1/admin/deliveries/999999/retry", headers=h).status_code == 404
     assert hook_calls == [failed_id]  # refused retries enqueue nothing
     retry = [e for e in env.audit_events() if e.action == "admin.delivery.retry"]
-    assert [e.outcome for e in retry] == ["success", "failure", "failure", "failure"]
+    assert [e.outcome for e in retry] == ["failure", "success", "failure", "failure", "failure"]
+
+
+def test_list_and_cancel_deliveries(client: TestClient, env: Env) -> None:
+    """Issue 17: every delivery by state, destination and study, with the exact error of each
+    attempt and its state changes; cancel as the CLI's (workflow.deliveries.cancel)."""
+    with env.session() as s:
+        failed = make_study(s, env.data_dir, delivery_state=DeliveryState.FAILED)
+        pending = make_study(s, env.data_dir, delivery_state=DeliveryState.PENDING)
+        s.commit()
+        failed_id, pending_id = failed.deliveries[0].id, pending.deliveries[0].id
+        s.add(DeliveryAttempt(delivery_id=failed_id, at=utcnow(), status=None,
+                              error="connection refused (ECONNREFUSED) to 10.0.0.5:104"))
+        s.commit()
+        pending_uid = pending.study.study_instance_uid
+    h = env.headers("admin")
+    page = client.get("/api/v1/admin/deliveries", params={"state": ["failed", "cancelled"]}, headers=h).json()
+    assert [d["id"] for d in page["items"]] == [d.id for d in failed.deliveries][::-1]
+    item = next(d for d in page["items"] if d["id"] == failed_id)
+    assert item["last_error"] == "connection refused (ECONNREFUSED) to 10.0.0.5:104"
+    assert item["attempts_log"][-1]["error"] == item["last_error"]
+    by_study = client.get("/api/v1/admin/deliveries", params={"study_instance_uid": pending_uid}, headers=h).json()
+    assert {d["id"] for d in by_study["items"]} == {d.id for d in pending.deliveries}
+    assert client.get("/api/v1/admin/deliveries", params={"state": "lost"}, headers=h).status_code == 422
+    assert client.get("/api/v1/admin/deliveries", params={"destination": "nowhere"}, headers=h).json()["items"] == []
+    assert client.get("/api/v1/admin/deliveries", headers=env.headers("auditor")).status_code == 403
+
+    assert client.post(f"/api/v1/admin/deliveries/{pending_id}/cancel", headers=h).status_code == 200
+    assert client.post(f"/api/v1/admin/deliveries/{pending_id}/cancel", headers=h).status_code == 409
+    cancelled = client.get("/api/v1/admin/deliveries", params={"state": "cancelled"}, headers=h).json()["items"]
+    assert [d["id"] for d in cancelled] == [pending_id]
+    assert [(e["state"], e["detail"]) for e in cancelled[0]["events"]][-1] == ("cancelled", "cancelled by alice-admin")
+    outcomes = [e.outcome for e in env.audit_events() if e.action == "admin.delivery.cancel"]
+    assert outcomes == ["success", "failure"]
 
 
 def test_retry_and_cancel_jobs(client: TestClient, env: Env) -> None:

@@ -160,7 +160,7 @@ def test_destination_down_then_back_retries_with_backoff(settings, tmp_path):
 
     first = deliver(settings, delivery_id)
     assert first.state is DeliveryState.PENDING
-    assert first.status is None and "pacs" in first.error
+    assert first.status is None and first.error == f"connection refused (ECONNREFUSED) to 127.0.0.1:{port}"
     assert first.retry_in_s == settings.sender.backoff_initial_s
     row = get_delivery(settings, delivery_id)
     assert row.attempts == 1 and row.next_attempt_at is not None
@@ -286,3 +286,128 @@ def test_deliver_on_postgresql(postgres_url, tmp_path):
     upgrade(postgres_url)
     settings = make_settings(tmp_path / "data", postgres_url)
     _two_workers_at_once(settings, tmp_path)
+
+
+# -- the exact failure of each attempt (issue 17) -------------------------------------------------
+
+def _one_attempt(settings, name: str, port: int, **kw) -> DeliveryAttempt:
+    add_destination(settings, name, port, **kw)
+    delivery_id = make_delivery(settings, name, name=f"{name}.dcm")
+    deliver(settings, delivery_id)
+    (attempt,) = attempts(settings, delivery_id)
+    return attempt
+
+
+def test_connection_refused_is_recorded_with_its_errno_and_pynetdicom_says_nothing(settings, caplog):
+    import logging
+
+    port = free_port()
+    with caplog.at_level(logging.WARNING):
+        attempt = _one_attempt(settings, "refusing", port)
+    assert attempt.status is None
+    assert attempt.error == f"connection refused (ECONNREFUSED) to 127.0.0.1:{port}"
+    # The sender's own line, with the same words; none of pynetdicom's ("TCP Initialisation Error").
+    assert [r.name for r in caplog.records if r.levelno >= logging.WARNING] == ["sender.scu"]
+    assert attempt.error in caplog.records[-1].getMessage()
+
+
+def test_a_connect_timeout_is_recorded_with_the_time_waited(settings_factory):
+    """A listener whose accept queue is full: Linux drops further SYNs, the connect times out."""
+    import socket
+
+    settings = settings_factory(node={"network_timeout_s": 1})
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):  # fill the accept queue (backlog 0 still takes one or two)
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        attempt = _one_attempt(settings, "silent", port)
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+    assert attempt.error == f"connection to 127.0.0.1:{port} timed out after 1 s"
+
+
+def test_no_answer_to_the_association_request_is_an_acse_timeout(settings_factory):
+    """A peer that accepts the TCP connection and never answers the A-ASSOCIATE-RQ."""
+    import socket
+
+    settings = settings_factory(node={"acse_timeout_s": 1})
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+    try:
+        attempt = _one_attempt(settings, "mute", port)
+    finally:
+        server.close()
+    assert attempt.error == (f"PACS@127.0.0.1:{port} did not answer the association request within 1 s "
+                             f"(ACSE timeout)")
+
+
+def test_a_rejected_association_is_recorded_with_result_source_and_reason(settings, tmp_path, caplog):
+    """DCMTK storescp --refuse answers every A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (PS3.8 9.3.4)."""
+    import logging
+
+    with storescp(tmp_path / "pacs", ae_title="PACS", extra_args=["--refuse"]) as pacs, \
+            caplog.at_level(logging.WARNING):
+        attempt = _one_attempt(settings, "refuser", pacs.port)
+    assert [r.name for r in caplog.records] == ["sender.scu"]  # not pynetdicom's three lines
+    assert attempt.error.startswith(f"association rejected by PACS@127.0.0.1:{pacs.port}: ")
+    assert attempt.error.endswith("No reason given (Rejected Permanent, source Service User)"), attempt.error
+
+
+def test_a_failure_status_is_recorded_with_its_meaning(settings):
+    """A Storage SCP out of resources answers 0xA700 (PS3.4 B.2.3) with an Error Comment."""
+    from pynetdicom import AE, evt
+
+    def on_store(event):
+        status = pydicom.Dataset()
+        status.Status = 0xA700
+        status.ErrorComment = "disk full"
+        return status
+
+    pacs = AE(ae_title="PACS")
+    pacs.add_supported_context(COMPREHENSIVE_SR)
+    server = pacs.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        attempt = _one_attempt(settings, "full", server.server_address[1])
+    finally:
+        server.shutdown()
+    assert (attempt.status, attempt.error) == (0xA700, "C-STORE status 0xA700 Refused: Out of Resources (disk full)")
+
+
+def test_repeated_failures_are_logged_once_then_summarised_then_recovered(settings, tmp_path, caplog):
+    """Issue 17: one unreachable destination is not an ERROR line per attempt."""
+    import logging
+
+    clock = [1000.0]
+    summary = sender.RepeatedFailures(logging.getLogger("sender.scu"), window_s=60, clock=lambda: clock[0])
+    previous, sender.FAILURES = sender.FAILURES, summary
+    port = free_port()
+    add_destination(settings, "pacs1", port)
+    try:
+        with caplog.at_level(logging.INFO, logger="sender.scu"):
+            for n in range(13):
+                deliver(settings, make_delivery(settings, "pacs1", name=f"{n}.dcm"))
+                clock[0] += 1
+            clock[0] += 60
+            deliver(settings, make_delivery(settings, "pacs1", name="late.dcm"))
+            with storescp(tmp_path / "pacs", ae_title="PACS", port=port) as pacs:
+                assert deliver(settings, make_delivery(settings, "pacs1", name="ok.dcm")).state is DeliveryState.SENT
+                pacs.wait_for_files(1)
+    finally:
+        sender.FAILURES = previous
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2, errors
+    assert errors[0].endswith(f"failed, next in 1 s: connection refused (ECONNREFUSED) to 127.0.0.1:{port}")
+    assert errors[1].startswith("13 more failures to pacs1 in the last 73 s; last: delivery ")
+    (recovered,) = [r.getMessage() for r in caplog.records if "recovered" in r.getMessage()]
+    assert recovered.startswith("pacs1 recovered: delivery ") and "after 14 failures (ECONNREFUSED)" in recovered

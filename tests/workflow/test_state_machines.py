@@ -18,6 +18,7 @@ from common.models import (
     Delivery,
     DeliveryEvent,
     DeliveryState,
+    Destination,
     Document,
     Job,
     JobEvent,
@@ -138,6 +139,9 @@ def test_every_delivery_state_and_action(session: Session, state: DeliveryState,
 
 def test_a_failed_delivery_retried_is_due_now_with_no_attempts(session: Session) -> None:
     delivery = _delivery(session, DeliveryState.FAILED)
+    with pytest.raises(deliveries.DestinationMissingError, match="destination 'pacs' no longer exists"):
+        deliveries.retry(session, delivery.id, "alice")  # it could only fail again
+    session.add(Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=104))
     retried = deliveries.retry(session, delivery.id, "alice")
     assert (retried.state, retried.attempts) == (DeliveryState.PENDING, 0)
     assert retried.next_attempt_at is not None
