@@ -352,16 +352,27 @@ def test_no_answer_to_the_association_request_is_an_acse_timeout(settings_factor
                              f"(ACSE timeout)")
 
 
-def test_a_rejected_association_is_recorded_with_result_source_and_reason(settings, tmp_path, caplog):
-    """DCMTK storescp --refuse answers every A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (PS3.8 9.3.4)."""
+def test_a_rejected_association_is_recorded_with_result_source_and_reason(settings, caplog):
+    """A Storage SCP that knows itself by another AE title answers with an A-ASSOCIATE-RJ
+    (PS3.8 9.3.4: rejected-permanent, service-user, called AE title not recognised)."""
     import logging
 
-    with storescp(tmp_path / "pacs", ae_title="PACS", extra_args=["--refuse"]) as pacs, \
-            caplog.at_level(logging.WARNING):
-        attempt = _one_attempt(settings, "refuser", pacs.port)
-    assert [r.name for r in caplog.records] == ["sender.scu"]  # not pynetdicom's three lines
-    assert attempt.error.startswith(f"association rejected by PACS@127.0.0.1:{pacs.port}: ")
-    assert attempt.error.endswith("No reason given (Rejected Permanent, source Service User)"), attempt.error
+    from pynetdicom import AE
+
+    pacs = AE(ae_title="OTHER")
+    pacs.require_called_aet = True
+    pacs.add_supported_context(COMPREHENSIVE_SR)
+    server = pacs.start_server(("127.0.0.1", 0), block=False)
+    port = server.server_address[1]
+    try:
+        with caplog.at_level(logging.WARNING):
+            attempt = _one_attempt(settings, "refuser", port)
+    finally:
+        server.shutdown()
+    assert attempt.error == (f"association rejected by PACS@127.0.0.1:{port}: Called AE title not recognised "
+                             f"(Rejected Permanent, source Service User)")
+    assert [r.name for r in caplog.records if r.levelno >= logging.WARNING
+            and r.threadName == "MainThread"] == ["sender.scu"]  # not pynetdicom's three lines
 
 
 def test_a_failure_status_is_recorded_with_its_meaning(settings):
