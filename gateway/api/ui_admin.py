@@ -26,6 +26,7 @@ from .hooks import enqueue_delivery
 from .operations import (
     ActionNotAllowedError,
     DeliveryNotFoundError,
+    DestinationMissingError,
     JobNotFoundError,
     cancel_job,
     retry_delivery,
@@ -60,7 +61,7 @@ def _act(session: Session, principal: Principal, request: Request, action: str,
     try:
         fn()
     except (admin.AdminError, JobNotFoundError, DeliveryNotFoundError,
-            ActionNotAllowedError) as exc:
+            ActionNotAllowedError, DestinationMissingError) as exc:
         session.rollback()
         audit_request(session, principal, action,
                       query_text(request.url.path, method="POST", error=str(exc)),
@@ -415,7 +416,7 @@ def ui_disable(request: Request, kind: str, name: str, csrf: str = Form(""),
 
 # -- removal, confirmed -------------------------------------------------------------------------
 
-_REMOVERS: dict[str, tuple[str, Callable[[Session, str], None], str, str]] = {
+_REMOVERS: dict[str, tuple[str, Callable[[Session, str], object], str, str]] = {
     "destinations": ("admin.destination.remove", admin.remove_destination, "destination",
                      _DESTINATIONS),
     "calling-aes": ("admin.calling_ae.remove", admin.remove_calling_ae, "calling AE title",
@@ -428,11 +429,13 @@ def _consequences(session: Session, kind: str, name: str) -> Sequence[str]:
     if kind == "destinations":
         pending = session.scalar(
             select(Delivery.id).where(Delivery.destination_name == name,
-                                      Delivery.state == DeliveryState.PENDING).limit(1))
+                                      Delivery.state.in_([DeliveryState.PENDING,
+                                                          DeliveryState.FAILED])).limit(1))
         out = ["Routing stops sending results of new studies to it."]
         if pending is not None:
-            out.append("It still has deliveries waiting to be sent; they cannot be sent once it "
-                       "is removed.")
+            out.append("It still has deliveries not sent (pending or failed); they are cancelled with the "
+                       "reason \"destination removed\" (an administrator may retry them once a "
+                       "destination of that name exists again).")
         return out
     if kind == "calling-aes":
         return ["If it is the last calling AE title, the allow-list is empty again."]
