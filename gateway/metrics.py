@@ -1,5 +1,9 @@
 """Prometheus metrics, read from the database at scrape time.
 
+Delivery metrics carry the ``destination`` label (one unreachable PACS shows as its own series):
+``medrega_delivery_attempts_total{destination,category}``, ``medrega_delivery_failures_total``,
+``medrega_deliveries{destination,state}`` and ``medrega_delivery_seconds``.
+
 The node, the dispatcher and any number of workers (on several hosts) all record into the
 database, so a collector that reads the database gives one consistent picture without
 multi-process counter files. Exposed by ``serve`` on ``node.metrics_port`` (``/metrics``), bound
@@ -16,9 +20,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select
 
 from common.db import session_factory
-from common.dimse_status import is_stored
+from common.dimse_status import category, is_stored
 from common.models import (
+    Delivery,
     DeliveryAttempt,
+    DeliveryState,
     Instance,
     Job,
     JobEvent,
@@ -56,12 +62,55 @@ class GatewayCollector(Collector):
             for state, count in s.execute(select(Job.state, func.count()).group_by(Job.state)):
                 depth.add_metric([state.value], count)
             yield depth
-            failures = CounterMetricFamily("medrega_delivery_failures", "C-STORE attempts that did not succeed")
-            by_status = s.execute(select(DeliveryAttempt.status, func.count()).group_by(DeliveryAttempt.status))
-            failures.add_metric([], sum(count for status, count in by_status if not is_stored(status)))
-            yield failures
+            yield from self._deliveries(s)
             yield self._inference(s)
             yield self._stages(s)
+
+    def _deliveries(self, s) -> Iterator:
+        """Per destination: attempts by outcome (DIMSE status category, PS3.7 C.4), failures,
+        deliveries by state, and the time from a document written to its destination's answer."""
+        attempts = CounterMetricFamily(
+            "medrega_delivery_attempts",
+            "C-STORE attempts by destination and outcome: the DIMSE status category (Success, Warning, "
+            "Failure, Cancel, Pending, Unknown) or NoStatus (no response: network or association error)",
+            labels=["destination", "category"])
+        failures = CounterMetricFamily("medrega_delivery_failures", "C-STORE attempts that did not succeed",
+                                       labels=["destination"])
+        by_category: dict[tuple[str, str], int] = {}
+        failed: dict[str, int] = {}
+        for name, status, count in s.execute(
+            select(Delivery.destination_name, DeliveryAttempt.status, func.count())
+            .join(Delivery, Delivery.id == DeliveryAttempt.delivery_id)
+            .group_by(Delivery.destination_name, DeliveryAttempt.status)
+        ):
+            key = (name, category(status) if status is not None else "NoStatus")
+            by_category[key] = by_category.get(key, 0) + count
+            failed[name] = failed.get(name, 0) + (0 if is_stored(status) else count)
+        for labels, count in sorted(by_category.items()):
+            attempts.add_metric(list(labels), count)
+        for name, count in sorted(failed.items()):
+            failures.add_metric([name], count)
+        yield attempts
+        yield failures
+        states = GaugeMetricFamily("medrega_deliveries", "Deliveries by destination and state "
+                                   "(pending, sent, failed, cancelled)", labels=["destination", "state"])
+        for name, state, count in s.execute(select(Delivery.destination_name, Delivery.state, func.count())
+                                            .group_by(Delivery.destination_name, Delivery.state)):
+            states.add_metric([name, DeliveryState(state).value], count)
+        yield states
+        since = utcnow() - dt.timedelta(days=1)
+        per_destination: dict[str, list[float]] = {}
+        for name, created, delivered in s.execute(
+            select(Delivery.destination_name, Delivery.created_at, Delivery.delivered_at)
+            .where(Delivery.delivered_at >= since)
+        ):
+            per_destination.setdefault(name, []).append((delivered - created).total_seconds())
+        seconds = HistogramMetricFamily("medrega_delivery_seconds", "Document written to stored by the "
+                                        "destination, by destination (last day)", labels=["destination"])
+        for name, values in sorted(per_destination.items()):
+            buckets, total = _buckets(values)
+            seconds.add_metric([name], buckets, total)
+        yield seconds
 
     def _inference(self, s) -> HistogramMetricFamily:
         durations = s.scalars(select(ModelRun.duration_s).order_by(ModelRun.id.desc()).limit(10000)).all()

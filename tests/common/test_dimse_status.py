@@ -33,4 +33,4 @@ def test_metrics_count_as_failures_what_the_sender_counts_as_not_sent(sqlite_url
             session.add(DeliveryAttempt(delivery_id=delivery.id, at=utcnow(), status=status))
         session.commit()
     text = generate_latest(make_registry(sqlite_url)).decode()
-    assert "medrega_delivery_failures_total 2.0" in text
+    assert 'medrega_delivery_failures_total{destination="pacs"} 2.0' in text
