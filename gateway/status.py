@@ -163,9 +163,11 @@ def check_queue(settings: Settings) -> list[Check]:
 
     with session_scope(settings.database_url) as session:
         jobs = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
-        deliveries = session.execute(
-            select(Delivery.state, Delivery.attempts > 0, func.count())
-            .group_by(Delivery.state, Delivery.attempts > 0)).all()
+        # Grouped by the attempts themselves: PostgreSQL refuses ``attempts > 0`` in both the select
+        # list and GROUP BY (each gets its own bound parameter).
+        deliveries = [(state, attempts > 0, n) for state, attempts, n in session.execute(
+            select(Delivery.state, Delivery.attempts, func.count())
+            .group_by(Delivery.state, Delivery.attempts)).all()]
     n = {JobState(k).value: v for k, v in jobs.items()}
     waiting = n.get("pending", 0) + n.get("queued", 0)
     due = sum(c for state, tried, c in deliveries if DeliveryState(state) == DeliveryState.PENDING and not tried)

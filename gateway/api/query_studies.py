@@ -358,15 +358,17 @@ def study_activity(session: Session, study_instance_uids: Sequence[str]) -> dict
     ):
         jobs[uid].append((job_id, version, JobState(job_state).value))
     deliveries: dict[str, dict[str, int]] = defaultdict(dict)
-    for uid, state, tried, n in session.execute(
-        select(Study.study_instance_uid, Delivery.state, Delivery.attempts > 0, func.count())
+    # Grouped by the attempts themselves (few values): PostgreSQL refuses ``attempts > 0`` in both
+    # the select list and GROUP BY, each with its own bound parameter.
+    for uid, state, attempts, n in session.execute(
+        select(Study.study_instance_uid, Delivery.state, Delivery.attempts, func.count())
         .join(Job, Job.study_id == Study.id).join(Document, Document.job_id == Job.id)
         .join(Delivery, Delivery.document_id == Document.id)
         .where(Study.study_instance_uid.in_(uids))
-        .group_by(Study.study_instance_uid, Delivery.state, Delivery.attempts > 0)
+        .group_by(Study.study_instance_uid, Delivery.state, Delivery.attempts)
     ):
         value = DeliveryState(state).value
-        key = "retrying" if value == DeliveryState.PENDING.value and tried else value
+        key = "retrying" if value == DeliveryState.PENDING.value and attempts > 0 else value
         deliveries[uid][key] = deliveries[uid].get(key, 0) + n
     findings = dict(session.execute(
         select(Study.study_instance_uid, func.count(Finding.id))

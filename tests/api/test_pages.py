@@ -461,3 +461,23 @@ def test_root_leads_to_the_pages_and_docs_use_shipped_assets(app: FastAPI) -> No
             assert got.status_code == 200 and len(got.content) > 10_000
         assert '"validatorUrl": null' in docs.text
         assert c.get("/ui/static/favicon.svg").status_code == 200
+
+
+@pytest.mark.postgres
+def test_studies_and_health_pages_on_postgresql(pg_env: Env) -> None:
+    """The grouped queries of the studies list and the queue check run on PostgreSQL too."""
+    from gateway.api.app import create_app
+
+    with pg_env.session() as s:
+        retrying = make_study(s, pg_env.data_dir, delivery_state=DeliveryState.PENDING)
+        for dl in retrying.deliveries:
+            dl.attempts = 2
+        make_study(s, pg_env.data_dir, delivery_state=DeliveryState.FAILED)
+        _bare_study(s, 1)
+        s.commit()
+    with _browser(create_app(pg_env.settings), pg_env.auditor_token) as c:
+        studies = c.get("/ui/studies")
+        health = c.get("/ui/health")
+    assert studies.status_code == 200 and "2 retrying" in studies.text and "2 failed" in studies.text
+    assert studies.text.count('class="study-link"') == 3
+    assert health.status_code == 200 and "0 due, 2 waiting for a retry, 2 failed" in health.text
