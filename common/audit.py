@@ -69,6 +69,8 @@ class _Code:
 # PS3.16 CID 400-403 / PS3.15 A.5.3 event identification by action prefix.
 _QUERY = (_Code("110112", "DCM", "Query"), "E")
 _ACCESSED = (_Code("110103", "DCM", "DICOM Instances Accessed"), "R")
+#: PS3.15 A.5.3.2: instances deleted (spool retention removing a study's images).
+_DELETED = (_Code("110103", "DCM", "DICOM Instances Accessed"), "D")
 _EXPORT = (_Code("110106", "DCM", "Export"), "R")
 _AUDIT_USED = (_Code("110101", "DCM", "Audit Log Used"), "R")
 _CONFIG = (_Code("110113", "DCM", "Security Alert"), "U")
@@ -89,6 +91,8 @@ def _event_identity(action: str) -> tuple[_Code, str, _Code | None]:
         return (*_EXPORT, None)
     if action.endswith(".search") or action.endswith(".list"):
         return (*_QUERY, None)
+    if action.endswith(".prune"):
+        return (*_DELETED, None)
     if (action.startswith(("admin.job", "admin.delivery", "status.")) or action == "evaluation.run"
             or action.endswith(".echo")):
         return (*_ACTIVITY, None)

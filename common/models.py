@@ -191,6 +191,9 @@ class Study(Base):
     first_received_at: Mapped[dt.datetime] = _ts()
     last_received_at: Mapped[dt.datetime] = _ts()
     completed_at: Mapped[dt.datetime | None] = _ts(nullable=True, default=False)
+    #: When spool retention (``storage.retention_days``, :mod:`workflow.retention`) last removed
+    #: the study's images; its rows stay. None: every instance's file is in the spool.
+    images_pruned_at: Mapped[dt.datetime | None] = _ts(nullable=True, default=False)
 
     series: Mapped[list["Series"]] = relationship(back_populates="study")
     instances: Mapped[list["Instance"]] = relationship(back_populates="study")
@@ -247,6 +250,8 @@ class Instance(Base):
     received_at: Mapped[dt.datetime] = _ts()
     #: Times an identical copy was received again (re-sent instance, not processed twice).
     duplicate_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: When spool retention removed the file at ``path`` (the row is kept); None: it is there.
+    pruned_at: Mapped[dt.datetime | None] = _ts(nullable=True, default=False)
 
     study: Mapped[Study] = relationship(back_populates="instances")
     series: Mapped[Series] = relationship(back_populates="instances")
@@ -264,6 +269,8 @@ class QuarantinedInstance(Base):
     peer_address: Mapped[str | None] = mapped_column(String(64))
     affected_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
     received_at: Mapped[dt.datetime] = _ts()
+    #: When ``storage.quarantine_retention_days`` removed the file at ``path``; None: it is there.
+    pruned_at: Mapped[dt.datetime | None] = _ts(nullable=True, default=False)
 
 
 class InstanceReplacement(Base):
@@ -290,6 +297,8 @@ class InstanceReplacement(Base):
     kept_path: Mapped[str | None] = mapped_column(String(512))
     calling_ae_title: Mapped[str | None] = mapped_column(AE)
     replaced_at: Mapped[dt.datetime] = _ts()
+    #: When spool retention removed the kept bytes at ``kept_path``; None: they are there.
+    pruned_at: Mapped[dt.datetime | None] = _ts(nullable=True, default=False)
 
     @property
     def moved(self) -> bool:

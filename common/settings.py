@@ -176,6 +176,17 @@ class StorageSettings(_Section):
     data_dir: Path = Field(Path("./var"), description=(
         "Folder of the spool, results, quarantine, embedded database and broker. A relative path is "
         "relative to the config file (to the current directory without one)."))
+    retention_days: int = Field(30, ge=0, description=(
+        "Days after a study's results were delivered to every destination after which its received "
+        "instances (spool/) and the instances they replaced (replaced/) are removed from the spool; "
+        "the study's rows, findings and SRs stay. Never earlier, and never while a job of the study "
+        "is unfinished or a delivery pending or failed; studies only stored (no job) are kept. "
+        "0 keeps them for ever. The default, 30, leaves a month to check or re-run a result: the "
+        "gateway is not an archive, the sending PACS keeps the originals. Applied hourly by serve "
+        "and by `medrega-gateway spool prune`."))
+    quarantine_retention_days: int = Field(0, ge=0, description=(
+        "Days after which objects in quarantine/ (received but refused) are removed, their rows "
+        "kept; 0 keeps them for ever (the default: they are evidence of what a caller sent)."))
 
 
 #: Database URL schemes the gateway supports (SQLAlchemy dialect[+driver]).

@@ -32,6 +32,7 @@ from common.models import (
     QuarantinedInstance,
     utcnow,
 )
+from workflow.retention import spool_bytes
 
 __all__ = ["GatewayCollector", "make_registry", "start_metrics_server", "STAGE_BUCKETS"]
 
@@ -50,6 +51,13 @@ class GatewayCollector(Collector):
             yield CounterMetricFamily("medrega_received_bytes", "Bytes of instances stored", value=size)
             dup = s.scalar(select(func.coalesce(func.sum(Instance.duplicate_count), 0)))
             yield CounterMetricFamily("medrega_instances_duplicate", "Identical instances received again", value=dup)
+            held = GaugeMetricFamily(
+                "medrega_spool_bytes", "Bytes of received instances held in the data folder, by area "
+                "(spool: filed instances; replaced: bytes a changed re-send replaced); retention "
+                "(storage.retention_days) lowers it", labels=["area"])
+            for area, size in spool_bytes(s).items():
+                held.add_metric([area], size)
+            yield held
             rejected = CounterMetricFamily("medrega_instances_rejected", "Instances quarantined, by reason",
                                            labels=["reason"])
             # Grouped by the label: PostgreSQL sees two substr() with their own bound parameters

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
 
 from workflow.assembler import complete_stable_studies
 from common.db import session_factory
+from common import audit
 from common.models import Delivery, Job
 from common.settings import Settings
+from workflow.retention import prune_spool
 
 from .app import CPU_QUEUE, gpu_queue
 from common.holds import hold_point
@@ -33,7 +38,12 @@ from workflow.outbox import (
     resume_inferred_jobs,
 )
 
-__all__ = ["Dispatcher", "DispatchPass"]
+__all__ = ["Dispatcher", "DispatchPass", "RETENTION_INTERVAL_S", "RETENTION_ACTOR"]
+
+#: How often the loop applies spool retention (storage.retention_days): hourly, and at start.
+RETENTION_INTERVAL_S = 3600.0
+#: The audit trail's actor of the removals ``serve`` makes by itself.
+RETENTION_ACTOR = "medrega-gateway serve (storage.retention_days)"
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,7 @@ class DispatchPass:
     jobs_requeued: int = 0
     jobs_published: int = 0
     deliveries_published: int = 0
+    files_pruned: int = 0
     broker_error: str | None = None
 
 
@@ -55,6 +66,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._published_deliveries: RecentlyPublished = {}
+        self._next_retention = 0.0  # monotonic time of the next retention pass: the first pass
 
     def publish_job(self, job: Job) -> None:
         """Give a job's task to the broker (the GPU queue, the job's priority)."""
@@ -88,7 +100,31 @@ class Dispatcher:
                 session.rollback()
                 result.broker_error = f"{type(exc).__name__}: {exc}"
                 log.warning("broker unavailable, will retry: %s", result.broker_error)
+            if time.monotonic() >= self._next_retention:
+                self._next_retention = time.monotonic() + RETENTION_INTERVAL_S
+                result.files_pruned = self._apply_retention(session)
         return result
+
+    def _apply_retention(self, session: Session) -> int:
+        """Remove what ``storage.retention_days`` allows (:mod:`workflow.retention`); the removal
+        is audited like ``medrega-gateway spool prune``'s, with this process as the actor."""
+        storage = self.settings.storage
+        if not storage.retention_days and not storage.quarantine_retention_days:
+            return 0
+        report = prune_spool(session, self.settings.data_dir, storage.retention_days,
+                             storage.quarantine_retention_days)
+        if report.removed_anything:
+            subject = {"retention_days": storage.retention_days,
+                       "quarantine_retention_days": storage.quarantine_retention_days,
+                       "studies": [s.study_instance_uid for s in report.studies][:1000],
+                       "files": report.files + report.quarantine_files,
+                       "bytes": report.bytes + report.quarantine_bytes}
+            audit.record(session, actor=RETENTION_ACTOR, role="system", action="spool.prune",
+                         query=audit.query_text("medrega-gateway serve", subject=subject))
+            session.commit()
+            log.info("retention: removed %d files (%d bytes) of %d studies, %d quarantined files",
+                     report.files, report.bytes, len(report.studies), report.quarantine_files)
+        return report.files + report.quarantine_files
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -43,6 +43,7 @@ from common.models import (
 )
 
 from workflow.jobs import JobAction, transition
+from workflow.retention import pruned_message
 from workflow.states import TransitionError
 
 from .app import CPU_QUEUE, celery_app, settings
@@ -172,6 +173,7 @@ def _infer(job_id: int) -> None:
         ]
         instance_ids = {row.sop_instance_uid: row.id for row in rows}
         study_uid, version = study.study_instance_uid, job.study_version
+        pruned = [row.pruned_at for row in rows if row.pruned_at is not None]
         uid_root = installation_uid_root(session)
         if not rows:
             # Every instance moved to another study after the job was made (a changed re-send,
@@ -180,6 +182,8 @@ def _infer(job_id: int) -> None:
                        detail="no instances left in the study (moved to other studies)")
     if not rows:
         raise StudyEmptyError(f"job {job_id}: study {study_uid} has no instances left")
+    if pruned:  # storage.retention_days removed them: retrying cannot bring them back
+        raise PermanentJobError(f"job {job_id}: {pruned_message(study_uid, max(pruned))}")
 
     hold_point("job.running")
     backend = load_backend(cfg.model)

@@ -27,6 +27,7 @@ from common.logs import log_context
 from common.models import Instance, Job, Study, StudyState, utcnow
 
 from .jobs import JobAction, transition
+from .retention import check_not_pruned
 
 __all__ = ["StudyNotFoundError", "stable_studies", "complete_study", "complete_stable_studies"]
 
@@ -127,4 +128,5 @@ def process_now(session: Session, study_instance_uid: str) -> Job | None:
     study = session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
     if study is None:
         raise StudyNotFoundError(f"no study {study_instance_uid} has been received")
+    check_not_pruned(session, study.id)  # ImagesPrunedError: nothing left for the model to read
     return complete_study(session, study, force=True)

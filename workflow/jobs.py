@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from common.models import Job, JobEvent, JobState, utcnow
 
 from . import states
+from .retention import check_not_pruned
 from .states import RowNotFoundError
 
 __all__ = ["JobAction", "TRANSITIONS", "RECORDED_AS", "transition", "allowed_from", "retry", "cancel",
@@ -148,7 +149,14 @@ def transition(
 
 
 def retry(session: Session, job_id: int, actor: str) -> Job:
-    """An administrator's retry (CLI and API): back to ``pending``, attempts and error cleared."""
+    """An administrator's retry (CLI and API): back to ``pending``, attempts and error cleared.
+
+    Refused with :class:`~workflow.retention.ImagesPrunedError` when retention removed the
+    study's images (the job could only die).
+    """
+    job = session.get(Job, job_id)
+    if job is not None:
+        check_not_pruned(session, job.study_id)
     transition(session, job_id, JobAction.RETRY, detail=f"retried by {actor}",
                attempts=0, error=None, published_at=None)
     return _loaded(session, job_id)

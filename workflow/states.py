@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 State = TypeVar("State", bound=enum.Enum)
 Action = TypeVar("Action", bound=enum.Enum)
 
-__all__ = ["TransitionError", "RowNotFoundError", "TransitionNotAllowedError", "StateChangedError",
+__all__ = ["TransitionError", "RowNotFoundError", "ActionRefusedError", "TransitionNotAllowedError",
+           "StateChangedError",
            "allowed_from", "perform", "expire_loaded"]
 
 
@@ -29,7 +30,11 @@ class RowNotFoundError(TransitionError, LookupError):
     """No job or delivery has this id."""
 
 
-class TransitionNotAllowedError(TransitionError):
+class ActionRefusedError(TransitionError):
+    """An administrator's action is refused by a rule of the work it acts on (the API answers 409)."""
+
+
+class TransitionNotAllowedError(ActionRefusedError):
     """The row's current state does not allow the action (the API answers 409)."""
 
     def __init__(self, what: str, row_id: int, state: enum.Enum | None, action: enum.Enum,

@@ -3,7 +3,8 @@
 The rules are the state machines' (:mod:`workflow.jobs`, :mod:`workflow.deliveries`), so the API,
 the pages and the CLI allow the same actions. Each function changes rows in the caller's session
 (the caller commits, then calls :func:`gateway.api.hooks.enqueue_delivery` for a retried
-delivery) and raises :class:`ActionNotAllowedError` when the row's state does not allow the action.
+delivery) and raises :class:`ActionNotAllowedError` when the row's state does not allow the action,
+or when a rule of the work refuses it (a study whose images retention removed cannot be re-run).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from common.models import Delivery, Job
 from workflow import deliveries, jobs
 from workflow.deliveries import DeliveryNotFoundError, DestinationMissingError
 from workflow.jobs import JobNotFoundError
-from workflow.states import TransitionNotAllowedError as ActionNotAllowedError
+from workflow.states import ActionRefusedError as ActionNotAllowedError
 
 __all__ = [
     "JobNotFoundError",

@@ -31,6 +31,8 @@ from common.models import (
     Study,
     as_utc,
 )
+from workflow.retention import pruned_message
+
 from .pagination import after_cursor, encode_cursor
 from .query_findings import FindingFilters, search_findings
 from .schemas import (
@@ -107,6 +109,9 @@ def study_out(study: Study, modalities: Sequence[str], instance_count: int,
         completed_at=study.completed_at,
         modalities=sorted({m for m in modalities if m}),
         instance_count=instance_count,
+        images_pruned_at=study.images_pruned_at,
+        images_note=(pruned_message(study.study_instance_uid, study.images_pruned_at)
+                     if study.images_pruned_at else None),
         patient_id=study.patient_id if show_identifiers else None,
         patient_name=study.patient_name if show_identifiers else None,
         accession_number=study.accession_number if show_identifiers else None,

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.models import Instance
+from workflow.retention import pruned_message
 from common.uids import UID_MAXIMUM_LENGTH, UID_PATTERN
 from .auditing import audit_request, query_text
 from .auth import Principal, get_session, get_settings, require_reader
@@ -215,6 +216,8 @@ def annotated_image(
     try:
         if instance is None:
             raise ImageNotAvailableError(f"study has no instance {sop_instance_uid}")
+        if instance.pruned_at is not None:
+            raise ImageNotAvailableError(pruned_message(study_instance_uid, instance.pruned_at))
         file = resolve_spool_path(get_settings(request).data_dir, instance.path)
         findings, _ = search_findings(
             session, FindingFilters(study_instance_uid=study_instance_uid), limit=1000,

@@ -145,6 +145,11 @@ class StudyOut(PatientIdentifiers):
     completed_at: dt.datetime | None
     modalities: list[str]
     instance_count: int
+    #: When spool retention (storage.retention_days) removed the study's images; None: they are
+    #: in the spool. The rows, findings and SRs stay; the study cannot be processed again.
+    images_pruned_at: dt.datetime | None = None
+    #: The sentence that says so ("the images of study ... were removed by retention on ..."), or None.
+    images_note: str | None = None
 
 
 class StudyPage(BaseModel):

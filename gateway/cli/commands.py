@@ -114,13 +114,14 @@ def db_current(ctx: typer.Context) -> None:
 def study_process(ctx: typer.Context, study_instance_uid: str) -> None:
     """Treat a study as complete now and queue a new version of its results."""
     from workflow.assembler import StudyNotFoundError, process_now
+    from workflow.retention import ImagesPrunedError
 
     settings = get_settings(ctx)
     _ready(ctx, settings)
     with db.session_scope(settings.database_url) as session:
         try:
             job = process_now(session, study_instance_uid)
-        except StudyNotFoundError as exc:
+        except (StudyNotFoundError, ImagesPrunedError) as exc:
             fail(str(exc))
         if job is None:
             typer.echo("no job created: routing rules say this study is only stored, or it has no instances")
@@ -274,6 +275,59 @@ def jobs_retry(ctx: typer.Context, job_id: int) -> None:
 def jobs_cancel(ctx: typer.Context, job_id: int) -> None:
     """Cancel a job that no worker holds (pending, queued, failed or dead)."""
     _job_action(ctx, job_id, "cancel")
+
+
+spool_app = typer.Typer(help="The spool of received instances: retention (storage.retention_days).",
+                        no_args_is_help=True)
+app.add_typer(spool_app, name="spool")
+
+
+def _mb(n: int) -> str:
+    return f"{n} bytes ({n / 1e6:.1f} MB)"
+
+
+@spool_app.command("prune")
+def spool_prune(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be removed; remove nothing")] = False,
+) -> None:
+    """Remove the images of studies delivered more than storage.retention_days ago (and the
+    instances they replaced); quarantine after storage.quarantine_retention_days. `serve` does
+    the same every hour. The studies' rows, findings and SRs stay."""
+    from sqlalchemy.orm import Session
+
+    from workflow.retention import PruneReport, prune_spool
+
+    settings = get_settings(ctx)
+    ensure_schema(ctx)
+    storage = settings.storage
+
+    def run(session: Session) -> PruneReport:
+        return prune_spool(session, settings.data_dir, storage.retention_days,
+                           storage.quarantine_retention_days, dry_run=dry_run)
+
+    if storage.retention_days == 0:
+        typer.echo("storage.retention_days = 0: studies' images are kept for ever")
+    if dry_run:
+        with db.session_scope(settings.database_url) as session:
+            report = run(session)
+    else:
+        subject: dict[str, object] = {"retention_days": storage.retention_days,
+                                      "quarantine_retention_days": storage.quarantine_retention_days}
+        with audited_change(ctx, "admin.spool.prune", subject) as session:
+            report = run(session)
+            subject.update(studies=[s.study_instance_uid for s in report.studies][:1000],
+                           files=report.files + report.quarantine_files,
+                           bytes=report.bytes + report.quarantine_bytes)
+    verb = "would remove" if dry_run else "removed"
+    for study in report.studies:
+        typer.echo(f"{study.study_instance_uid}  delivered {study.delivered_at:%Y-%m-%d %H:%M} UTC  "
+                   f"{study.files} files  {study.bytes} bytes")
+    typer.echo(f"{verb} {report.files} files, {_mb(report.bytes)} of {len(report.studies)} studies "
+               f"delivered more than {storage.retention_days} days ago")
+    if storage.quarantine_retention_days:
+        typer.echo(f"{verb} {report.quarantine_files} quarantined files, {_mb(report.quarantine_bytes)} "
+                   f"older than {storage.quarantine_retention_days} days")
 
 
 @app.command("status")

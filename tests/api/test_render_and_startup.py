@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from pathlib import Path
 
@@ -88,3 +89,34 @@ def test_app_refuses_a_database_that_is_behind(tmp_path: Path) -> None:
     settings = make_settings(f"sqlite:///{tmp_path / 'old.db'}", tmp_path)
     with pytest.raises(SchemaNotCurrentError, match="db upgrade"):
         create_app(settings)
+
+
+def test_a_study_whose_images_retention_removed_says_so(client: TestClient, env: Env) -> None:
+    """The API's study, the annotated image and the study page say "images removed by retention on
+    <date>" (issue 17); the findings stay."""
+    from gateway.api.ui import COOKIE_NAME
+    from workflow.retention import prune_spool
+
+    with env.session() as s:
+        rows = make_study(s, env.data_dir)
+        s.commit()
+        uid, sop = rows.study.study_instance_uid, rows.instance.sop_instance_uid
+        spool_file = env.data_dir / rows.instance.path
+        assert spool_file.is_file()
+        report = prune_spool(s, env.data_dir, 30, now=rows.study.first_received_at + dt.timedelta(days=31))
+    assert [p.study_instance_uid for p in report.studies] == [uid] and report.files == 1
+    assert not spool_file.exists()
+
+    study = client.get(f"/api/v1/studies/{uid}", headers=env.headers()).json()["study"]
+    assert study["images_pruned_at"].startswith(
+        (rows.study.first_received_at + dt.timedelta(days=31)).strftime("%Y-%m-%dT%H:%M"))
+    assert study["images_note"].startswith(f"the images of study {uid} were removed by retention on")
+    r = client.get(f"/api/v1/studies/{uid}/instances/{sop}/annotated.png", headers=env.headers())
+    assert r.status_code == 404 and "removed by retention on" in r.json()["detail"]
+    assert client.get("/api/v1/findings", params={"study_instance_uid": uid},
+                      headers=env.headers()).json()["items"]  # the findings are kept
+
+    page = TestClient(client.app)
+    page.cookies.set(COOKIE_NAME, env.auditor_token)
+    html = page.get(f"/ui/studies/{uid}").text
+    assert "images removed by retention on" in html and f"instances/{sop}.png" not in html
