@@ -495,5 +495,5 @@ def _record(settings: Settings, delivery_id: int, outcome: _Outcome) -> Delivery
         delay = backoff_s(settings, delivery.attempts)
         delivery.next_attempt_at = now + dt.timedelta(seconds=delay)
         FAILURES.failed(name, outcome.kind, f"delivery {delivery_id} to {name} attempt {delivery.attempts} "
-                                            f"failed, next in {delay:.0f} s: {error}")
+                                            f"failed, next in {delay:g} s: {error}")
         return DeliveryResult(DeliveryState.PENDING, outcome.status, outcome.error, delay, outcome.sop_class_uid)

@@ -13,11 +13,16 @@ delivered again (after the broker's visibility timeout); the tasks themselves ar
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
+from typing import Any
+
+from celery import Celery, signals
 
 from common.settings import Settings
 
-__all__ = ["celery_app", "configure", "settings", "gpu_queue", "CPU_QUEUE", "NotConfiguredError"]
+__all__ = ["celery_app", "configure", "settings", "gpu_queue", "CPU_QUEUE", "NotConfiguredError", "json_logs"]
+
+log = logging.getLogger(__name__)
 
 CPU_QUEUE = "cpu"
 
@@ -68,6 +73,54 @@ def configure(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     return celery_app
+
+
+def json_logs() -> bool:
+    """True when this process logs JSON lines (``logging.format = "json"``)."""
+    return _settings is not None and _settings.logging.format == "json"
+
+
+# -- Celery's own output in the gateway's log format ----------------------------------------------
+# The gateway configures logging itself (common.logs.configure_logging, before the worker starts):
+# a receiver of ``setup_logging`` tells Celery to configure none (no handler, format or stdout
+# redirection of its own; worker_hijack_root_logger is off too), so Celery's records go through the
+# gateway's handler, JSON or text. With JSON, Celery's prints to stdout go as well: the worker runs
+# quiet (no banner; workers.embedded logs one line instead) and its shutdown and Ctrl+C messages
+# become log records.
+
+@signals.setup_logging.connect
+def _keep_the_gateway_logging(**_: Any) -> None:
+    """Celery's logging set-up: nothing (see above)."""
+
+
+@signals.celeryd_after_setup.connect
+def _redirect_prints(instance: Any = None, **_: Any) -> None:
+    """What tasks print goes to the log (logger ``celery.redirected``), as Celery does when it
+    configures logging itself."""
+    if instance is not None and getattr(instance, "redirect_stdouts", True):
+        celery_app.log.redirect_stdouts(getattr(instance, "redirect_stdouts_level", "WARNING"))
+
+
+@signals.worker_ready.connect
+def _shutdown_messages_as_records(sender: Any = None, **_: Any) -> None:
+    if not json_logs():
+        return
+    from celery.apps import worker as celery_worker
+
+    worker = getattr(sender, "controller", sender)
+
+    def on_sigint(w: Any) -> None:
+        log.warning("worker: Ctrl+C again will initiate a cold shutdown, terminating all running tasks")
+        celery_worker.install_worker_term_hard_handler(w, sig="SIGINT", verbose=False)
+
+    celery_worker.install_worker_term_handler(worker, verbose=False)
+    celery_worker.install_worker_int_handler(worker, callback=on_sigint, verbose=False)
+
+
+@signals.worker_shutting_down.connect
+def _log_shutdown(sig: str = "", how: str = "", **_: Any) -> None:
+    if json_logs():
+        log.info("worker: %s shutdown (%s)", how.lower(), sig)
 
 
 def settings() -> Settings:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from common.settings import Settings
 
-from .app import CPU_QUEUE, celery_app, configure, gpu_queue
+from .app import CPU_QUEUE, celery_app, configure, gpu_queue, json_logs
+
+log = logging.getLogger(__name__)
 
 __all__ = ["make_worker", "default_queues"]
 
@@ -23,10 +26,15 @@ def make_worker(settings: Settings, queues: Sequence[str] | None = None, concurr
     reused for every job.
     """
     configure(settings)
+    queues = list(queues or default_queues(settings))
+    if json_logs():  # Celery's banner is text on stdout: one record instead
+        log.info("celery worker %s: broker %s, queues %s, pool %s, concurrency %d", hostname or "(default name)",
+                 settings.broker_url.split("@")[-1], ", ".join(queues), pool, concurrency)
     return celery_app.Worker(
+        quiet=json_logs(),
         pool=pool,
         concurrency=concurrency,
-        queues=list(queues or default_queues(settings)),
+        queues=queues,
         hostname=hostname,
         loglevel=loglevel,
         without_heartbeat=settings.embedded_broker,
