@@ -22,6 +22,7 @@ __all__ = [
     "AlreadyExistsError",
     "list_calling_aes",
     "add_calling_ae",
+    "get_calling_ae",
     "update_calling_ae",
     "remove_calling_ae",
     "list_destinations",
@@ -34,6 +35,7 @@ __all__ = [
     "remove_destination",
     "list_routes",
     "add_route",
+    "get_route",
     "update_route",
     "remove_route",
     "seed_from_settings",
@@ -83,6 +85,13 @@ def add_calling_ae(
     return row
 
 
+def get_calling_ae(session: Session, ae_title: str) -> CallingAE:
+    row = session.scalar(select(CallingAE).where(CallingAE.ae_title == ae_title.strip()))
+    if row is None:
+        raise NotFoundError(f"no calling AE title {ae_title!r}")
+    return row
+
+
 def update_calling_ae(
     session: Session,
     ae_title: str,
@@ -91,9 +100,7 @@ def update_calling_ae(
     destinations: Sequence[str] = (),
 ) -> CallingAE:
     """Change what is known of an allowed caller (the AE title is its key and stays)."""
-    row = session.scalar(select(CallingAE).where(CallingAE.ae_title == ae_title.strip()))
-    if row is None:
-        raise NotFoundError(f"no calling AE title {ae_title!r}")
+    row = get_calling_ae(session, ae_title)
     _check_destinations(session, destinations)
     row.host = host or None
     row.description = description or None
@@ -104,9 +111,7 @@ def update_calling_ae(
 
 def set_calling_ae_enabled(session: Session, ae_title: str, enabled: bool) -> CallingAE:
     """A disabled caller is refused like an unknown one, and the allow-list stays enforced."""
-    row = session.scalar(select(CallingAE).where(CallingAE.ae_title == ae_title.strip()))
-    if row is None:
-        raise NotFoundError(f"no calling AE title {ae_title!r}")
+    row = get_calling_ae(session, ae_title)
     row.enabled = enabled
     session.flush()
     return row
@@ -227,11 +232,16 @@ def add_route(session: Session, name: str, **fields: Any) -> Route:
     return row
 
 
-def update_route(session: Session, name: str, **fields: Any) -> Route:
-    """Change a routing rule (the name is its key and stays); ``fields`` as :func:`add_route`."""
+def get_route(session: Session, name: str) -> Route:
     row = session.scalar(select(Route).where(Route.name == name))
     if row is None:
         raise NotFoundError(f"no route named {name!r}")
+    return row
+
+
+def update_route(session: Session, name: str, **fields: Any) -> Route:
+    """Change a routing rule (the name is its key and stays); ``fields`` as :func:`add_route`."""
+    row = get_route(session, name)
     action = fields.get("action", row.action)
     if action not in ROUTE_ACTIONS:
         raise AdminError(f"action must be one of {', '.join(ROUTE_ACTIONS)}")
@@ -249,9 +259,7 @@ def update_route(session: Session, name: str, **fields: Any) -> Route:
 
 def set_route_enabled(session: Session, name: str, enabled: bool) -> Route:
     """A disabled route matches no study; routing goes on to the next route."""
-    row = session.scalar(select(Route).where(Route.name == name))
-    if row is None:
-        raise NotFoundError(f"no route named {name!r}")
+    row = get_route(session, name)
     row.enabled = enabled
     session.flush()
     return row

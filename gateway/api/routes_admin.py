@@ -35,13 +35,16 @@ from .schemas import (
     ActionResult,
     CallingAEIn,
     CallingAEOut,
+    CallingAEPatch,
     DeliveryPage,
     DestinationIn,
     DestinationOut,
+    DestinationPatch,
     ErrorOut,
     JobPage,
     RouteIn,
     RouteOut,
+    RoutePatch,
 )
 from .query_check import reject_unknown_query_parameters
 
@@ -102,6 +105,30 @@ def add_calling_ae(body: CallingAEIn, request: Request,
     return CallingAEOut.model_validate(row)
 
 
+@router.patch("/calling-aes/{ae_title}", response_model=CallingAEOut, responses=_ERRORS)
+def change_calling_ae(ae_title: Annotated[str, Path(min_length=1, max_length=16)],
+                      body: CallingAEPatch, request: Request,
+                      principal: Principal = Depends(require_admin),
+                      session: Session = Depends(get_session)) -> CallingAEOut:
+    """Change a caller's host, description or destinations, or disable it (refused like an
+    unknown caller; the allow-list stays enforced)."""
+    change = body.model_dump(exclude_unset=True)
+    try:
+        row = admin.get_calling_ae(session, ae_title)
+        if change.keys() - {"enabled"}:
+            row = admin.update_calling_ae(
+                session, ae_title, change.get("host", row.host),
+                change.get("description", row.description),
+                change["destinations"] if change.get("destinations") is not None else row.destinations)
+        if change.get("enabled") is not None:
+            row = admin.set_calling_ae_enabled(session, ae_title, change["enabled"])
+    except admin.AdminError as exc:
+        raise _refused(session, principal, request, "admin.calling_ae.update", exc) from None
+    _change(session, principal, request, "admin.calling_ae.update", {"ae_title": ae_title, **change})
+    session.commit()
+    return CallingAEOut.model_validate(row)
+
+
 @router.delete("/calling-aes/{ae_title}", response_model=ActionResult, responses=_ERRORS)
 def remove_calling_ae(ae_title: Annotated[str, Path(min_length=1, max_length=16)],
                       request: Request, principal: Principal = Depends(require_admin),
@@ -133,6 +160,29 @@ def add_destination(body: DestinationIn, request: Request,
     except admin.AdminError as exc:
         raise _refused(session, principal, request, "admin.destination.add", exc) from None
     _change(session, principal, request, "admin.destination.add", body.model_dump())
+    session.commit()
+    return DestinationOut.model_validate(row)
+
+
+@router.patch("/destinations/{name}", response_model=DestinationOut, responses=_ERRORS)
+def change_destination(name: Name, body: DestinationPatch, request: Request,
+                       principal: Principal = Depends(require_admin),
+                       session: Session = Depends(get_session)) -> DestinationOut:
+    """Change a destination's address or what it is sent, or disable it (left out of routing,
+    nothing sent to it)."""
+    change = body.model_dump(exclude_unset=True)
+    try:
+        row = admin.get_destination(session, name)
+        if change.keys() - {"enabled"}:
+            row = admin.update_destination(
+                session, name, change.get("ae_title") or row.ae_title, change.get("host") or row.host,
+                change.get("port") or row.port, send=change.get("send") or row.send,
+                tls=row.tls if change.get("tls") is None else change["tls"])
+        if change.get("enabled") is not None:
+            row = admin.set_destination_enabled(session, name, change["enabled"])
+    except admin.AdminError as exc:
+        raise _refused(session, principal, request, "admin.destination.update", exc) from None
+    _change(session, principal, request, "admin.destination.update", {"name": name, **change})
     session.commit()
     return DestinationOut.model_validate(row)
 
@@ -171,6 +221,26 @@ def add_route(body: RouteIn, request: Request, principal: Principal = Depends(re
     except admin.AdminError as exc:
         raise _refused(session, principal, request, "admin.route.add", exc) from None
     _change(session, principal, request, "admin.route.add", body.model_dump())
+    session.commit()
+    return RouteOut.model_validate(row)
+
+
+@router.patch("/routes/{name}", response_model=RouteOut, responses=_ERRORS)
+def change_route(name: Name, body: RoutePatch, request: Request,
+                 principal: Principal = Depends(require_admin),
+                 session: Session = Depends(get_session)) -> RouteOut:
+    """Change a routing rule, or disable it (it matches no study)."""
+    change = body.model_dump(exclude_unset=True)
+    fields = {k: v for k, v in change.items() if k != "enabled" and v is not None}
+    try:
+        row = admin.get_route(session, name)
+        if fields:
+            row = admin.update_route(session, name, **fields)
+        if change.get("enabled") is not None:
+            row = admin.set_route_enabled(session, name, change["enabled"])
+    except admin.AdminError as exc:
+        raise _refused(session, principal, request, "admin.route.update", exc) from None
+    _change(session, principal, request, "admin.route.update", {"name": name, **change})
     session.commit()
     return RouteOut.model_validate(row)
 

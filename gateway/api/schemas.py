@@ -32,10 +32,13 @@ __all__ = [
     "AuditEventPage",
     "CallingAEIn",
     "CallingAEOut",
+    "CallingAEPatch",
     "DestinationIn",
     "DestinationOut",
+    "DestinationPatch",
     "RouteIn",
     "RouteOut",
+    "RoutePatch",
     "JobOut",
     "JobPage",
     "ActionResult",
@@ -322,6 +325,17 @@ class CallingAEIn(BaseModel):
     destinations: list[SafeText] = []
 
 
+class CallingAEPatch(BaseModel):
+    """The fields to change (the AE title is the key and stays); null ``host``: any host."""
+
+    model_config = _STRICT
+
+    host: SafeText | None = None
+    description: SafeText | None = None
+    destinations: list[SafeText] | None = None
+    enabled: StrictBool | None = None
+
+
 class CallingAEOut(_Out):
     ae_title: str
     host: str | None
@@ -340,6 +354,20 @@ class DestinationIn(BaseModel):
     port: JsonInt = Field(ge=1, le=65535)
     send: Literal["sr", "sr+gsps"] = "sr"
     tls: StrictBool = False
+
+
+class DestinationPatch(BaseModel):
+    """The fields to change (the name is the key and stays); ``enabled: false`` disables it."""
+
+    model_config = _STRICT
+
+    ae_title: AETitle | None = None
+    host: Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")] | None = None
+    # The range before the validator, so that the schema says minimum/maximum (JSON Schema).
+    port: Annotated[int, Field(ge=1, le=65535), BeforeValidator(_json_integer)] | None = None
+    send: Literal["sr", "sr+gsps"] | None = None
+    tls: StrictBool | None = None
+    enabled: StrictBool | None = None
 
 
 class DestinationOut(_Out):
@@ -366,6 +394,23 @@ class RouteIn(BaseModel):
     action: Literal["process", "store", "ignore"] = "process"
     urgent: StrictBool = False
     destinations: list[SafeText] = []
+
+
+class RoutePatch(BaseModel):
+    """The fields to change (the name is the key and stays); an empty string clears a filter."""
+
+    model_config = _STRICT
+
+    order: Annotated[int, Field(ge=-1_000_000, le=1_000_000), BeforeValidator(_json_integer)] | None = None
+    calling_ae_title: Annotated[str, StringConstraints(max_length=16)] | None = None
+    modality: Annotated[str, StringConstraints(max_length=16)] | None = None
+    sop_class_uid: Annotated[str, StringConstraints(max_length=64)] | None = None
+    body_part_examined: Annotated[str, StringConstraints(max_length=64)] | None = None
+    series_description: Annotated[str, StringConstraints(max_length=64)] | None = None
+    action: Literal["process", "store", "ignore"] | None = None
+    urgent: StrictBool | None = None
+    destinations: list[SafeText] | None = None
+    enabled: StrictBool | None = None
 
 
 class RouteOut(_Out):

@@ -481,3 +481,37 @@ def test_studies_and_health_pages_on_postgresql(pg_env: Env) -> None:
     assert studies.status_code == 200 and "2 retrying" in studies.text and "2 failed" in studies.text
     assert studies.text.count('class="study-link"') == 3
     assert health.status_code == 200 and "0 due, 2 waiting for a retry, 2 failed" in health.text
+
+
+def test_api_edits_and_disables_destinations_callers_and_routes(client: TestClient, env: Env) -> None:
+    """What the pages change, the API changes too (PATCH), audited the same way."""
+    h = env.headers("admin")
+    assert client.post("/api/v1/admin/destinations", headers=h, json={
+        "name": "pacs", "ae_title": "PACS", "host": "10.0.0.10", "port": 104}).status_code == 201
+    r = client.patch("/api/v1/admin/destinations/pacs", headers=h, json={"port": 11112, "tls": True})
+    assert r.status_code == 200 and (r.json()["port"], r.json()["tls"], r.json()["host"]) == (11112, True, "10.0.0.10")
+    r = client.patch("/api/v1/admin/destinations/pacs", headers=h, json={"enabled": False})
+    assert r.json()["enabled"] is False and r.json()["port"] == 11112
+    assert client.patch("/api/v1/admin/destinations/pacs", headers=h,
+                        json={"port": 0}).status_code == 422
+    assert client.patch("/api/v1/admin/destinations/nowhere", headers=h,
+                        json={"enabled": True}).status_code == 404
+
+    assert client.post("/api/v1/admin/calling-aes", headers=h, json={"ae_title": "CT1"}).status_code == 201
+    r = client.patch("/api/v1/admin/calling-aes/CT1", headers=h,
+                     json={"host": "10.1.2.0/24", "destinations": ["pacs"], "enabled": False})
+    assert r.status_code == 200 and r.json()["host"] == "10.1.2.0/24" and r.json()["enabled"] is False
+    r = client.patch("/api/v1/admin/calling-aes/CT1", headers=h, json={"destinations": ["nowhere"]})
+    assert r.status_code == 404 and "nowhere" in r.json()["detail"]
+
+    assert client.post("/api/v1/admin/routes", headers=h, json={"name": "ct", "modality": "CT"}).status_code == 201
+    r = client.patch("/api/v1/admin/routes/ct", headers=h,
+                     json={"action": "store", "modality": "", "enabled": False})
+    assert r.status_code == 200
+    assert (r.json()["action"], r.json()["modality"], r.json()["enabled"]) == ("store", None, False)
+    assert client.patch("/api/v1/admin/routes/ct", headers=env.headers(), json={}).status_code == 403
+
+    events = [(e.action, e.outcome) for e in env.audit_events() if e.action.endswith(".update")]
+    assert events == [("admin.destination.update", "success"), ("admin.destination.update", "success"),
+                      ("admin.destination.update", "failure"), ("admin.calling_ae.update", "success"),
+                      ("admin.calling_ae.update", "failure"), ("admin.route.update", "success")]
