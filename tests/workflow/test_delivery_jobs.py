@@ -140,3 +140,34 @@ def test_removing_a_destination_cancels_its_unsent_deliveries_with_the_reason(se
     assert _job(session, job_id).state is JobState.SR_WRITTEN
     with pytest.raises(deliveries.DestinationMissingError):
         deliveries.retry(session, to_pacs, "alice")
+
+
+@pytest.mark.postgres
+def test_two_deliveries_of_a_job_sent_at_once_on_postgresql(postgres_url: str) -> None:
+    """Each delivery's transaction locks the job's row first: the second one to commit sees the
+    first one sent, so the job always ends ``delivered`` (without the lock both could read the
+    other still pending, and the job would stay ``sr_written``)."""
+    import threading
+
+    from common.db import session_scope, upgrade
+
+    upgrade(postgres_url)
+    jobs = []
+    with session_factory(postgres_url)() as s:
+        for _ in range(10):
+            jobs.append(_job_with_deliveries(s, "pacs", "archive"))
+    for job_id, pair in jobs:
+        barrier = threading.Barrier(2)
+
+        def send(delivery_id: int, barrier: threading.Barrier = barrier) -> None:
+            with session_scope(postgres_url) as s:
+                barrier.wait()
+                deliveries.transition(s, delivery_id, DeliveryAction.SEND)
+
+        threads = [threading.Thread(target=send, args=(d,)) for d in pair]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with session_factory(postgres_url)() as s:
+            assert _job(s, job_id).state is JobState.DELIVERED
