@@ -78,10 +78,10 @@ def _jobs_with_delivery(state: DeliveryState | None) -> Select[Any]:
 
 
 def _delivery_exists(state: DeliveryState | None) -> Any:
-    """Correlated: does the finding's job have a delivery (in ``state``)?"""
+    """Correlated: does the finding's job have a delivery (in ``state``; None: any that was not
+    cancelled, as :func:`delivery_status_by_job` counts them)?"""
     cond = [Document.job_id == Finding.job_id, Delivery.document_id == Document.id]
-    if state is not None:
-        cond.append(Delivery.state == state)
+    cond.append(Delivery.state == state if state is not None else Delivery.state != DeliveryState.CANCELLED)
     return exists().where(*cond)
 
 
@@ -172,7 +172,8 @@ def finding_rows_statement(filters: FindingFilters, cursor: str | None = None) -
 
 
 def delivery_status_by_job(session: Session, job_ids: Iterable[int]) -> dict[int, str]:
-    """Delivery summary per job: ``failed`` > ``pending`` > ``sent``; ``none`` when nothing."""
+    """Delivery summary per job: ``failed`` > ``pending`` > ``sent``; ``none`` when nothing (or only
+    cancelled deliveries)."""
     ids = sorted(set(job_ids))
     states: dict[int, set[str]] = defaultdict(set)
     for start in range(0, len(ids), 500):

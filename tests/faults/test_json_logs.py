@@ -80,3 +80,25 @@ def test_json_lines_with_ids_and_one_error_for_a_destination_down(make_rig, tmp_
     (recovered,) = [e for e in entries if " recovered: " in e["message"]]
     count = int(re.search(r"after (\d+) failures \(ECONNREFUSED\)", recovered["message"]).group(1))
     assert FAILED_ATTEMPTS <= count <= failed, recovered
+
+
+def test_the_worker_command_writes_only_json_lines(make_rig):
+    """``medrega-gateway worker`` (a GPU host's process) with JSON logs: Celery's start (no banner),
+    its security warning and its shutdown are JSON records like the rest."""
+    import signal
+
+    rig = make_rig(sections={"logging": {"format": "json"}})
+    worker = rig.worker("worker.log")
+    wait_for(lambda: "ready." in worker.log(), 60, "the worker to be ready", [worker])
+    worker.stop(signal.SIGINT)  # Ctrl+C: Celery's own messages
+    lines = worker.log().splitlines()
+    entries = []
+    for n, line in enumerate(lines, start=1):
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"line {n} of the worker's output is not JSON: {line!r}")
+    messages = [(e["logger"], e["message"]) for e in entries]
+    assert ("celery.apps.worker", f"celery@{__import__('socket').gethostname()} ready.") in messages, messages
+    assert any(logger == "workers.embedded" and message.startswith("celery worker ") for logger, message in messages)
+    assert ("workers.app", "worker: warm shutdown (SIGINT)") in messages, messages
