@@ -321,7 +321,7 @@ class _SeriesCache:
 _SERIES_CACHE = _SeriesCache()
 _SELECT_EXISTING = select(
     _INSTANCES.c.id, _INSTANCES.c.sha256, _INSTANCES.c.study_id, _INSTANCES.c.path,
-    _INSTANCES.c.size_bytes,
+    _INSTANCES.c.size_bytes, _INSTANCES.c.pruned_at,
 ).where(_INSTANCES.c.sop_instance_uid == bindparam("uid"))
 
 
@@ -341,6 +341,9 @@ class _Existing(NamedTuple):
     study_id: int
     path: str
     size_bytes: int
+    #: When spool retention removed the file (workflow.retention); None while it is filed. The
+    #: driver's value on the common path (a string on SQLite): only "is it None" is asked.
+    pruned_at: object
 
 
 _INSTANCE_KEYS = (
@@ -438,7 +441,7 @@ def _record_replacement(conn: Connection, existing: _Existing, h: InstanceHeader
     patient and study attributes, the replacement is recorded, and the study (and the study the
     instance left, if it moved) is receiving again and changed, so it makes a new version."""
     conn.execute(update(_INSTANCES).where(_INSTANCES.c.id == existing.id)
-                 .values(study_id=study_id, series_id=series_id, **values))
+                 .values(study_id=study_id, series_id=series_id, pruned_at=None, **values))
     conn.execute(update(_STUDIES).where(_STUDIES.c.id == study_id)
                  .values(**{name: getattr(h, name) for name in _STUDY_ATTRIBUTES}))
     conn.execute(_REPLACEMENTS.insert().values(
@@ -449,6 +452,26 @@ def _record_replacement(conn: Connection, existing: _Existing, h: InstanceHeader
     ))
     conn.execute(update(_STUDIES).where(_STUDIES.c.id.in_({study_id, existing.study_id}))
                  .values(last_received_at=now, state=StudyState.RECEIVING.value, instances_changed=True))
+    if existing.pruned_at is not None:
+        _unmark_pruned_study(conn, study_id)
+
+
+def _unmark_pruned_study(conn: Connection, study_id: int) -> None:
+    """The study's images are all filed again: it no longer says they were removed."""
+    still_pruned = (select(_INSTANCES.c.id)
+                    .where(_INSTANCES.c.study_id == study_id, _INSTANCES.c.pruned_at.is_not(None)).exists())
+    conn.execute(update(_STUDIES).where(_STUDIES.c.id == study_id, ~still_pruned).values(images_pruned_at=None))
+
+
+def _refile_pruned(conn: Connection, existing: _Existing, values: dict[str, object],
+                   now: datetime.datetime) -> None:
+    """The rows of an identical re-send of an instance whose file retention removed: filed again,
+    and its study receiving and changed, so that it makes a new version (the way to process a
+    study again after retention, :mod:`workflow.retention`)."""
+    conn.execute(update(_INSTANCES).where(_INSTANCES.c.id == existing.id).values(pruned_at=None, **values))
+    conn.execute(update(_STUDIES).where(_STUDIES.c.id == existing.study_id)
+                 .values(last_received_at=now, state=StudyState.RECEIVING.value, instances_changed=True))
+    _unmark_pruned_study(conn, existing.study_id)
 
 
 def _replace_instance(engine: Engine, data_dir: Path, header: InstanceHeader, received: Path,
@@ -465,11 +488,17 @@ def _replace_instance(engine: Engine, data_dir: Path, header: InstanceHeader, re
             existing = _existing(conn, header.sop_instance_uid, lock=True)
             if existing is None:
                 return None
-            if existing.sha256 == sha256:
+            if existing.sha256 == sha256 and existing.pruned_at is None:
                 _count_duplicate(conn, existing.id)
                 received.unlink(missing_ok=True)
                 return IngestResult(IngestOutcome.DUPLICATE, existing.id, existing.study_id, existing.path)
             now = utcnow()
+            if existing.sha256 == sha256:  # the same content, its file removed by retention
+                stored = durable_move(received, data_dir, existing.path, sha256=sha256, size_bytes=size_bytes,
+                                      synced=synced)
+                _refile_pruned(conn, existing, _instance_values(header, stored, calling_ae_title, now), now)
+                LOGGER.info("instance %s filed again (retention had removed its file)", header.sop_instance_uid)
+                return IngestResult(IngestOutcome.STORED, existing.id, existing.study_id, existing.path)
             study_id = _study_id(conn, header, calling_ae_title, now)
             series_id = _series_id(conn, header, study_id)  # SeriesStudyConflictError: nothing moved
             kept = keep_replaced(data_dir, existing.path, now) if (data_dir / existing.path).exists() else None
@@ -548,7 +577,7 @@ def record_instance(
     rehashed = existing is not None and existing.sha256 != sha256 and _hashed_with_file_meta(
         data_dir, existing, sha256, received, size_bytes
     )
-    if existing is not None and (existing.sha256 == sha256 or rehashed):
+    if existing is not None and existing.pruned_at is None and (existing.sha256 == sha256 or rehashed):
         try:
             with write_transaction(engine) as conn:
                 _count_duplicate(conn, existing.id)

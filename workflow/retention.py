@@ -15,6 +15,8 @@ kept. Then the files of its instances (``spool/``) and the bytes those instances
 (``replaced/``, :class:`~common.models.InstanceReplacement`) are removed; the rows stay, marked
 ``pruned_at`` (and the study ``images_pruned_at``), so the pages and the API say "images removed
 by retention on <date>" and a re-run refuses with that reason (:class:`ImagesPrunedError`).
+Sending the study again files the images again (:mod:`dicom_node.ingest` files an identical
+re-send of a pruned instance and marks the study changed), which makes a new version.
 Quarantined objects follow their own setting, ``storage.quarantine_retention_days``.
 
 The study is claimed by a conditional UPDATE (its state and ``last_received_at`` as read) before

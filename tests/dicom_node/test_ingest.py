@@ -183,3 +183,40 @@ def test_an_instance_resent_into_another_study_moves_and_both_studies_change(dat
         assert (tmp_path / replacement.kept_path).read_bytes() == b"instance 1"
         left = s.scalars(select(Instance).where(Instance.study_id == before.study_id)).all()
         assert [r.instance_number for r in left] == [2]
+
+
+def test_an_instance_whose_file_retention_removed_is_filed_again_when_resent(database_url, tmp_path):
+    """Spool retention (issue 17) removes a delivered study's files and keeps its rows: sending
+    the study again is how it is processed again, so an identical re-send of a pruned instance is
+    filed (not counted as a duplicate) and its study receives a new version; once every pruned
+    instance is back the study no longer says its images were removed."""
+    from common.models import utcnow
+
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    first, second = _header(study, series, 1), _header(study, series, 2)
+    a, b = _file(database_url, tmp_path, first, 1), _file(database_url, tmp_path, second, 2)
+    assert a.study_id == b.study_id
+    pruned_at = utcnow()
+    with session_scope(database_url) as s:  # what workflow.retention.prune_spool leaves
+        s.get(Study, a.study_id).state = StudyState.COMPLETE
+        s.get(Study, a.study_id).images_pruned_at = pruned_at
+        for row in s.scalars(select(Instance)):
+            row.pruned_at = pruned_at
+            (tmp_path / row.path).unlink()
+
+    again = _file(database_url, tmp_path, first, 1)  # the same content as filed
+    assert (again.outcome, again.instance_id, again.relpath) == (IngestOutcome.STORED, a.instance_id, a.relpath)
+    assert (tmp_path / a.relpath).read_bytes() == b"instance 1"
+    with session_scope(database_url) as s:
+        row = s.get(Instance, a.instance_id)
+        assert row.pruned_at is None and row.duplicate_count == 0
+        study_row = s.get(Study, a.study_id)
+        assert study_row.state is StudyState.RECEIVING and study_row.instances_changed
+        assert study_row.images_pruned_at == pruned_at  # instance 2 is still missing
+        assert s.scalars(select(InstanceReplacement)).all() == []
+    assert _file(database_url, tmp_path, second, 2).outcome is IngestOutcome.STORED
+    with session_scope(database_url) as s:
+        assert s.get(Study, a.study_id).images_pruned_at is None
+        assert [r.pruned_at for r in s.scalars(select(Instance))] == [None, None]
+    # Filed again, a further identical re-send is a duplicate as before.
+    assert _file(database_url, tmp_path, second, 2).outcome is IngestOutcome.DUPLICATE
