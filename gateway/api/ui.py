@@ -366,7 +366,7 @@ def _uid(value: str) -> str:
 def study_page(request: Request, study_instance_uid: str,
                principal: Principal = Depends(ui_principal),
                session: Session = Depends(get_session)) -> HTMLResponse:
-    page_params(request, ())
+    notice = page_params(request, ("message", "error"))  # the outcome of a retry or cancel here
     uid = _uid(study_instance_uid)
     try:
         study = get_study(session, uid)
@@ -384,7 +384,7 @@ def study_page(request: Request, study_instance_uid: str,
     # Images of the study without findings are listed too (nothing drawn on them).
     others = [sop for s in detail.series for sop in s.instance_sop_uids if sop not in shown]
     return page(request, "study.html", principal, detail=detail, images=images,
-                other_images=others)
+                other_images=others, message=notice.get("message"), error=notice.get("error"))
 
 
 @router.get("/studies/{study_instance_uid}/instances/{sop_instance_uid}.png")

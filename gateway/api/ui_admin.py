@@ -28,6 +28,7 @@ from .operations import (
     DeliveryNotFoundError,
     DestinationMissingError,
     JobNotFoundError,
+    cancel_delivery,
     cancel_job,
     retry_delivery,
     retry_job,
@@ -121,6 +122,21 @@ def ui_retry_delivery(request: Request, delivery_id: int, csrf: str = Form(""),
         return _redirect(target, refused, error=True)
     enqueue_delivery(delivery_id)
     return _redirect(target, f"delivery {delivery_id} is pending again")
+
+
+@router.post("/deliveries/{delivery_id}/cancel")
+def ui_cancel_delivery(request: Request, delivery_id: int, csrf: str = Form(""),
+                       back: str = Form("/ui/admin"),
+                       principal: Principal = Depends(ui_admin),
+                       session: Session = Depends(get_session)) -> Response:
+    """A pending or failed delivery is cancelled (it can be retried later)."""
+    check_csrf(request, csrf)
+    target = back if back.startswith("/ui/") else "/ui/admin"
+    refused = _act(session, principal, request, "admin.delivery.cancel",
+                   {"delivery_id": delivery_id},
+                   lambda: cancel_delivery(session, delivery_id, principal.name))
+    return _redirect(target, refused, error=True) if refused else _redirect(
+        target, f"delivery {delivery_id} cancelled")
 
 
 @router.post("/jobs/{job_id}/{verb}")

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from common.models import (
     AuditEvent,
     CallingAE,
+    Delivery,
     DeliveryAttempt,
     DeliveryState,
     Destination,
@@ -515,3 +516,31 @@ def test_api_edits_and_disables_destinations_callers_and_routes(client: TestClie
     assert events == [("admin.destination.update", "success"), ("admin.destination.update", "success"),
                       ("admin.destination.update", "failure"), ("admin.calling_ae.update", "success"),
                       ("admin.calling_ae.update", "failure"), ("admin.route.update", "success")]
+
+
+def test_deliveries_are_cancelled_and_retried_from_the_pages(app: FastAPI, env: Env) -> None:
+    with env.session() as s:
+        rows = make_study(s, env.data_dir, delivery_state=DeliveryState.FAILED)
+        s.add(Destination(name="PACS", ae_title="PACS", host="127.0.0.1", port=4242))
+        s.commit()
+        uid, dl_id = rows.study.study_instance_uid, rows.deliveries[0].id
+    csrf = csrf_value(env.admin_token)
+    back = f"/ui/studies/{uid}"
+    with _browser(app, env.admin_token) as c:
+        page = c.get(back).text
+        row = re.search(rf'<tr data-delivery="{dl_id}">.*?</tr>', page, re.S)
+        assert row and ">Retry</button>" in row.group(0) and ">Cancel</button>" in row.group(0)
+        r = c.post(f"/ui/admin/deliveries/{dl_id}/cancel", data={"csrf": csrf, "back": back})
+        assert r.url.path == back and f"delivery {dl_id} cancelled" in r.text
+        row = re.search(rf'<tr data-delivery="{dl_id}">.*?</tr>', r.text, re.S)
+        assert row and "cancelled" in row.group(0) and ">Cancel</button>" not in row.group(0)
+        r = c.post(f"/ui/admin/deliveries/{dl_id}/cancel", data={"csrf": csrf, "back": back})
+        assert 'class="error"' in r.text  # a cancelled delivery cannot be cancelled again
+        r = c.post(f"/ui/admin/deliveries/{dl_id}/retry", data={"csrf": csrf, "back": back})
+        assert f"delivery {dl_id} is pending again" in r.text
+    with env.session() as s:
+        dl = s.get(Delivery, dl_id)
+        assert dl is not None and dl.state == DeliveryState.PENDING
+    assert [(e.action, e.outcome) for e in env.audit_events() if e.action.startswith("admin.delivery")] == [
+        ("admin.delivery.cancel", "success"), ("admin.delivery.cancel", "failure"),
+        ("admin.delivery.retry", "success")]

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from gateway.api import hooks
 from gateway.api.app import create_app
-from common.models import AuditEvent, Delivery, DeliveryState
+from common.models import AuditEvent, Delivery, DeliveryState, Destination
 
 from ..conftest import free_port
 from ..peers.chromium import chromium
@@ -56,6 +56,8 @@ def test_login_search_study_picture_and_retry(env: Env, server: str, browser, tm
         ok = make_study(s, env.data_dir, calling_ae_title="CR_ROOM_1")
         broken = make_study(s, env.data_dir, calling_ae_title="CT_SCANNER", modality="CT",
                             delivery_state=DeliveryState.FAILED)
+        # A retry needs the destination to exist (workflow.deliveries refuses one to a removed one).
+        s.add(Destination(name="PACS", ae_title="PACS", host="127.0.0.1", port=4242))
         s.commit()
         uid, failed_id = ok.study.study_instance_uid, broken.deliveries[0].id
     calls: list[int] = []
@@ -166,7 +168,8 @@ def _shoot(page, tmp_path: Path, name: str) -> int:
 
 def test_every_page_fits_1366_and_loads_nothing_from_elsewhere(env: Env, server: str, browser,
                                                                tmp_path: Path) -> None:
-    from common.models import DeliveryAttempt, Destination
+    from common.models import DeliveryAttempt
+    from gateway import admin
 
     with env.session() as s:
         ok = make_study(s, env.data_dir, calling_ae_title="CR_ROOM_1",
@@ -181,6 +184,14 @@ def test_every_page_fits_1366_and_loads_nothing_from_elsewhere(env: Env, server:
                               error="connection refused by 127.0.0.1:4242 (ECONNREFUSED): "
                                     "nothing listens on that port of the destination"))
         s.add(Destination(name="PACS", ae_title="PACS", host="127.0.0.1", port=4242))
+        s.flush()
+        admin.add_calling_ae(s, "CT_SCANNER", "10.1.2.0/24",
+                             "CT room 1 in the east wing, second floor, next to the emergency "
+                             "department's resuscitation bay (Siemens SOMATOM)", ["PACS"])
+        admin.add_route(s, "ct-chest-urgent-from-the-emergency-department", order=5,
+                        calling_ae_title="CT_SCANNER", modality="CT", body_part_examined="CHEST",
+                        series_description="*thorax*1.0*", action="process", urgent=True,
+                        destinations=["PACS"])
         s.commit()
         uid = broken.study.study_instance_uid
         assert ok.study.study_instance_uid != uid
