@@ -14,4 +14,5 @@ services:
 
 test: setup services
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 	TCP_NODELAY=1 .venv/bin/python -m pytest -p no:cacheprovider -q -ra --durations=15

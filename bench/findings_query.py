@@ -26,11 +26,12 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
-
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import audit  # noqa: E402
@@ -68,9 +69,9 @@ def _with_model_defaults(table: str, named: list[str]) -> tuple[list[str], list[
     for column in Base.metadata.tables[table].columns:
         if column.name in named or column.nullable or column.server_default is not None:
             continue
-        if column.default is not None and getattr(column.default, "is_scalar", False):
+        if isinstance(column.default, ScalarElementColumnDefault):
             extra_names.append(column.name)
-            value = column.default.arg  # type: ignore[attr-defined]
+            value = column.default.arg
             extra_values.append(value.value if hasattr(value, "value") else value)
     return named + extra_names, extra_values
 
@@ -91,11 +92,11 @@ def load(url: str, studies: int, regions_per_study: int, seed: int) -> dict[str,
     mods = [m for m, w in MODALITIES for _ in range(w)]
     step = SPAN / studies
     with psycopg.connect(_pg(url)) as conn, conn.cursor() as cur:
-        def copy(table: str, cols: str, rows: Callable[[], object]) -> None:
+        def copy(table: str, cols: str, rows: Callable[[], Iterable[tuple[Any, ...]]]) -> None:
             names, defaults = _with_model_defaults(table, [c.strip() for c in cols.split(",")])
             with cur.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as cp:
-                for row in rows():  # type: ignore[attr-defined]
-                    cp.write_row((*row, *defaults))  # type: ignore[misc]
+                for row in rows():
+                    cp.write_row((*row, *defaults))
 
         plan = []  # per study: (t0, modality, ae, model, weights, delivery state)
         for i in range(studies):
@@ -216,7 +217,7 @@ def load(url: str, studies: int, regions_per_study: int, seed: int) -> dict[str,
 def _filters(rnd: random.Random) -> FindingFilters:
     start = EPOCH + dt.timedelta(days=rnd.uniform(0, 330))
     window = dt.timedelta(days=rnd.choice([7, 14, 30]))
-    extra: dict[str, object] = {}
+    extra: dict[str, Any] = {}  # filter name -> value of that filter's type
     options = [
         ("modality", lambda: rnd.choice([m for m, _ in MODALITIES])),
         ("calling_ae_title", lambda: rnd.choices(CALLING_AES, AE_WEIGHTS)[0]),
@@ -227,7 +228,7 @@ def _filters(rnd: random.Random) -> FindingFilters:
     ]
     for key, pick in rnd.sample(options, rnd.choice([1, 2])):
         extra[key] = pick()
-    return FindingFilters(created_from=start, created_to=start + window, **extra)  # type: ignore[arg-type]
+    return FindingFilters(created_from=start, created_to=start + window, **extra)
 
 
 def _percentile(values: list[float], p: float) -> float:

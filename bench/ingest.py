@@ -53,7 +53,10 @@ ENV = dict(os.environ, TCP_NODELAY="1")
 
 # -- corpora ---------------------------------------------------------------------------------
 def _write_instances(folder: Path, count: int, series: int, rows: int, cols: int, modality: str, seed: int) -> None:
-    base = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    path = get_testdata_file("CT_small.dcm", download=False)
+    if not isinstance(path, str):
+        raise FileNotFoundError("pydicom's test file CT_small.dcm is not installed")
+    base = pydicom.dcmread(path)
     rng = np.random.default_rng(seed)
     study = generate_uid()
     series_uids = [generate_uid() for _ in range(series)]

@@ -65,7 +65,7 @@ def build_model(size: str, device: str, dtype: torch.dtype, seed: int = 0) -> In
 
     s = SIZES[size]
     tok = build_tiny_tokenizer()
-    config = InternVLConfig(
+    config = InternVLConfig(  # type: ignore[call-arg]  # ps_version: not a declared InternVLConfig field; PreTrainedConfig keeps it (config.json)
         vision_config=dict(
             hidden_size=s["v_hidden"], num_hidden_layers=s["v_layers"], num_attention_heads=s["v_heads"],
             intermediate_size=s["v_mlp"], use_qk_norm=True, attention_bias=False, norm_type="rms_norm",

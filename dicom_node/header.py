@@ -204,9 +204,16 @@ _DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(f"{keyword} is not in pydicom's data dictionary")
+    return tag
+
+
 #: The attributes the node files by (keyword -> tag); the fast scan keeps only these.
 _KEYWORD_TAGS: dict[str, int] = {
-    kw: tag_for_keyword(kw)  # type: ignore[misc]
+    kw: _tag(kw)
     for kw in (
         "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate", "AccessionNumber",
         "Modality", "StudyDescription", "SeriesDescription", "PatientName", "PatientID",
@@ -647,7 +654,8 @@ def _decode_simple(
             fields[field_name] = None if elem is None else _ds_values(_ascii(elem, "DS"), count)
     except _NotSimple:
         return None
-    return InstanceHeader(**fields)  # type: ignore[arg-type]
+    # each field was given its own type above (UIDs and texts str, IS/US int, DS floats)
+    return InstanceHeader(**fields)  # type: ignore[arg-type]  # see above
 
 
 #: How many first bytes of a file :func:`parse_head` needs.

@@ -72,7 +72,7 @@ from common.logs import configure_logging
 from common.settings import Settings
 
 from .dimse import STATUS_OUT_OF_RESOURCES, STATUS_SPOOL_ERROR, Command
-from .header import HEAD_BYTES, HeaderError, parse_head, read_header
+from .header import HEAD_BYTES, EarlyHeader, HeaderError, parse_head, read_header
 from .ingest import IngestError, IngestOutcome, SeriesStudyConflictError, record_instance
 from .policy import (
     DIAG_LOCAL_LIMIT_EXCEEDED,
@@ -445,13 +445,15 @@ class _Listener:
             received.unlink(missing_ok=True)
             return STATUS_SPOOL_ERROR
         synced = self._io.submit(fsync_fd, fd)
+        early = request.early  # what parse_head (this node's) returned while the data set arrived
+        assert early is None or isinstance(early, EarlyHeader), type(early)
         try:
             try:
                 header = read_header(
                     received,
                     affected_sop_class_uid=command.affected_sop_class_uid,
                     affected_sop_instance_uid=affected_uid,
-                    early=request.early,  # type: ignore[arg-type]
+                    early=early,
                 )
             except HeaderError as exc:
                 self._quarantine(received, str(exc), calling, peer, affected_uid)

@@ -251,7 +251,8 @@ def _question(case: Case, modality: str, body_part: str | None, view: str | None
             raise _not_trained(case.task, case.language, plan.name)
         detection = next((p for p in plan.prompts if p.task == "detection"), None)
         assert case.box is not None  # validated
-        return follow.planned(tuple(case.box), detection.window if detection else None), "", ()
+        x1, y1, x2, y2 = case.box  # four coordinates (BoxList)
+        return follow.planned((x1, y1, x2, y2), detection.window if detection else None), "", ()
     if not mine:
         raise _not_trained(case.task, case.language, plan.name)
     if case.task == "classification":

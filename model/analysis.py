@@ -313,7 +313,7 @@ def analyse(
     for pending in per_image:
         runs.extend(_results_for_image(pending))
         for p in pending:  # free the pixels as soon as the image is done
-            p.prepared = None  # type: ignore[assignment]
+            p.prepared = None  # type: ignore[assignment]  # freed: nothing reads it after its image is done
     return StudyAnalysis(runs=runs, selection=selection, skipped=skipped, plans=planned)
 
 

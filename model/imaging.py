@@ -209,7 +209,7 @@ def _grey_lut(ds: Dataset, px: Dataset, frame: np.ndarray, photometric: str,
             order = np.argsort(modality, kind="stable")
             cumulative = np.cumsum(counts[order]) / counts.sum()
             lo = modality[order][np.searchsorted(cumulative, AUTO_PERCENTILES[0] / 100)]
-            hi = modality[order][min(len(order) - 1, np.searchsorted(cumulative, AUTO_PERCENTILES[1] / 100))]
+            hi = modality[order][min(len(order) - 1, int(np.searchsorted(cumulative, AUTO_PERCENTILES[1] / 100)))]
             scaled = (modality - lo) / (hi - lo) if hi > lo else (modality > lo).astype(np.float64)
         else:
             if "WindowCenter" not in px:

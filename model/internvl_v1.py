@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLModel
+from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLModel, PreTrainedConfig
 from transformers.models.internvl.modeling_internvl import InternVLPreTrainedModel
 
 __all__ = ["PS_VERSION_KEY", "InternVLV1Model", "MedRegAForConditionalGeneration", "pixel_shuffle_v1"]
@@ -54,5 +54,7 @@ class MedRegAForConditionalGeneration(InternVLForConditionalGeneration):
         # Mirrors InternVLForConditionalGeneration.__init__, with the v1-aware inner model.
         InternVLPreTrainedModel.__init__(self, config)
         self.model = InternVLV1Model(config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        text_config = config.text_config
+        assert isinstance(text_config, PreTrainedConfig)  # a dict or None is made a config at construction
+        self.lm_head = nn.Linear(text_config.hidden_size, text_config.vocab_size, bias=False)
         self.post_init()

@@ -160,7 +160,7 @@ def test_the_metrics_server_binds_the_nodes_host(tmp_path: Path) -> None:
     serve = gateway_process(config, "serve", tmp_path / "serve.log").start()
     try:
         wait_for(lambda: port_open(metrics_port), 60, "the metrics server", [serve])
-        listening = [c.laddr for c in psutil.Process(serve.proc.pid).net_connections(kind="inet")
+        listening = [c.laddr for c in psutil.Process(serve.popen.pid).net_connections(kind="inet")
                      if c.status == psutil.CONN_LISTEN and c.laddr.port == metrics_port]
         assert [a.ip for a in listening] == ["127.0.0.1"]
     finally:

@@ -133,7 +133,7 @@ def decide(session: Session, study: Study) -> RouteDecision:
             destinations = enabled
     if matched is None:
         return RouteDecision(action="process", urgent=False, destinations=destinations, route_name=None)
-    action: Action = matched.action if matched.action in ("process", "store", "ignore") else "process"  # type: ignore[assignment]
+    action: Action = "store" if matched.action == "store" else "ignore" if matched.action == "ignore" else "process"
     return RouteDecision(
         action=action, urgent=bool(matched.urgent), destinations=destinations, route_name=matched.name
     )

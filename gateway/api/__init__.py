@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from common.audit import AuditSender
+    from common.settings import Settings
+
 __all__ = ["create_app"]
 
 
-def create_app(*args, **kwargs):  # type: ignore[no-untyped-def]
+def create_app(settings: Settings, *, audit_sender: AuditSender | None = None) -> FastAPI:
     """Lazy alias of :func:`gateway.api.app.create_app` (keeps ``import gateway.api`` light)."""
     from .app import create_app as _create_app
 
-    return _create_app(*args, **kwargs)
+    return _create_app(settings, audit_sender=audit_sender)

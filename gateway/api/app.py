@@ -13,6 +13,7 @@ name one (``api.audit_syslog_host``), or when an ``audit_sender`` is passed in.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -41,6 +42,7 @@ DOCS_ASSETS = "/docs/assets"
 
 def _swagger_ui_folder() -> Path | None:
     try:
+        # optional package (the /docs assets), untyped; absent where it is not installed
         from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         return None
@@ -51,8 +53,9 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
     methods: set[str] = set()
     for route in app.router.routes:
         regex = getattr(route, "path_regex", None)
-        if regex is not None and regex.match(request.url.path) and getattr(route, "methods", None):
-            methods |= set(route.methods)
+        route_methods = getattr(route, "methods", None)  # Mount and WebSocketRoute have none
+        if regex is not None and regex.match(request.url.path) and route_methods:
+            methods |= set(route_methods)
     return sorted(methods)
 
 
@@ -124,7 +127,7 @@ def create_app(settings: Settings, *, audit_sender: AuditSender | None = None) -
         return RedirectResponse("/ui/", status_code=303)
 
     @app.middleware("http")
-    async def _security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def _security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")

@@ -17,8 +17,8 @@ import csv
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from typing import Any, Literal, get_args
 
 import anyio
 from fastapi.responses import StreamingResponse
@@ -29,11 +29,12 @@ from common import audit
 from common.models import utcnow
 from .auth import Principal
 
-__all__ = ["ExportFormat", "MEDIA_TYPES", "UTF8_BOM", "stream_export", "csv_cell"]
+__all__ = ["ExportFormat", "EXPORT_FORMATS", "MEDIA_TYPES", "UTF8_BOM", "stream_export", "csv_cell"]
 
 log = logging.getLogger(__name__)
 
 ExportFormat = Literal["csv", "json"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
 
 #: U+FEFF encoded in UTF-8: tells Excel the CSV is UTF-8.
@@ -70,14 +71,14 @@ def _encode_csv(models: Sequence[BaseModel], columns: Sequence[str]) -> bytes:
 
 def _chunks(
     factory: sessionmaker[Session],
-    batches: Callable[[Session], Iterator[list[Any]]],
+    batches: Callable[[Session], Generator[list[Any], None, None]],
     fmt: ExportFormat,
     columns: Sequence[str],
     principal: Principal,
     action: str,
     query: str,
     bom: bool = False,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     session = factory()
     n = 0
     outcome = "incomplete"
@@ -123,15 +124,14 @@ def _encode_csv_header(columns: Sequence[str]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-async def _in_worker_threads(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+async def _in_worker_threads(chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
     """Drive the blocking generator from worker threads; always close it (in a thread)."""
-    done = object()
     try:
         while True:
-            chunk = await anyio.to_thread.run_sync(next, chunks, done)
-            if chunk is done:
+            chunk = await anyio.to_thread.run_sync(next, chunks, None)  # None: no more (chunks are bytes)
+            if chunk is None:
                 break
-            yield chunk  # type: ignore[misc]
+            yield chunk
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(chunks.close)
@@ -139,7 +139,7 @@ async def _in_worker_threads(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 def stream_export(
     factory: sessionmaker[Session],
-    batches: Callable[[Session], Iterator[list[Any]]],
+    batches: Callable[[Session], Generator[list[Any], None, None]],
     *,
     fmt: ExportFormat,
     columns: Sequence[str],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,7 +71,7 @@ def list_audit_events(
 
 def iter_audit_events(
     session: Session, filters: AuditFilters, *, batch_size: int = 1000
-) -> Iterator[list[AuditEventOut]]:
+) -> Generator[list[AuditEventOut], None, None]:
     result = session.scalars(_statement(filters, None), execution_options={"yield_per": batch_size})
     try:
         for rows in result.partitions():

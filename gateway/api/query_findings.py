@@ -11,9 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Unpack
 
 from sqlalchemy import Row, Select, and_, exists, select, text
 from sqlalchemy.orm import Session
@@ -103,7 +103,7 @@ def _delivery_condition(status: str) -> Any:
     raise ValueError(f"unknown delivery status {status!r}")
 
 
-def finding_rows_statement(filters: FindingFilters, cursor: str | None = None) -> Select[Any]:
+def finding_rows_statement(filters: FindingFilters, cursor: str | None = None) -> Select[Unpack[tuple[Any, ...]]]:
     """SELECT of finding rows with their context, filtered, newest first."""
     stmt = (
         select(
@@ -230,7 +230,7 @@ def _to_out(row: Row[Any], status: str, show_identifiers: bool) -> FindingOut:
         model_name=row.model_name,
         model_version=row.model_version,
         weights_id=row.weights_id,
-        delivery_status=status,  # type: ignore[arg-type]
+        delivery_status=status,
         patient_id=row.patient_id if show_identifiers else None,
         patient_name=row.patient_name if show_identifiers else None,
         accession_number=row.accession_number if show_identifiers else None,
@@ -267,7 +267,7 @@ def iter_findings(
     *,
     show_identifiers: bool,
     batch_size: int = 1000,
-) -> Iterator[list[FindingOut]]:
+) -> Generator[list[FindingOut], None, None]:
     """Every matching finding, in batches, streamed from the database (server-side cursor)."""
     result = session.execute(
         finding_rows_statement(filters), execution_options={"yield_per": batch_size}

@@ -94,7 +94,7 @@ def get_study(session: Session, study_instance_uid: str) -> Study:
     return study
 
 
-def study_out(study: Study, modalities: Sequence[str], instance_count: int,
+def study_out(study: Study, modalities: Sequence[str | None], instance_count: int,
               show_identifiers: bool) -> StudyOut:
     return StudyOut(
         study_instance_uid=study.study_instance_uid,
@@ -146,7 +146,7 @@ def list_studies(
     more = len(studies) > limit
     studies = studies[:limit]
     ids = [s.id for s in studies]
-    modalities: dict[int, list[str]] = defaultdict(list)
+    modalities: dict[int, list[str | None]] = defaultdict(list)  # Modality may be missing
     counts: dict[int, int] = {}
     if ids:
         for study_id, modality in session.execute(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from sqlalchemy.orm import Session
@@ -54,7 +54,8 @@ router = APIRouter(prefix="/api/v1/admin", tags=["admin"], responses=AUTH_RESPON
                    dependencies=[Depends(reject_unknown_query_parameters)])
 
 Name = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f/]+$")]
-_ERRORS = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
+#: FastAPI's ``responses=`` type: status code -> OpenAPI response fields
+_ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
 
 
 def admin_error_status(exc: Exception) -> int:

@@ -6,7 +6,7 @@ the read itself: the endpoint builds its answer, adds the event, commits, and on
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response, StreamingResponse
@@ -64,8 +64,10 @@ ExportFormatQ = Annotated[Literal["csv", "json"], Query(description="csv or json
 BomQ = Annotated[bool, Query(description="CSV only: start with a UTF-8 byte-order mark, so that "
                                          "Excel reads Chinese text correctly")]
 
-_NOT_FOUND = {404: {"model": ErrorOut}}
-_BAD = {400: {"model": ErrorOut}}
+#: FastAPI's ``responses=`` type: status code -> OpenAPI response fields
+_Responses = dict[int | str, dict[str, Any]]
+_NOT_FOUND: _Responses = {404: {"model": ErrorOut}}
+_BAD: _Responses = {400: {"model": ErrorOut}}
 
 
 def finding_filters(
@@ -110,7 +112,7 @@ def search(
     return FindingPage(items=items, next_cursor=next_cursor)
 
 
-_EXPORT_RESPONSES = {
+_EXPORT_RESPONSES: _Responses = {
     200: {"content": {"text/csv": {"schema": {"type": "string"}},
                       "application/json": {"schema": {"type": "array", "items": {}}}},
           "description": "the matching rows, streamed"},

@@ -17,7 +17,7 @@ import hmac
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, status
@@ -39,7 +39,7 @@ from .auth import (
     record_forbidden,
     refuse_if_throttled,
 )
-from .export import stream_export
+from .export import EXPORT_FORMATS, stream_export
 from .pagination import InvalidCursorError
 from .query_findings import EXPORT_COLUMNS, FindingFilters, iter_findings, search_findings
 from .query_studies import StudyNotFoundError, get_study, study_detail
@@ -57,6 +57,7 @@ COOKIE_NAME = "medrega_session"
 SESSION_MAX_AGE_S = 8 * 3600
 PAGE_SIZE = 50
 _TEXT_RE = re.compile(r"^[^\x00-\x1f\x7f]{0,256}$")
+_Choice = TypeVar("_Choice", bound=str)  # a Literal of allowed values keeps its type
 
 #: Titles of the error page by status code.
 ERROR_TITLES = {
@@ -195,14 +196,16 @@ def text_filter(params: dict[str, str], key: str, max_length: int = 64) -> str |
     return value
 
 
-def choice_filter(params: dict[str, str], key: str, choices: Iterable[str]) -> str | None:
+def choice_filter(params: dict[str, str], key: str, choices: Iterable[_Choice]) -> _Choice | None:
+    """The one of ``choices`` that ``params[key]`` names (``None`` when not given)."""
     value = (params.get(key) or "").strip()
     options = tuple(choices)
     if not value:
         return None
-    if value not in options:
-        raise FilterError(f"{key}: one of {', '.join(options)} (not {value[:32]!r})")
-    return value
+    for option in options:
+        if value == option:
+            return option
+    raise FilterError(f"{key}: one of {', '.join(options)} (not {value[:32]!r})")
 
 
 def when_filter(params: dict[str, str], key: str) -> dt.datetime | None:
@@ -339,7 +342,7 @@ def findings_export(request: Request,
                     principal: Principal = Depends(ui_principal)) -> StreamingResponse:
     params = page_params(request, (*FINDING_FILTER_KEYS, "format", "bom"))
     try:
-        fmt = choice_filter(params, "format", ("csv", "json")) or "csv"
+        fmt = choice_filter(params, "format", EXPORT_FORMATS) or "csv"
         bom = bom_param(params)
         filters = _filters(params)
     except FilterError as exc:
@@ -347,7 +350,7 @@ def findings_export(request: Request,
     show = principal.sees_patient_identifiers
     return stream_export(
         request.app.state.sessions, lambda s: iter_findings(s, filters, show_identifiers=show),
-        fmt=fmt, columns=EXPORT_COLUMNS, principal=principal,  # type: ignore[arg-type]
+        fmt=fmt, columns=EXPORT_COLUMNS, principal=principal,
         action="findings.export",
         query=query_text(request.url.path, filters.as_query(), format=fmt),
         filename_stem="findings", bom=bom,

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from .auditing import audit_request, query_text
 from .auth import Principal, get_session, get_settings
-from .export import stream_export
+from .export import EXPORT_FORMATS, stream_export
 from .pagination import InvalidCursorError
 from .query_audit import AUDIT_EXPORT_COLUMNS, AuditFilters, iter_audit_events, list_audit_events
 from .query_studies import StudyFilters, list_studies, study_activity
@@ -120,14 +120,14 @@ def audit_export(request: Request,
                  principal: Principal = Depends(ui_principal)) -> StreamingResponse:
     params = page_params(request, (*AUDIT_FILTER_KEYS, "format", "bom"))
     try:
-        fmt = choice_filter(params, "format", ("csv", "json")) or "csv"
+        fmt = choice_filter(params, "format", EXPORT_FORMATS) or "csv"
         bom = bom_param(params)
         filters = _audit_filters(params)
     except FilterError as exc:
         raise HTTPException(422, str(exc)) from None
     return stream_export(
         request.app.state.sessions, lambda s: iter_audit_events(s, filters),
-        fmt=fmt, columns=AUDIT_EXPORT_COLUMNS, principal=principal,  # type: ignore[arg-type]
+        fmt=fmt, columns=AUDIT_EXPORT_COLUMNS, principal=principal,
         action="audit.export",
         query=query_text(request.url.path, filters.as_query(), format=fmt),
         filename_stem="audit-log", bom=bom,

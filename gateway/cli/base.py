@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NoReturn, Optional
 
 import typer
 from sqlalchemy.orm import Session
@@ -89,7 +89,7 @@ def _check_data_dir(data_dir: Path) -> None:
         fail(f"storage.data_dir: {data_dir}: {exc.strerror or exc}", code=EXIT_STORAGE)
 
 
-def fail(message: str, code: int = 1) -> "typer.Exit":
+def fail(message: str, code: int = 1) -> NoReturn:
     typer.echo(f"medrega-gateway: {message}", err=True)
     raise typer.Exit(code)
 
@@ -120,13 +120,14 @@ def audited_change(
     command = "medrega-gateway " + " ".join(ctx.command_path.split()[1:])
     actor = audit.operating_system_user()
     sender = audit.sender_from_settings(settings)
+    caught: tuple[type[Exception], ...] = (Refused, *refused)
     try:
         with db.session_scope(settings.database_url) as session:
             yield session
             event = audit.record(session, actor=actor, role=CLI_ROLE, action=action,
                                  query=audit.query_text(command, subject=subject))
         _forward(sender, event)
-    except (Refused, *refused) as exc:
+    except caught as exc:
         with db.session_scope(settings.database_url) as session:
             event = audit.record(session, actor=actor, role=CLI_ROLE, action=action, outcome="failure",
                                  query=audit.query_text(command, subject=subject, error=str(exc)))

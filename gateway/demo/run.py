@@ -21,12 +21,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pynetdicom import AE, evt, StoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from .samples import make_sample_study
+
+if TYPE_CHECKING:
+    from pynetdicom.transport import ThreadedAssociationServer
 
 __all__ = ["run_demo", "DemoPACS", "demo_replay_lines"]
 
@@ -50,7 +54,7 @@ class DemoPACS:
         ae.supported_contexts = StoragePresentationContexts
         ae.add_supported_context(Verification)
         self._ae = ae
-        self._server = None
+        self._server: ThreadedAssociationServer | None = None
 
     def _on_store(self, event: evt.Event) -> int:
         ds = event.dataset

@@ -22,7 +22,7 @@ import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from common.uids import derive_uid
 
@@ -38,9 +38,9 @@ _STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                    "StudyDescription")
 
 
-def _uid(seed: str, *parts: object) -> str:
+def _uid(seed: str, *parts: object) -> UID:
     """A UID derived from the seed, so the same sample has the same UIDs every time."""
-    return derive_uid("sample", seed, *map(str, parts))
+    return UID(derive_uid("sample", seed, *map(str, parts)))
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ def _new_image(study: pydicom.Dataset, sop_class_uid: str, sop_instance_uid: str
     """A new image of ``study``: file meta, SOP identity, the study's patient and study attributes."""
     ds = pydicom.Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop_class_uid
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = sop_instance_uid
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = UID(sop_class_uid)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = UID(sop_instance_uid)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     for keyword in _STUDY_KEYWORDS:
         setattr(ds, keyword, getattr(study, keyword))
@@ -104,7 +104,10 @@ def _cr_dataset(study: pydicom.Dataset, seed: str, number: int, lateral: bool = 
 
 
 def _from_testdata(study: pydicom.Dataset, name: str) -> pydicom.Dataset:
-    ds = pydicom.dcmread(get_testdata_file(name))
+    path = get_testdata_file(name)
+    if not isinstance(path, str):
+        raise FileNotFoundError(f"pydicom's test file {name} is not installed")
+    ds = pydicom.dcmread(path)
     for keyword in _STUDY_KEYWORDS:
         setattr(ds, keyword, getattr(study, keyword))
     for keyword in ("OtherPatientIDs", "PatientAge", "InstitutionName", "RequestingPhysician"):

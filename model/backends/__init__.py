@@ -42,14 +42,19 @@ def load_backend(settings: "ModelSettings") -> ModelBackend:
         backend = _cache.get(key)
         if backend is None:
             if settings.backend == "medrega":
-                from .medrega import MedRegABackend as cls
+                from .medrega import MedRegABackend
+
+                backend = MedRegABackend.from_settings(settings)
             elif settings.backend == "tiny":
-                from .tiny import TinyBackend as cls
+                from .tiny import TinyBackend
+
+                backend = TinyBackend.from_settings(settings)
             elif settings.backend == "replay":
-                from .replay import ReplayBackend as cls
+                from .replay import ReplayBackend
+
+                backend = ReplayBackend.from_settings(settings)
             else:  # pragma: no cover - settings validation forbids it
                 raise ModelLoadError(f"unknown model backend {settings.backend!r}")
-            backend = cls.from_settings(settings)
             _cache[key] = backend
         return backend
 

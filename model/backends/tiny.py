@@ -64,7 +64,7 @@ def tiny_config(vocab_size: int, image_token_id: int) -> Any:
     """InternVL-Chat-V1.2 topology at toy size (v1 shuffle, RMSNorm, QK-norm, Llama)."""
     from transformers import InternVLConfig
 
-    return InternVLConfig(
+    return InternVLConfig(  # type: ignore[call-arg]  # ps_version: not a declared InternVLConfig field; PreTrainedConfig keeps it (config.json)
         vision_config={
             "hidden_size": 64,
             "num_hidden_layers": 2,
@@ -119,7 +119,8 @@ class TinyBackend(EngineBackend):
         finally:
             torch.random.set_rng_state(generator_state)
         if device not in ("auto", "cpu"):
-            model = model.to(device)
+            # transformers types its decorated PreTrainedModel.to as unbound (the model as first argument)
+            model = model.to(device)  # type: ignore[arg-type]  # see above
         self.engine = InternVLEngine(model, tokenizer, max_new_tokens=max_new_tokens)
         self.batch_size = batch_size
         self.identity = ModelIdentity(

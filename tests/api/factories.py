@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy.orm import Session
 
 from common.models import (
@@ -35,7 +35,7 @@ from common.models import (
     StudyState,
 )
 
-CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+CR_STORAGE = ComputedRadiographyImageStorage
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 ROWS, COLUMNS = 96, 128
 
@@ -61,7 +61,7 @@ def write_tiny_dicom(path: Path, *, study_uid: str, series_uid: str, sop_uid: st
     img += (x * 4).astype(np.uint16)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CR_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = pydicom.Dataset()
     ds.file_meta = meta

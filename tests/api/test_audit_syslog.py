@@ -16,6 +16,13 @@ from .conftest import Env
 from .factories import make_study
 
 
+def _one(parent: ET.Element, path: str) -> ET.Element:
+    """The element at ``path`` under ``parent`` (the test fails naming it when it is missing)."""
+    found = parent.find(path)
+    assert found is not None, f"no {path} in {parent.tag}"
+    return found
+
+
 @pytest.fixture
 def collector():
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -53,28 +60,28 @@ def test_study_read_is_sent_as_dicom_audit_message(env: Env, collector: socket.s
     assert app_name == "medrega-gateway" and msgid == "IHE+RFC-3881" and sd == "-"
 
     assert msg.tag == "AuditMessage"
-    ident = msg.find("EventIdentification")
+    ident = _one(msg, "EventIdentification")
     assert ident.get("EventActionCode") == "R" and ident.get("EventOutcomeIndicator") == "0"
-    assert ident.find("EventID").get("csd-code") == "110103"
-    assert ident.find("EventID").get("codeSystemName") == "DCM"
+    assert _one(ident, "EventID").get("csd-code") == "110103"
+    assert _one(ident, "EventID").get("codeSystemName") == "DCM"
     users = msg.findall("ActiveParticipant")
     assert users[0].get("UserID") == "bob-auditor" and users[0].get("UserIsRequestor") == "true"
     assert users[1].get("UserID") == "MEDREGA_TEST" and users[1].get("UserIsRequestor") == "false"
-    assert msg.find("AuditSourceIdentification").get("AuditSourceID") == "MEDREGA_TEST"
+    assert _one(msg, "AuditSourceIdentification").get("AuditSourceID") == "MEDREGA_TEST"
     objects = msg.findall("ParticipantObjectIdentification")
-    study = [o for o in objects if o.find("ParticipantObjectIDTypeCode").get("csd-code") == "110180"]
+    study = [o for o in objects if _one(o, "ParticipantObjectIDTypeCode").get("csd-code") == "110180"]
     assert study and study[0].get("ParticipantObjectID") == uid
     assert b"Doe^Jane" not in ET.tostring(msg)  # no patient data leaves in audit messages
 
-    assert refused.find("EventIdentification/EventID").get("csd-code") == "110114"
-    assert refused.find("EventIdentification").get("EventOutcomeIndicator") == "4"
+    assert _one(refused, "EventIdentification/EventID").get("csd-code") == "110114"
+    assert _one(refused, "EventIdentification").get("EventOutcomeIndicator") == "4"
 
-    assert query.find("EventIdentification/EventID").get("csd-code") == "110112"
+    assert _one(query, "EventIdentification/EventID").get("csd-code") == "110112"
     q = [o for o in query.findall("ParticipantObjectIdentification")
          if o.find("ParticipantObjectQuery") is not None][0]
-    assert b'"modality": "CR"' in base64.b64decode(q.find("ParticipantObjectQuery").text)
-    detail = q.find("ParticipantObjectDetail")
-    assert detail.get("type") == "rows" and base64.b64decode(detail.get("value")) == b"6"
+    assert b'"modality": "CR"' in base64.b64decode(_one(q, "ParticipantObjectQuery").text or "")
+    detail = _one(q, "ParticipantObjectDetail")
+    assert detail.get("type") == "rows" and base64.b64decode(detail.get("value", "")) == b"6"
 
 
 def test_nothing_is_sent_for_a_rolled_back_read(env: Env, collector: socket.socket) -> None:
@@ -88,7 +95,7 @@ def test_nothing_is_sent_for_a_rolled_back_read(env: Env, collector: socket.sock
         audit.record(s, actor="y", role="auditor", action="findings.search", rows=2)
         s.commit()
     _, msg = _receive(collector)
-    assert msg.find("ActiveParticipant").get("UserID") == "y"
+    assert _one(msg, "ActiveParticipant").get("UserID") == "y"
     collector.settimeout(0.2)
     with pytest.raises(socket.timeout):
         collector.recvfrom(65535)

@@ -43,8 +43,8 @@ def test_bad_tokens_are_recorded_bounded_then_refused_with_429(env: Env) -> None
     failures = [e for e in env.audit_events() if e.action == "auth.failure"]
     assert len(failures) == 4
     for event in failures:
-        assert len(event.query) < MAX_AUDITED_PATH + 200
-        recorded = json.loads(event.query)
+        assert len(event.query or "") < MAX_AUDITED_PATH + 200
+        recorded = json.loads(event.query or "{}")
         assert recorded["path"] == LONG_PATH[:MAX_AUDITED_PATH]
         assert recorded["path_length"] == len(LONG_PATH)
         assert recorded["client"] == "testclient"
@@ -67,7 +67,7 @@ def test_the_wait_grows_with_each_failure_and_is_forgotten() -> None:
     assert limiter.failed("198.51.100.1") == 0
 
 
-def _ui_client(app, token: str) -> TestClient:  # type: ignore[no-untyped-def]
+def _ui_client(app, token: str) -> TestClient:
     client = TestClient(app)
     client.cookies.set(COOKIE_NAME, token)
     return client
@@ -91,4 +91,4 @@ def test_an_auditors_refused_page_or_form_is_audited(app, env: Env, method: str,
     last = env.audit_events()[-1]
     assert (last.action, last.outcome, last.actor, last.role) == (
         "auth.forbidden", "denied", "bob-auditor", "auditor")
-    assert json.loads(last.query) == {"method": method.upper(), "path": path, "client": "testclient"}
+    assert json.loads(last.query or "{}") == {"method": method.upper(), "path": path, "client": "testclient"}

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from gateway.api.render import ImageNotAvailableError, display_picture, render_annotated_png
 from model.imaging import CT_PRESETS, ct_preset_for, prepare_image
@@ -28,7 +28,7 @@ from tests.dicom_node.corpus import sample
 
 warnings.filterwarnings("ignore", module="pydicom")
 
-CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"  # PS3.4 B.5 Computed Radiography Image Storage
+CR_IMAGE = ComputedRadiographyImageStorage  # PS3.4 B.5
 
 
 def _cr_monochrome1(folder: Path) -> Path:

@@ -40,7 +40,7 @@ from .factories import BASE_TIME, make_study
 
 
 def _browser(app: FastAPI, token: str | None, **kwargs: object) -> TestClient:
-    client = TestClient(app, **kwargs)  # type: ignore[arg-type,unused-ignore]
+    client = TestClient(app, **kwargs)  # type: ignore[arg-type,unused-ignore]  # TestClient's own keywords, passed on
     if token:
         client.cookies.set(COOKIE_NAME, token)
     return client

@@ -37,11 +37,14 @@ def test_annotated_png_has_the_boxes_drawn(client: TestClient, env: Env) -> None
     assert img.size == (round(COLUMNS * scale), round(ROWS * scale))
     # The left-lung box (region 1, red) is drawn where the finding says, in pixels of the image.
     f = next(f for f in rows.findings if f.label == "left lung")
+    assert f.px_x1 is not None and f.px_x2 is not None and f.px_y2 is not None
     x = round((f.px_x1 + f.px_x2) / 2 * scale)
     y = round(f.px_y2 * scale) - 1
     assert img.getpixel((x, y)) == (0xFF, 0x52, 0x52)
     # Elsewhere the picture is grey (the DICOM pixels, windowed).
-    r_, g, b = img.getpixel((2, img.size[1] - 2))
+    pixel = img.getpixel((2, img.size[1] - 2))
+    assert isinstance(pixel, tuple)
+    r_, g, b = pixel
     assert r_ == g == b
     ev = env.audit_events()[-1]
     assert (ev.action, ev.rows, ev.study_instance_uid) == ("study.image", 3, uid)

@@ -4,6 +4,7 @@ through gateway.admin; retries of jobs and deliveries; every change and refusal 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -104,7 +105,7 @@ def test_admin_manages_configuration_through_gateway_admin(client: TestClient, e
 
 
 @pytest.fixture
-def hook_calls() -> list[int]:
+def hook_calls() -> Iterator[list[int]]:
     calls: list[int] = []
     previous = hooks.set_enqueue_delivery(calls.append)
     yield calls
@@ -131,9 +132,9 @@ def test_retry_failed_delivery(client: TestClient, env: Env, hook_calls: list[in
     assert r.status_code == 200, r.text
     assert hook_calls == [failed_id]
     with env.session() as s:
-        dl = s.get(Delivery, failed_id)
+        dl = s.get_one(Delivery, failed_id)
         assert dl.state == DeliveryState.PENDING and dl.attempts == 0
-        assert dl.next_attempt_at >= before - dt.timedelta(seconds=1)
+        assert dl.next_attempt_at is not None and dl.next_attempt_at >= before - dt.timedelta(seconds=1)
     assert client.post(f"/api/v1/admin/deliveries/{failed_id}/retry", headers=h).status_code == 409
     assert client.post(f"/api/v1/admin/deliveries/{sent_id}/retry", headers=h).status_code == 409
     assert client.post("/api/v1/admin/deliveries/999999/retry", headers=h).status_code == 404
@@ -190,9 +191,9 @@ def test_retry_and_cancel_jobs(client: TestClient, env: Env) -> None:
     assert client.post(f"/api/v1/admin/jobs/{done}/cancel", headers=h).status_code == 409
     assert client.post("/api/v1/admin/jobs/424242/retry", headers=h).status_code == 404
     with env.session() as s:
-        job = s.get(Job, dead)
+        job = s.get_one(Job, dead)
         assert job.state == JobState.PENDING and job.attempts == 0 and job.published_at is None
-        assert s.get(Job, failed).state == JobState.CANCELLED
+        assert s.get_one(Job, failed).state == JobState.CANCELLED
         events = s.scalars(select(JobEvent).where(JobEvent.job_id == dead).order_by(JobEvent.id)).all()
         assert (events[-1].state, events[-1].detail) == ("pending", "retried by alice-admin")
     assert client.get("/api/v1/admin/jobs", params={"state": "pending"}, headers=h).json()["items"][0]["id"] == dead

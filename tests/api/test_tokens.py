@@ -29,11 +29,12 @@ def test_token_is_stored_only_as_its_sha256(sqlite_url: str) -> None:
     with session_factory(sqlite_url)() as s:
         token = create_token(s, "carol", "auditor")
         s.commit()
-        row = s.scalar(select(ApiToken).where(ApiToken.name == "carol"))
+        row = s.scalars(select(ApiToken).where(ApiToken.name == "carol")).one()
         assert row.token_hash == hashlib.sha256(token.encode()).hexdigest()
         assert token not in {row.name, row.role, row.token_hash}
         assert len(token) > 40 and token.startswith("mrg_")
-        assert authenticate(s, token).name == "carol"
+        carol = authenticate(s, token)
+        assert carol is not None and carol.name == "carol"
         assert authenticate(s, token + "x") is None
         assert authenticate(s, "") is None and authenticate(s, None) is None
         assert authenticate(s, row.token_hash) is None  # the hash is not a credential
@@ -73,7 +74,8 @@ def test_token_cli_create_list_revoke(sqlite_url: str, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     token = result.stdout.strip().splitlines()[-1]
     with session_factory(sqlite_url)() as s:
-        assert authenticate(s, token).role == "auditor"
+        found = authenticate(s, token)
+        assert found is not None and found.role == "auditor"
 
     listed = runner.invoke(_cli(), ["token", "list"], env=env)
     assert listed.exit_code == 0 and "frank\tauditor" in listed.stdout

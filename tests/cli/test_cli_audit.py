@@ -68,11 +68,11 @@ def test_cli_changes_are_audited_with_the_os_user(tmp_path: Path) -> None:
         ("admin.destination.remove", "success"),
     ]
     assert {(e.actor, e.role) for e in events} == {(env_user, "cli")}
-    first = json.loads(events[0].query)
+    first = json.loads(events[0].query or "{}")
     assert first["path"] == "medrega-gateway ae add"
     assert first["subject"]["ae_title"] == "CT1" and first["subject"]["host"] == "10.0.0.0/8"
-    assert "already exists" in json.loads(events[1].query)["error"]
-    assert json.loads(events[10].query)["error"] == reason
+    assert "already exists" in json.loads(events[1].query or "{}")["error"]
+    assert json.loads(events[10].query or "{}")["error"] == reason
     assert token and all(token not in (e.query or "") for e in events)  # the secret is never logged
 
 

@@ -120,7 +120,7 @@ def test_administration_examples_run_as_printed(tmp_path: Path) -> None:
     pacs = StoreSCP(tmp_path / "pacs", free_port())
     site.env["MEDREGA_DESTINATIONS"] = json.dumps(
         [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}])
-    processes = [pacs.start()]
+    processes: list[Process] = [pacs.start()]
     serve = site.background(serve_line, "serve")
     processes.append(serve)
     try:

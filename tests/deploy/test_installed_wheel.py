@@ -63,7 +63,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(root / "dist"), str(src)], env, root)
     (wheel,) = (root / "dist").glob("medrega_gateway-*.whl")
     venv = root / "venv"
-    _run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], env, root)  # type: ignore[attr-defined]
+    _run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], env, root)  # type: ignore[attr-defined]  # CPython's, not in typeshed
     python = venv / "bin" / "python"
     pip = [sys.executable, "-m", "pip", "--python", str(python)]
     _run([*pip, "install", "--no-deps", "--no-index", str(wheel)], env, root)

@@ -234,7 +234,7 @@ class _Peer:
             fire(event, data)
             self.changes.append((before, event, self.association.state))
 
-        self.association.fire = recording_fire  # type: ignore[method-assign]
+        self.association.fire = recording_fire  # type: ignore[method-assign]  # records each transition
         self.thread = threading.Thread(target=self.association.run, daemon=True)
         self.thread.start()
 

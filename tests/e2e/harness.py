@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Self
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,7 @@ class Process:
     proc: subprocess.Popen | None = None
     cwd: Path = REPO
 
-    def start(self) -> "Process":
+    def start(self) -> Self:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TCP_NODELAY": "1", **self.env}
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.cwd,

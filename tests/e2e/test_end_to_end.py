@@ -154,9 +154,15 @@ def _run_scenario(tmp_path: Path, *, backend: str, database_url: str = "", broke
             p.stop()
 
 
+def file_of(ds: pydicom.Dataset) -> Path:
+    """The file ``ds`` was read from."""
+    assert isinstance(ds.filename, str), "read from a file"
+    return Path(ds.filename)
+
+
 def _check_srs(result: dict, expect_model: str) -> dict[str, pydicom.Dataset]:
     files = result["pacs_files"]
-    srs = {}
+    srs: dict[str, pydicom.Dataset] = {}
     for f in files:
         ds = pydicom.dcmread(f)
         assert ds.Modality == "SR"
@@ -328,11 +334,11 @@ def test_presentation_states_for_a_destination_that_wants_them(tmp_path: Path) -
     # Regions on the PA film and on the 3 chosen CT slices: four images, one presentation state each.
     assert kinds == ["PR"] * 4 + ["SR", "SR"], kinds
     images_with_regions = {uid for (_, _, uid, _, _) in result["state"]["findings"]}
-    referenced = set()
+    referenced: set[str] = set()
     for ds in viewer:
         if ds.Modality != "PR":
             continue
-        _validate(Path(ds.filename))
+        _validate(file_of(ds))
         for series in ds.ReferencedSeriesSequence:
             referenced.update(i.ReferencedSOPInstanceUID for i in series.ReferencedImageSequence)
         layers = {layer.GraphicLayer for layer in ds.GraphicLayerSequence}

@@ -161,6 +161,7 @@ def test_a_changed_resend_makes_version_two_and_a_moved_instance_keeps_both_stud
         assert len(replacements) == len(sample.files) + 1
         assert [r.sop_instance_uid for r in replacements if r.moved] == [moved_uid]
         for r in replacements:  # the replaced bytes are kept, as they were received
+            assert r.kept_path is not None
             kept = (data_dir / r.kept_path).read_bytes()
             assert r.kept_path.startswith("replaced/")
             data_set = kept[data_set_offset(data_dir / r.kept_path):]  # the recorded hash is the data set's

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
@@ -79,12 +80,12 @@ def part10(path: Path, body: bytes, *, sop_instance: str, sop_class: str = CT_IM
            transfer_syntax: str = ExplicitVRLittleEndian) -> Path:
     """A Part 10 file: a valid file meta (what the C-STORE-RQ announces), then ``body`` as it is."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     with open(path, "wb") as f:
         f.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(f, meta, enforce_standard=True)
+        write_file_meta_info(DicomFileLike(f), meta, enforce_standard=True)
         f.write(body)
     return path
 

@@ -189,14 +189,14 @@ def large_multiframe(path: Path, frames: int, rows: int = 1024, columns: int = 1
     """A multi-frame CT of frames x rows x columns x 16 bits, written without holding it in memory."""
     import numpy as np
     from pydicom.filewriter import dcmwrite
-    from pydicom.uid import generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     from tests.dicom_node.corpus import sample
 
     ds = pydicom.dcmread(sample("CT_small.dcm"), stop_before_pixels=True)
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
     for tag in [e.tag for e in ds if e.tag.group > 0x0028]:
         del ds[tag]

@@ -68,7 +68,7 @@ def test_destination_down_retried_with_backoff_then_delivered_once(make_rig, tmp
             gap = (nxt.at - prev.at).total_seconds()
             assert gap >= backoff_s(settings, n) - 0.01, \
                 f"delivery {delivery_id}: attempt {n + 1} came {gap:.2f} s after attempt {n}, backoff is {backoff_s(settings, n)} s"
-    attempts = _attempts(rig.db_url)
+    by_delivery = _attempts(rig.db_url)
     with session_scope(rig.db_url) as s:
         deliveries = s.scalars(select(Delivery)).all()
-        assert [(d.state, d.attempts) for d in deliveries] == [(DeliveryState.SENT, len(attempts[d.id])) for d in deliveries]
+        assert [(d.state, d.attempts) for d in deliveries] == [(DeliveryState.SENT, len(by_delivery[d.id])) for d in deliveries]

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pydicom
+from pydicom.uid import UID
 import pytest
 from tests.conftest import require_tool
 from tests.dicom_node.corpus import sample
@@ -50,7 +51,7 @@ def _template() -> bytes:
     ds = pydicom.dcmread(sample("CT_small.dcm"))
     ds.preamble = b"\x00" * 128
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = _STUDY, _SERIES, _SOP
-    ds.file_meta.MediaStorageSOPInstanceUID = _SOP
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(_SOP)
     ds.InstanceNumber = _NUMBER
     ds.ImagePositionPatient = ["-125.000", "-125.000", _Z]
     ds.Rows = ds.Columns = 64

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import pydicom
@@ -26,7 +27,7 @@ from sqlalchemy import select
 from common.db import session_scope
 from common.models import Instance
 from tests.dicom_node.corpus import sample
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import Process, wait_for
 from tests.faults.malformed import (
     CT_IMAGE_STORAGE,
     GARBAGE_PDUS,
@@ -46,7 +47,7 @@ pytestmark = [pytest.mark.peers, pytest.mark.slow]
 SLOTS = 4  # node.maximum_associations
 
 
-def _node(make_rig) -> tuple[Rig, object]:
+def _node(make_rig) -> tuple[Rig, Process]:
     # Short ACSE/network timeouts: a connection the peer dropped keeps its association slot until
     # they expire (see the report on issue 7), and the garbage below drops many.
     rig = make_rig(with_pacs=False, sections={"node": {"stable_after_s": 3600, "maximum_associations": SLOTS,
@@ -65,7 +66,8 @@ class Valid:
     """Sends a fresh valid instance after each bad input and remembers it."""
 
     def __init__(self, rig: Rig, folder: Path) -> None:
-        self.rig, self.folder, self.sent = rig, folder, []
+        self.rig, self.folder = rig, folder
+        self.sent: list[str] = []
         folder.mkdir(parents=True, exist_ok=True)
 
     def send(self, after: str) -> None:
@@ -262,7 +264,7 @@ def _encode(spec: dict) -> tuple[bytes, str]:
             del elements[tag]
         else:
             elements[tag] = (b"UI", value)
-    items = sorted(elements.items())
+    items: list[tuple[int, tuple[Any, ...]]] = sorted(elements.items())
     for tag, vr, value, length in spec["extra"]:
         items.append((tag, (vr, value, length)))
     if not spec["shuffle"]:

@@ -33,9 +33,10 @@ LEASE_S = 30  # queue.job_lease_s: a RUNNING job without a heartbeat for this lo
 
 def _broker_idle(url: str) -> bool:
     """No task waiting or unacknowledged: nothing is left that could send a second copy."""
-    client = redis.Redis.from_url(url)
-    queues = [k for k in client.keys("*") if not k.startswith((b"_kombu", b"unacked"))]
-    return client.hlen("unacked") == 0 and all(client.type(k) != b"list" or client.llen(k) == 0 for k in queues)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    names = [k.decode() if isinstance(k, bytes) else k for k in client.keys("*")]  # typed bytes | str
+    queues = [k for k in names if not k.startswith(("_kombu", "unacked"))]
+    return client.hlen("unacked") == 0 and all(client.type(k) != "list" or client.llen(k) == 0 for k in queues)
 
 
 def test_worker_killed_mid_inference_job_completes_once_on_another_worker(postgres_url, make_rig, tmp_path: Path):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from common.settings import ModelSettings
 from model.backends import GenerationRequest, ModelLoadError, clear_cache, load_backend
+from model.backends.base import EngineBackend
 from model.parse import parse_answer
 from model.plans import plan_for
 from model.template import build_query
@@ -174,6 +175,7 @@ def test_medrega_backend_on_the_converted_fixture(tmp_path: Path) -> None:
         image = im.convert("RGB")
     expected = json.loads((PARITY / "expected.json").read_text())
     answers = backend.generate([GenerationRequest(image, expected["question"], "en")] * 3)
+    assert isinstance(backend, EngineBackend)
     first5 = backend.engine.tokenizer.decode(expected["greedy"]["ids"][:5], skip_special_tokens=False).strip()
     assert answers == [first5] * 3
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import InternVLModel
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -95,7 +96,7 @@ def write_original(folder: Path, tensors: dict[str, torch.Tensor] | None = None,
     if shards == 1:
         save_file(tensors, folder / "model.safetensors")
     else:
-        weight_map = {}
+        weight_map: dict[str, str] = {}
         for s in range(shards):
             part = {k: tensors[k] for k in names[s::shards]}
             fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
@@ -147,7 +148,7 @@ def test_convert_maps_every_tensor_and_keeps_the_v1_shuffle(tmp_path: Path) -> N
         hidden = engine.model.model.vision_tower(pixel_values=pixels).last_hidden_state
         expected = v1_features(original, hidden)
         got = engine.image_features([image])
-        native_v2 = type(engine.model.model).__mro__[1].pixel_shuffle  # transformers' own (v2)
+        native_v2 = InternVLModel.pixel_shuffle  # transformers' own (v2), the class the v1 model extends
         shuffled = native_v2(engine.model.model, hidden[:, 1:].reshape(1, 32, 32, -1))
         v2 = engine.model.model.multi_modal_projector(shuffled.reshape(1, 256, -1))
     assert torch.allclose(got, expected, atol=1e-5), float((got - expected).abs().max())

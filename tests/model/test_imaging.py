@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from model.imaging import CT_PRESETS, ImagingError, ct_preset_for, prepare_image
 
-from model_factory import grey_dataset, write
+from tests.dicom_node.corpus import sample
+from tests.model.model_factory import grey_dataset, write
 
 warnings.filterwarnings("ignore", module="pydicom")
 
@@ -33,7 +33,7 @@ def _naive(ds, y_lo: float, y_hi: float) -> np.ndarray:
 
 
 def test_header_window_matches_the_library_pipeline() -> None:
-    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds = pydicom.dcmread(sample("MR_small.dcm"))
     prepared = prepare_image(ds)
     assert prepared.voi == "window (header)"
     expected = _naive(ds, -(2**15), 2**15 - 1)  # signed 16 bit, no rescale
@@ -51,12 +51,12 @@ def test_header_window_matches_the_library_pipeline() -> None:
     ],
 )
 def test_lossless_transfer_syntaxes_give_the_same_picture(name: str) -> None:
-    reference = _grey(prepare_image(get_testdata_file("MR_small.dcm")))
-    assert (_grey(prepare_image(get_testdata_file(name))) == reference).all()
+    reference = _grey(prepare_image(sample("MR_small.dcm")))
+    assert (_grey(prepare_image(sample(name))) == reference).all()
 
 
 def test_ct_without_window_uses_the_body_part_preset() -> None:
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(sample("CT_small.dcm"))
     assert "WindowCenter" not in ds
     prepared = prepare_image(ds)
     assert prepared.voi == "preset ct-soft-tissue"
@@ -78,7 +78,7 @@ def test_brain_preset_differs_from_soft_tissue(tmp_path: Path) -> None:
 
 
 def test_monochrome1_is_inverted() -> None:
-    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds = pydicom.dcmread(sample("MR_small.dcm"))
     normal = _grey(prepare_image(ds))
     ds.PhotometricInterpretation = "MONOCHROME1"
     assert (_grey(prepare_image(ds)) == 255 - normal).all()
@@ -126,21 +126,21 @@ def test_voi_lut_sequence() -> None:
 
 @pytest.mark.parametrize(("rgb", "ybr"), [("SC_rgb_rle.dcm", "SC_rgb_jpeg_dcmtk.dcm"), ("SC_rgb_rle.dcm", "SC_ybr_full_422_uncompressed.dcm")])
 def test_ybr_is_converted_to_rgb(rgb: str, ybr: str) -> None:
-    a = np.asarray(prepare_image(get_testdata_file(rgb)).rgb).astype(int)
-    b = np.asarray(prepare_image(get_testdata_file(ybr)).rgb).astype(int)
+    a = np.asarray(prepare_image(sample(rgb)).rgb).astype(int)
+    b = np.asarray(prepare_image(sample(ybr)).rgb).astype(int)
     assert np.abs(a - b).mean() < 3  # lossy JPEG and 4:2:2 chroma, same colours
     assert tuple(a[5, 5]) == (255, 0, 0)
 
 
 @pytest.mark.parametrize("name", ["SC_rgb_gdcm_KY.dcm", "examples_jpeg2k.dcm", "SC_rgb_jpeg_gdcm.dcm", "SC_rgb_jls_lossy_line.dcm"])
 def test_colour_transfer_syntaxes(name: str) -> None:
-    prepared = prepare_image(get_testdata_file(name))
+    prepared = prepare_image(sample(name))
     assert prepared.voi == "colour" and prepared.rgb.mode == "RGB"
     assert np.asarray(prepared.rgb).std() > 10
 
 
 def test_palette_colour() -> None:
-    ds = pydicom.dcmread(get_testdata_file("examples_palette.dcm"))
+    ds = pydicom.dcmread(sample("examples_palette.dcm"))
     expected = apply_color_lut(ds.pixel_array, ds)
     expected = np.rint(expected.astype(np.float64) * 255 / (2 ** int(ds.RedPaletteColorLookupTableDescriptor[2]) - 1))
     got = np.asarray(prepare_image(ds).rgb).astype(int)
@@ -148,12 +148,12 @@ def test_palette_colour() -> None:
 
 
 def test_sixteen_bit_rgb_is_scaled_to_eight() -> None:
-    got = np.asarray(prepare_image(get_testdata_file("SC_rgb_rle_16bit.dcm")).rgb)
+    got = np.asarray(prepare_image(sample("SC_rgb_rle_16bit.dcm")).rgb)
     assert tuple(got[5, 5]) == (255, 0, 0)
 
 
 def test_multi_frame_colour_frames() -> None:
-    path = get_testdata_file("SC_rgb_rle_2frame.dcm")
+    path = sample("SC_rgb_rle_2frame.dcm")
     ds = pydicom.dcmread(path)
     first = prepare_image(ds, 1)
     second = prepare_image(ds, 2)
@@ -182,9 +182,9 @@ def test_multi_frame_grey_with_per_frame_windows() -> None:
 
 
 def test_jpeg_extended_12_bit_and_j2k_ct() -> None:
-    nm = prepare_image(get_testdata_file("JPGExtended.dcm"), 1)
+    nm = prepare_image(sample("JPGExtended.dcm"), 1)
     assert (nm.rows, nm.columns) == (1024, 256)
-    ct = prepare_image(get_testdata_file("693_J2KI.dcm"))
+    ct = prepare_image(sample("693_J2KI.dcm"))
     assert ct.voi == "window (header)" and _grey(ct).std() > 10
 
 

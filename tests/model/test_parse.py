@@ -15,6 +15,7 @@ def test_reference_grounded_report_line_9(reference_lines) -> None:
     assert parsed.regions[0].boxes == [Box(102, 106, 481, 910)]
     assert parsed.regions[1].boxes == [Box(535, 128, 923, 889)]
     for region in parsed.regions:
+        assert region.description is not None
         assert region.description.startswith("No focal consolidation, pleural effusion")
         assert region.description.endswith("No radiographic evidence for acute cardiopulmonary process")
     assert parsed.text.startswith("right lung, left lung: No focal")
@@ -26,7 +27,7 @@ def test_reference_chinese_line_10(reference_lines) -> None:
     (region,) = parsed.regions
     assert region.label == "胰腺癌"
     assert region.boxes == [Box(661, 528, 743, 599)]
-    assert region.description.startswith("胰尾部见一稍低密度肿块")
+    assert region.description is not None and region.description.startswith("胰尾部见一稍低密度肿块")
     assert parsed.text.startswith("胰腺癌：胰尾部")
 
 
@@ -91,7 +92,7 @@ def test_unreadable_markup_is_kept_and_flagged() -> None:
     assert "[[1, 2, 3]]" in parsed.text
 
 
-_label = st.text(alphabet=st.characters(blacklist_characters="<>[]［］,，、;；:：.。!?！？\n\r", blacklist_categories=("Cs",)), min_size=1, max_size=12).map(str.strip).filter(bool)
+_label = st.text(alphabet=st.characters(blacklist_characters="<>[]［］,，、;；:：.。!?！？\n\r", blacklist_categories=["Cs"]), min_size=1, max_size=12).map(str.strip).filter(bool)
 _coord = st.integers(min_value=-200, max_value=1300)
 _box = st.tuples(_coord, _coord, _coord, _coord)
 

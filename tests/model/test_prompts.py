@@ -70,7 +70,7 @@ def test_every_plan_prompt_is_a_trained_task_in_its_trained_language() -> None:
             assert prompt.instruction in p.question
             used.add(p.prompt_id)
             if p.task == "classification":
-                assert p.options == training_set(p.training_set).options
+                assert p.training_set is not None and p.options == training_set(p.training_set).options
         assert plan.languages
     assert "locate_describe_zh" not in used, "the Chinese lesion prompt must not be filled with anatomy"
     assert {"report_en", "grounded_report_en", "classify_chexpert_en", "classify_vindrcxr_en", "report_zh",

@@ -38,7 +38,7 @@ def test_slices_are_spread_along_the_normal_not_instance_number() -> None:
 
 def test_oblique_orientation_uses_the_cross_product() -> None:
     # Sagittal-ish: rows along y, columns along z; normal along -x.
-    iop = [0, 1, 0, 0, 0, -1]
+    iop = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
     images = [img(f"x{i}", number=i, position=[-3.0 * i, 7.0, 9.0], orientation=iop) for i in range(10)]
     positions = slice_positions(images)
     assert positions == pytest.approx([3.0 * i for i in range(10)])
@@ -47,10 +47,11 @@ def test_oblique_orientation_uses_the_cross_product() -> None:
 
 
 def test_localizer_in_another_orientation_is_left_out() -> None:
-    images = axial_volume(9) + [img("loc", number=0, position=[0, 0, 0], orientation=[0, 1, 0, 0, 0, -1])]
+    images = axial_volume(9) + [img("loc", number=0, position=[0, 0, 0], orientation=[0.0, 1.0, 0.0, 0.0, 0.0, -1.0])]
     selection = select(images, ModelSettings(slices_per_volume=9))
     assert "loc" not in {c.image.sop_instance_uid for c in selection.chosen}
-    assert [(d.image.sop_instance_uid, "another orientation" in d.reason) for d in selection.excluded] == [("loc", True)]
+    assert [(d.image and d.image.sop_instance_uid, "another orientation" in d.reason)
+            for d in selection.excluded] == [("loc", True)]
 
 
 def test_dicom_semantics_exclusions_and_their_switches() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from model.training import TRAINING_TASKS_PATH, TrainingSetError, training_set, training_sets
 
-from conftest import SHARED
+from tests.model.conftest import SHARED
 
 
 def test_training_tasks_copy_equals_the_reference() -> None:

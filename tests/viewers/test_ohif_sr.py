@@ -24,7 +24,7 @@ import pydicom
 import pytest
 
 from tests.conftest import require_tool
-from tests.e2e.test_end_to_end import _run_scenario
+from tests.e2e.test_end_to_end import _run_scenario, file_of
 from tests.peers.orthanc import Orthanc, orthanc
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
@@ -71,13 +71,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     json_folder = tmp / "dicomweb"
     json_folder.mkdir()
     with orthanc(tmp / "orthanc", dicomweb=True) as pacs:
-        for path in [*result["sample"].files, *(Path(ds.filename) for ds in srs.values())]:
+        for path in [*result["sample"].files, *(file_of(ds) for ds in srs.values())]:
             pacs.upload(path)
         sr_json = {lang: _dicomweb_metadata(pacs, ds, json_folder) for lang, ds in srs.items()}
         image_json = [_dicomweb_metadata(pacs, ds, json_folder) for ds in images]
     languages = ["en", "zh"]
     over_dicomweb = _ohif([sr_json[lang] for lang in languages], image_json)
-    local_files = _ohif([Path(srs[lang].filename) for lang in languages], list(result["sample"].files))
+    local_files = _ohif([file_of(srs[lang]) for lang in languages], list(result["sample"].files))
     return {
         "result": result,
         "srs": srs,
