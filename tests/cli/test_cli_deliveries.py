@@ -25,15 +25,15 @@ pytestmark = pytest.mark.peers
 def _written_job(url: str, delivery_id: int) -> int:
     """The delivery's job as the worker leaves it: SRs written, deliveries pending."""
     with session_scope(url) as s:
-        job = s.scalar(select(Job).join(Document, Document.job_id == Job.id)
-                       .join(Delivery, Delivery.document_id == Document.id).where(Delivery.id == delivery_id))
+        job = s.scalars(select(Job).join(Document, Document.job_id == Job.id)
+                        .join(Delivery, Delivery.document_id == Document.id).where(Delivery.id == delivery_id)).one()
         job.state = JobState.SR_WRITTEN
         return job.id
 
 
 def _state(url: str, model, row_id: int):
     with session_scope(url) as s:
-        return s.get(model, row_id).state
+        return s.get_one(model, row_id).state
 
 
 def test_list_retry_cancel_and_remove_as_typed(tmp_path: Path) -> None:
@@ -91,5 +91,5 @@ def test_list_retry_cancel_and_remove_as_typed(tmp_path: Path) -> None:
             ("admin.delivery.cancel", "success"), ("admin.destination.remove", "success"),
             ("admin.delivery.retry", "failure"),
         ]
-        assert json.loads(events[3].query)["subject"]["cancelled_deliveries"] == [third]
+        assert json.loads(events[3].query or "{}")["subject"]["cancelled_deliveries"] == [third]
         assert {e.role for e in events} == {"cli"}

@@ -78,7 +78,9 @@ def test_json_lines_with_ids_and_one_error_for_a_destination_down(make_rig, tmp_
     assert errors[0]["logger"] == "sender.scu" and "connection refused (ECONNREFUSED)" in errors[0]["message"]
     assert not [e for e in entries if e["logger"].startswith("pynetdicom") and e["level"] in ("WARNING", "ERROR")]
     (recovered,) = [e for e in entries if " recovered: " in e["message"]]
-    count = int(re.search(r"after (\d+) failures \(ECONNREFUSED\)", recovered["message"]).group(1))
+    found = re.search(r"after (\d+) failures \(ECONNREFUSED\)", recovered["message"])
+    assert found is not None, recovered
+    count = int(found.group(1))
     assert FAILED_ATTEMPTS <= count <= failed, recovered
 
 

@@ -132,10 +132,10 @@ def test_removing_a_destination_cancels_its_unsent_deliveries_with_the_reason(se
     assert list(admin.remove_destination(session, "pacs")) == [to_pacs, other]
     session.commit()
     for delivery_id in (to_pacs, other):
-        assert session.get(Delivery, delivery_id).state is DeliveryState.CANCELLED
+        assert session.get_one(Delivery, delivery_id).state is DeliveryState.CANCELLED
         assert session.scalar(select(DeliveryEvent.detail).where(DeliveryEvent.delivery_id == delivery_id)
                               .order_by(DeliveryEvent.id.desc())) == "destination pacs removed"
-    assert session.get(Delivery, to_archive).state is DeliveryState.PENDING
+    assert session.get_one(Delivery, to_archive).state is DeliveryState.PENDING
     assert _job(session, other_job).state is JobState.SR_WRITTEN  # nothing left to deliver
     assert _job(session, job_id).state is JobState.SR_WRITTEN
     with pytest.raises(deliveries.DestinationMissingError):
