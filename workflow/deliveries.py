@@ -158,7 +158,11 @@ def settle_job(session: Session, job_id: int, *, now: dt.datetime | None = None,
     live = [r.state for r in rows if r.state is not DeliveryState.CANCELLED]
     delivery_id, action, detail = cause if cause is not None else (None, None, None)
     about = next((r for r in rows if r.id == delivery_id), None)
-    what = f"delivery {delivery_id} to {about.destination_name}" if about is not None else "a delivery"
+    if about is None:  # not called for one delivery's change: name the first failed one
+        about = next((r for r in rows if r.state is DeliveryState.FAILED), None)
+        detail = detail or (session.scalar(select(DeliveryEvent.detail).where(DeliveryEvent.delivery_id == about.id)
+                                           .order_by(DeliveryEvent.id.desc())) if about is not None else None)
+    what = f"delivery {about.id} to {about.destination_name}" if about is not None else "a delivery"
     job_action: jobs.JobAction | None = None
     event = ""
     values: dict[str, Any] = {}

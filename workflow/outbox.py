@@ -111,8 +111,8 @@ def recover_orphaned_work(session: Session, publish: Callable[[Job], None]) -> i
     - ``queued``, ``running`` and ``failed`` (waiting for its retry) jobs go back to ``pending``
       and are published again by the dispatcher;
     - ``inferred`` jobs keep their findings and are published again (:func:`resume_inferred_jobs`);
-    - ``sr_written`` jobs whose deliveries were all sent become ``delivered``
-      (:func:`finish_delivered_jobs`);
+    - ``sr_written`` jobs whose deliveries were all sent become ``delivered``, those with a
+      delivery failed for good ``delivery_failed`` (:func:`finish_delivered_jobs`);
     - a pending delivery claimed by the stopped process (``next_attempt_at`` moved forward while
       it sent) is due again at once (one waiting for its backoff too: an attempt earlier, never a
       second copy, since a delivery is recorded ``sent`` as soon as the destination answered).
@@ -166,28 +166,35 @@ def resume_inferred_jobs(session: Session, publish: Callable[[Job], None], older
 
 
 def finish_delivered_jobs(session: Session) -> int:
-    """``sr_written`` jobs whose deliveries are all ``sent``: ``delivered``.
+    """``sr_written`` jobs whose deliveries are all done: settled as their deliveries say
+    (:func:`workflow.deliveries.settle_job`): ``delivered`` when all are sent (cancelled ones
+    aside), ``delivery_failed`` when one failed for good.
 
-    The sender records a delivery ``sent`` and then, in another transaction, the job
-    ``delivered`` when it was the last one; a process stopped in between leaves the job waiting
-    for nothing. A job without deliveries (no destination) stays ``sr_written``.
+    A delivery's transition settles its job itself; this finds the jobs that a stopped process, or
+    a gateway before issue 17 (a failed delivery left its job ``sr_written`` for good), left
+    waiting for nothing. A job without deliveries (no destination) stays ``sr_written``.
     """
     from sqlalchemy import exists
 
-    documents = select(Document.id).where(Document.job_id == Job.id)
-    has_delivery = exists().where(Delivery.document_id.in_(documents))
-    unsent = exists().where(Delivery.document_id.in_(documents), Delivery.state != DeliveryState.SENT)
+    from .deliveries import settle_job
+
+    # Correlated on the job (an IN (SELECT documents.id FROM documents, jobs ...) subquery was not:
+    # one pending delivery of any job kept every job from being finished).
+    of_job = (Document.job_id == Job.id, Delivery.document_id == Document.id)
+    has_delivery = exists().where(*of_job, Delivery.state != DeliveryState.CANCELLED)
+    unsent = exists().where(*of_job, Delivery.state == DeliveryState.PENDING)
     job_ids = session.scalars(select(Job.id).where(Job.state == JobState.SR_WRITTEN, has_delivery, ~unsent)).all()
     now = utcnow()
     finished = 0
     for job_id in job_ids:
+        session.execute(select(Job.id).where(Job.id == job_id).with_for_update())
         try:
-            transition(session, job_id, JobAction.DELIVER, now=now,
-                       detail="every delivery sent (recorded after a stop)")
+            if settle_job(session, job_id, now=now) is not None:
+                finished += 1
         except TransitionError:
+            session.rollback()
             continue
-        finished += 1
-    session.commit()
+        session.commit()
     return finished
 
 

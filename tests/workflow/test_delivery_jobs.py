@@ -171,3 +171,25 @@ def test_two_deliveries_of_a_job_sent_at_once_on_postgresql(postgres_url: str) -
             t.join()
         with session_factory(postgres_url)() as s:
             assert _job(s, job_id).state is JobState.DELIVERED
+
+
+def test_jobs_left_waiting_are_settled_by_the_outbox(session: Session) -> None:
+    """A job left ``sr_written`` with a delivery failed for good (a gateway before issue 17) or all
+    sent (a process stopped between the two writes) is settled by the dispatcher's pass."""
+    from workflow.outbox import finish_delivered_jobs
+
+    failed_job, (failed,) = _job_with_deliveries(session, "pacs")
+    sent_job, (sent, cancelled) = _job_with_deliveries(session, "pacs", "archive")
+    waiting_job, _ = _job_with_deliveries(session, "pacs")
+    for delivery_id, state in ((failed, DeliveryState.FAILED), (sent, DeliveryState.SENT),
+                               (cancelled, DeliveryState.CANCELLED)):
+        session.get(Delivery, delivery_id).state = state  # as an older gateway left them
+    session.add(DeliveryEvent(delivery_id=failed, state="failed", at=utcnow(), detail="21 attempts, last: refused"))
+    session.commit()
+    assert finish_delivered_jobs(session) == 2
+    assert finish_delivered_jobs(session) == 0
+    job = _job(session, failed_job)
+    assert (job.state, job.error) == (JobState.DELIVERY_FAILED,
+                                      f"delivery {failed} to pacs failed: 21 attempts, last: refused")
+    assert _job(session, sent_job).state is JobState.DELIVERED
+    assert _job(session, waiting_job).state is JobState.SR_WRITTEN
