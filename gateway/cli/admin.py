@@ -9,9 +9,11 @@ association). Registered by :mod:`gateway.cli.commands`::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Optional
 
 import typer
+from sqlalchemy.orm import Session
 
 from common.db import session_scope
 from gateway import admin
@@ -40,10 +42,10 @@ def ae_list(ctx: typer.Context) -> None:
                       if settings.node.require_known_callers else "any calling AE title may send")
             typer.echo(f"no calling AE titles configured: {policy}")
             return
-        typer.echo(f"{'AE title':<16}  {'host':<24}  {'destinations':<24}  description")
+        typer.echo(f"{'AE title':<16}  {'host':<24}  {'destinations':<24}  enabled  description")
         for r in rows:
             typer.echo(f"{r.ae_title:<16}  {(r.host or '*'):<24}  {(','.join(r.destinations) or '(all)'):<24}  "
-                       f"{r.description or ''}")
+                       f"{'yes' if r.enabled else 'no ':<7}  {r.description or ''}")
 
 
 @ae_app.command("add")
@@ -151,7 +153,8 @@ def route_list(ctx: typer.Context) -> None:
                 if getattr(r, k)
             ) or "(every study)"
             dest = ",".join(r.destinations) or "(default)"
-            typer.echo(f"{r.order:>5}  {r.name:<20}  {r.action:<7} {'urgent ' if r.urgent else ''}-> {dest}   if {criteria}")
+            typer.echo(f"{r.order:>5}  {r.name:<20}  {r.action:<7} {'urgent ' if r.urgent else ''}-> {dest}   if {criteria}"
+                       + ("" if r.enabled else "   (disabled)"))
 
 
 @route_app.command("add")
@@ -184,3 +187,49 @@ def route_remove(ctx: typer.Context, name: str) -> None:
     with audited_change(ctx, "admin.route.remove", {"name": name}, (admin.AdminError,)) as session:
         admin.remove_route(session, name)
     typer.echo(f"removed route {name}")
+
+
+# -- enable / disable (the pages' switches, with the same audit actions) --------------------------
+def _switch(ctx: typer.Context, prefix: str, what: str, setter: Callable[[Session, str, bool], object],
+            name: str, enabled: bool) -> None:
+    verb = "enable" if enabled else "disable"
+    with audited_change(ctx, f"{prefix}.{verb}", {"name": name}, (admin.AdminError,)) as session:
+        setter(session, name, enabled)
+    typer.echo(f"{what} {name.strip()} {verb}d")
+
+
+@ae_app.command("enable")
+def ae_enable(ctx: typer.Context, ae_title: str) -> None:
+    """Let a disabled calling AE title associate again."""
+    _switch(ctx, "admin.calling_ae", "calling AE title", admin.set_calling_ae_enabled, ae_title, True)
+
+
+@ae_app.command("disable")
+def ae_disable(ctx: typer.Context, ae_title: str) -> None:
+    """Refuse a calling AE title like an unknown one, keeping its entry (the allow-list stays enforced)."""
+    _switch(ctx, "admin.calling_ae", "calling AE title", admin.set_calling_ae_enabled, ae_title, False)
+
+
+@dest_app.command("enable")
+def dest_enable(ctx: typer.Context, name: str) -> None:
+    """Send results to a disabled destination again."""
+    _switch(ctx, "admin.destination", "destination", admin.set_destination_enabled, name, True)
+
+
+@dest_app.command("disable")
+def dest_disable(ctx: typer.Context, name: str) -> None:
+    """Leave a destination out of new studies' routing; the sender stops sending to it (its pending
+    deliveries fail with that reason, to be retried once it is enabled again)."""
+    _switch(ctx, "admin.destination", "destination", admin.set_destination_enabled, name, False)
+
+
+@route_app.command("enable")
+def route_enable(ctx: typer.Context, name: str) -> None:
+    """Let a disabled routing rule match again."""
+    _switch(ctx, "admin.route", "route", admin.set_route_enabled, name, True)
+
+
+@route_app.command("disable")
+def route_disable(ctx: typer.Context, name: str) -> None:
+    """Make a routing rule match nothing, keeping it in its place."""
+    _switch(ctx, "admin.route", "route", admin.set_route_enabled, name, False)

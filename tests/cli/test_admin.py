@@ -66,3 +66,39 @@ def test_routes(run):
     assert "no-sc" in lines[1] and "ignore" in lines[1]
     run("route", "remove", "chest-ct")
     assert "chest-ct" not in run("route", "list")
+
+
+def test_enable_and_disable_each_kind_with_audit(run, sqlite_url):
+    """The pages' enable/disable switches on the command line: the row keeps its place, the list
+    says it is off, the change is audited under the pages' action names, an unknown name is refused."""
+    from sqlalchemy import select
+
+    from common.db import session_scope
+    from common.models import AuditEvent
+
+    run("ae", "add", "CT1")
+    run("dest", "add", "pacs", "PACS", "127.0.0.1", "104")
+    run("route", "add", "ct", "--modality", "CT")
+    assert "calling AE title CT1 disabled" in run("ae", "disable", "CT1")
+    assert "destination pacs disabled" in run("dest", "disable", "pacs")
+    assert "route ct disabled" in run("route", "disable", "ct")
+    ae_row = next(line for line in run("ae", "list").splitlines() if line.startswith("CT1"))
+    assert ae_row.split()[3] == "no", ae_row
+    assert run("dest", "list").splitlines()[1].rstrip().endswith("no")
+    assert "(disabled)" in run("route", "list")
+    run("ae", "enable", "CT1")
+    run("dest", "enable", "pacs")
+    run("route", "enable", "ct")
+    assert next(line for line in run("ae", "list").splitlines() if line.startswith("CT1")).split()[3] == "yes"
+    assert run("dest", "list").splitlines()[1].rstrip().endswith("yes")
+    assert "(disabled)" not in run("route", "list")
+    assert "no route" in run("route", "disable", "nope", code=1).lower()
+    with session_scope(sqlite_url) as session:
+        actions = [(e.action, e.outcome) for e in session.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+    switched = [a for a in actions if a[0].endswith(("able"))]
+    assert switched == [
+        ("admin.calling_ae.disable", "success"), ("admin.destination.disable", "success"),
+        ("admin.route.disable", "success"), ("admin.calling_ae.enable", "success"),
+        ("admin.destination.enable", "success"), ("admin.route.enable", "success"),
+        ("admin.route.disable", "failure"),
+    ], actions
