@@ -142,12 +142,18 @@ def check_destinations(settings: Settings) -> list[Check]:
     return checks
 
 
-def run_checks(settings: Settings, node_only: bool = False) -> list[Check]:
+def run_checks(settings: Settings, node_only: bool = False, destinations: bool = True) -> list[Check]:
+    """What ``medrega-gateway status`` and the health page show: database, broker, workers, node,
+    model, the queue and deliveries, storage, and (``destinations``) each destination by C-ECHO."""
     if node_only:
         return [check_node(settings)]
     checks = [check_database(settings), check_broker(settings), check_workers(settings), check_node(settings),
               check_model(settings)]
-    if checks[0].ok:
+    database_ok = checks[0].ok
+    if database_ok:
+        checks.extend(check_queue(settings))
+    checks.append(check_storage(settings))
+    if database_ok and destinations:
         checks.extend(check_destinations(settings))
     return checks
 

@@ -141,23 +141,11 @@ def health_page(request: Request, principal: Principal = Depends(ui_principal),
                 session: Session = Depends(get_session)) -> HTMLResponse:
     """What ``medrega-gateway status`` checks (node by C-ECHO, broker, database, workers, model)
     and the queue and storage, checked now."""
-    from gateway.status import (
-        check_broker,
-        check_database,
-        check_model,
-        check_node,
-        check_queue,
-        check_storage,
-        check_workers,
-    )
+    from gateway.status import run_checks
 
     page_params(request, ())
-    settings = get_settings(request)
-    checks = [check_node(settings), check_database(settings), check_broker(settings),
-              check_workers(settings), check_model(settings)]
-    if checks[1].ok:
-        checks.extend(check_queue(settings))
-    checks.append(check_storage(settings))
+    # destinations are C-ECHOed one by one from their own page (a button each), not on every view
+    checks = run_checks(get_settings(request), destinations=False)
     audit_request(session, principal, "status.read", query_text(request.url.path),
                   rows=len(checks))
     session.commit()

@@ -335,7 +335,8 @@ def status(
     ctx: typer.Context,
     node_only: Annotated[bool, typer.Option("--node-only", help="only C-ECHO the node (container healthcheck)")] = False,
 ) -> None:
-    """Print the health of node, broker, database, workers and destinations; exit 1 if any is down."""
+    """Print the health of database, broker, workers, node, model, queue and deliveries, storage and
+    destinations; exit 1 if any is down (a delivery failed for good counts as down)."""
     from gateway.status import run_checks
 
     checks = run_checks(get_settings(ctx), node_only=node_only)

@@ -165,7 +165,8 @@ def test_administration_examples_run_as_printed(tmp_path: Path) -> None:
                 down = [line for line in done.stdout.splitlines() if line.startswith("DOWN")]
                 # the example's destination at 10.0.0.10 does not exist here; nothing else may be down
                 assert done.returncode == 1 and len(down) == 1 and "destination archive" in down[0], output
-                assert re.search(r"^ok\s+node\s", done.stdout, re.M), output
+                for component in ("node", "queue", "deliveries", "storage", "destination pacs"):
+                    assert re.search(rf"^ok\s+{component}\s", done.stdout, re.M), (component, output)
                 continue
             assert done.returncode == 0, f"{command}\n{output}"
             if words[1] == "token":
