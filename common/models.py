@@ -61,6 +61,7 @@ __all__ = [
     "CallingAE",
     "Destination",
     "Route",
+    "ConfigSeed",
     "ApiToken",
     "AuditEvent",
     "Installation",
@@ -605,6 +606,24 @@ class AuditEvent(Base):
 
     #: The audit log is read and exported in time order (keyset pagination).
     __table_args__ = (Index("ix_audit_events_at_id", "at", "id"),)
+
+
+class ConfigSeed(Base):
+    """A destination, calling AE title or route the config file has seeded into the database once.
+
+    The config file only seeds: a row it seeded that an administrator removed stays removed at the
+    next start (``gateway.admin.seed_from_settings`` adds only what it never seeded before).
+    """
+
+    __tablename__ = "config_seeds"
+    __table_args__ = (UniqueConstraint("kind", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: destination | calling_ae | route
+    kind: Mapped[str] = mapped_column(String(16))
+    #: The destination's or route's name, or the calling AE title.
+    name: Mapped[str] = mapped_column(String(64))
+    seeded_at: Mapped[dt.datetime] = _ts()
 
 
 class Installation(Base):

@@ -7,13 +7,14 @@ leaves committing to the caller, so the CLI and the API decide the transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.models import CallingAE, Destination, Route
+from common.models import CallingAE, ConfigSeed, Destination, Route
 from common.settings import Settings, validate_ae_title
 
 __all__ = [
@@ -280,27 +281,41 @@ def _check_destinations(session: Session, names: Sequence[str]) -> None:
         raise NotFoundError(f"unknown destination(s): {', '.join(unknown)}")
 
 
-def seed_from_settings(session: Session, settings: Settings) -> list[str]:
-    """Insert destinations, callers and routes from the config that the database lacks.
+_SEED_LABELS = {"destination": "destination", "calling_ae": "calling AE", "route": "route"}
 
-    Existing rows (by name / AE title) are left as the administrator changed them.
-    Returns a description of each row added.
+
+def seed_from_settings(session: Session, settings: Settings) -> list[str]:
+    """Insert the config file's destinations, callers and routes that it has never seeded.
+
+    The config file only seeds: a row it seeded once is the administrator's from then on, so one
+    they changed stays changed and one they removed stays removed at the next start
+    (:class:`~common.models.ConfigSeed`). A config row whose name the database already has (added
+    with the CLI or the API) is left as it is and counts as seeded. Returns a description of each
+    row added.
     """
-    added: list[str] = []
+    seeded = {(s.kind, s.name) for s in session.scalars(select(ConfigSeed))}
+    wanted: list[tuple[str, str, Callable[[], object] | None]] = []
     have_dest = set(session.scalars(select(Destination.name)).all())
     for d in settings.destinations:
-        if d.name not in have_dest:
-            add_destination(session, d.name, d.ae_title, d.host, d.port,
-                            send=d.send or settings.sender.send, tls=d.tls)
-            added.append(f"destination {d.name}")
+        wanted.append(("destination", d.name, None if d.name in have_dest else partial(
+            add_destination, session, d.name, d.ae_title, d.host, d.port,
+            send=d.send or settings.sender.send, tls=d.tls)))
     have_ae = set(session.scalars(select(CallingAE.ae_title)).all())
     for c in settings.callers:
-        if c.ae_title not in have_ae:
-            add_calling_ae(session, c.ae_title, c.host, c.description, c.destinations)
-            added.append(f"calling AE {c.ae_title}")
+        wanted.append(("calling_ae", c.ae_title, None if c.ae_title in have_ae else partial(
+            add_calling_ae, session, c.ae_title, c.host, c.description, c.destinations)))
     have_route = set(session.scalars(select(Route.name)).all())
     for r in settings.routes:
-        if r.name not in have_route:
-            add_route(session, r.name, **r.model_dump(exclude={"name"}))
-            added.append(f"route {r.name}")
+        wanted.append(("route", r.name, None if r.name in have_route else partial(
+            add_route, session, r.name, **r.model_dump(exclude={"name"}))))
+    added: list[str] = []
+    for kind, name, add in wanted:
+        if (kind, name) in seeded:
+            continue
+        if add is not None:
+            add()
+            added.append(f"{_SEED_LABELS[kind]} {name}")
+        session.add(ConfigSeed(kind=kind, name=name))
+        seeded.add((kind, name))
+    session.flush()
     return added
