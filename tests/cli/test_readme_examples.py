@@ -25,10 +25,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import Comprehensive3DSRStorage
 
 from tests.conftest import REPO, free_port
 from tests.e2e.harness import Process, StoreSCP, storescu, wait_for
+from workers.results import RESULTS_DIR
 
 pytestmark = [pytest.mark.peers]
 
@@ -129,8 +131,11 @@ def test_administration_examples_run_as_printed(tmp_path: Path) -> None:
                  "the node to take the sample study", [serve])
 
         def written_sr() -> Path | None:
-            for path in (site.folder / "var").rglob("*.dcm"):
-                head = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+            for path in (site.folder / "var" / RESULTS_DIR).rglob("*.dcm"):
+                try:
+                    head = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+                except (InvalidDicomError, OSError, EOFError):  # still being written
+                    continue
                 if head.get("SOPClassUID") == Comprehensive3DSRStorage:
                     return path
             return None
