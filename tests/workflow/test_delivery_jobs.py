@@ -183,7 +183,7 @@ def test_jobs_left_waiting_are_settled_by_the_outbox(session: Session) -> None:
     waiting_job, _ = _job_with_deliveries(session, "pacs")
     for delivery_id, state in ((failed, DeliveryState.FAILED), (sent, DeliveryState.SENT),
                                (cancelled, DeliveryState.CANCELLED)):
-        session.get(Delivery, delivery_id).state = state  # as an older gateway left them
+        session.get_one(Delivery, delivery_id).state = state  # as an older gateway left them
     session.add(DeliveryEvent(delivery_id=failed, state="failed", at=utcnow(), detail="21 attempts, last: refused"))
     session.commit()
     assert finish_delivered_jobs(session) == 2
