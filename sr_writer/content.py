@@ -9,8 +9,9 @@ input fails loudly here instead of producing an SR that points at the wrong pixe
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pydicom
 
@@ -38,7 +39,16 @@ __all__ = [
     "frame_count",
     "referenced_frame",
     "evidence_by_sop_uid",
+    "Source",
+    "normalized_text",
+    "result_key",
+    "group_identical",
 ]
+
+#: An image a result was read from: (SOP Class UID, SOP Instance UID, frame number or None).
+Source = tuple[str, str, int | None]
+
+_T = TypeVar("_T")
 
 #: Languages an SR can be written in (RFC 5646 primary subtags).
 LANGUAGES: tuple[str, ...] = ("en", "zh")
@@ -88,6 +98,9 @@ class ImageFinding:
     code: tuple[str, str, str]
     #: The image it was inferred from: (SOP Class UID, SOP Instance UID, frame or None).
     source: tuple[str, str, int | None]
+    #: The task and training set (or prompt) that answered, e.g. "classification (chexpert_train_cls)":
+    #: the same code from the same task on several images of a series is one content item.
+    task: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,44 @@ class ReportContent:
     image_findings: Sequence[ImageFinding] = ()
     #: Remarks that are not findings (truncation, sentences left out), in Qualitative Evaluations.
     notes: Sequence[Note] = ()
+    #: For each report text, the task and training set (or prompt) that wrote it (None or empty:
+    #: unknown). Identical texts of one task, language and series are one content item that
+    #: references every image they were read from (see :func:`result_key`).
+    report_tasks: Sequence[str | None] = ()
+
+
+def normalized_text(text: str) -> str:
+    """``text`` with runs of white space (line breaks included) as one space, trimmed: two answers
+    that differ only there say the same thing."""
+    return " ".join(text.split())
+
+
+def result_key(*, text: str | None = None, code: tuple[str, str, str] | None = None, task: str | None,
+               language: str | None, series_instance_uid: str | None) -> tuple[Hashable, ...]:
+    """What makes two image-level results (a report text or a coded finding about a whole image)
+    one: the same text after :func:`normalized_text`, or the same code (value and scheme; the
+    meaning is wording); from the same task (training set or prompt), in the same language, read
+    from images of the same series (Series Instance UID, PS3.3 C.7.3.1).
+
+    Such results are written once, with a reference to every image they were read from (PS3.3
+    C.17.3: several INFERRED FROM IMAGE children of one item), and listed once on the study page.
+    Regions (boxes) are never merged: each box is on its own image.
+    """
+    if code is not None:
+        what: tuple[str, ...] = ("code", code[0], code[1])
+    elif text is not None:
+        what = ("text", normalized_text(text))
+    else:
+        raise ValueError("a result key needs a text or a code")
+    return (*what, task, language, series_instance_uid)
+
+
+def group_identical(items: Iterable[_T], key: Callable[[_T], Hashable]) -> list[list[_T]]:
+    """``items`` in groups of equal ``key``, each group where its first item was, items in order."""
+    groups: dict[Hashable, list[_T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return list(groups.values())
 
 
 def is_multiframe(dataset: pydicom.Dataset) -> bool:
@@ -202,6 +253,8 @@ def validate_content(content: ReportContent) -> None:
         raise InvalidContentError("report_sources must have one entry per report text (or be empty)")
     if content.report_languages and len(content.report_languages) != len(content.report_texts):
         raise InvalidContentError("report_languages must have one entry per report text (or be empty)")
+    if content.report_tasks and len(content.report_tasks) != len(content.report_texts):
+        raise InvalidContentError("report_tasks must have one entry per report text (or be empty)")
     for other in [*content.report_languages, *(r.description_language for r in content.regions),
                   *(n.text_language for n in content.notes)]:
         if other is not None and other not in LANGUAGES:

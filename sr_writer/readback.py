@@ -19,7 +19,7 @@ from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, Enhanc
 from . import coding
 from .errors import NotConvertibleError
 
-__all__ = ["ReadRegion", "ReadReport", "read_report"]
+__all__ = ["ReadRegion", "ReadResult", "ReadReport", "read_report"]
 
 #: keyed by SOP Class UID (pydicom's UIDs are str; a data set's UID is looked up as str)
 _READERS: dict[str, type[Comprehensive3DSR] | type[ComprehensiveSR] | type[EnhancedSR]] = {
@@ -62,6 +62,22 @@ class ReadRegion:
 
 
 @dataclass(frozen=True)
+class ReadResult:
+    """One item of Qualitative Evaluations as read back: a Finding (TEXT or CODE) or a Comment,
+    with every image it was INFERRED FROM (one item may reference several, see sr_writer.report)."""
+
+    name: tuple[str, str, str]  # concept name: value, scheme, meaning
+    #: The TEXT's value; ``None`` for a CODE item.
+    text: str | None
+    #: The CODE's value, scheme and meaning; ``None`` for a TEXT item.
+    code: tuple[str, str, str] | None
+    #: (SOP Class UID, SOP Instance UID, frame numbers) of each image it was read from, in order.
+    sources: tuple[tuple[str, str, tuple[int, ...]], ...]
+    #: Its own Language of Content Item (TID 1204) when it differs from the document's.
+    language: tuple[str, str, str] | None = None
+
+
+@dataclass(frozen=True)
 class ReadReport:
     """The parts of one of our SRs that the tests, the renderer and the fallbacks need."""
 
@@ -73,6 +89,8 @@ class ReadReport:
     procedures: tuple[tuple[str, str, str], ...]
     regions: tuple[ReadRegion, ...]
     texts: tuple[str, ...]
+    #: Qualitative Evaluations item by item (codes, texts and notes), with their image references.
+    results: tuple[ReadResult, ...] = ()
 
 
 def _triple(concept: Dataset) -> tuple[str, str, str]:
@@ -97,18 +115,41 @@ def _text_child(item: Dataset, name: tuple[str, str]) -> str | None:
     return texts[0] if texts else None
 
 
+def _frame_numbers(reference: Dataset) -> tuple[int, ...]:
+    """Referenced Frame Number (0008,1160) of a Referenced SOP Sequence item, () when absent."""
+    frames = reference.get("ReferencedFrameNumber")
+    if frames is None:
+        return ()
+    if isinstance(frames, (MultiValue, list, tuple)):
+        return tuple(int(f) for f in frames)
+    return (int(frames),)
+
+
+def _result(item: Dataset) -> ReadResult:
+    """One Qualitative Evaluations item with the images it was INFERRED FROM."""
+    sources = []
+    language = None
+    for child in _children(item):
+        if child.ValueType == "IMAGE" and child.RelationshipType == "INFERRED FROM":
+            ref = child.ReferencedSOPSequence[0]
+            sources.append((str(ref.ReferencedSOPClassUID), str(ref.ReferencedSOPInstanceUID), _frame_numbers(ref)))
+        elif child.ValueType == "CODE" and _name(child) == _LANGUAGE:
+            language = _triple(child.ConceptCodeSequence[0])
+    return ReadResult(
+        name=_triple(item.ConceptNameCodeSequence[0]),
+        text=str(item.TextValue) if item.ValueType == "TEXT" else None,
+        code=_triple(item.ConceptCodeSequence[0]) if item.ValueType == "CODE" else None,
+        sources=tuple(sources),
+        language=language,
+    )
+
+
 def _region(group: Dataset, parsed) -> ReadRegion:
     roi = parsed.roi
     if roi is None:
         raise NotConvertibleError("a measurement group without an image region")
     source = roi.ContentSequence[0].ReferencedSOPSequence[0]
-    frames = source.get("ReferencedFrameNumber")
-    if frames is None:
-        frame_numbers: tuple[int, ...] = ()
-    elif isinstance(frames, (MultiValue, list, tuple)):
-        frame_numbers = tuple(int(f) for f in frames)
-    else:
-        frame_numbers = (int(frames),)
+    frame_numbers = _frame_numbers(source)
     measurements = {}
     for measurement in parsed.get_measurements():
         measurements[str(measurement.name.meaning)] = (float(measurement.value), str(measurement.unit.value))
@@ -151,6 +192,7 @@ def read_report(dataset: Dataset) -> ReadReport:
     device_uid = None
     procedures = []
     texts: list[str] = []
+    results: list[ReadResult] = []
     for item in _children(root):
         name = _name(item)
         if name == _LANGUAGE and item.ValueType == "CODE":
@@ -161,6 +203,7 @@ def read_report(dataset: Dataset) -> ReadReport:
             procedures.append(_triple(item.ConceptCodeSequence[0]))
         elif name == (coding.QUALITATIVE_EVALUATIONS.value, coding.QUALITATIVE_EVALUATIONS.scheme_designator):
             texts.extend(str(c.TextValue) for c in _children(item) if c.ValueType == "TEXT")
+            results.extend(_result(c) for c in _children(item) if c.ValueType in ("TEXT", "CODE"))
     groups = [
         group
         for container in _children(root)
@@ -181,4 +224,5 @@ def read_report(dataset: Dataset) -> ReadReport:
         procedures=tuple(procedures),
         regions=regions,
         texts=tuple(texts),
+        results=tuple(results),
     )

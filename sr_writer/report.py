@@ -21,7 +21,15 @@ Document tree (PS3.16 TID 1500), one document per language and study version::
     |     +- CONTAINS TEXT Comment: the finding's name     (the label OHIF gives the measurement)
     |     +- CONTAINS TEXT Comment: the model's description
     +- CONTAINS CONTAINER Qualitative Evaluations         (report texts, or "no findings")
+       +- CONTAINS CODE Finding: each coded image finding (classification)
+       |  +- INFERRED FROM IMAGE Source of Measurement, one per image (and frame) it was read from
        +- CONTAINS TEXT Finding: each report text exactly as the model wrote it
+       |  +- INFERRED FROM IMAGE Source of Measurement, one per image (and frame) it was read from
+       +- CONTAINS TEXT Comment: each note (a cut-off answer, a sentence left out)
+
+A result read from several images of one series (a report on 3 slices of a CT) that is the same
+each time (same text or code, task and language, :func:`sr_writer.content.result_key`) is one
+item with an INFERRED FROM reference per image (PS3.3 C.17.3), not one copy per image.
 
 The header (PS3.3 A.35.13): Verification Flag UNVERIFIED, Preliminary Flag PRELIMINARY,
 Completion Flag from ``content.complete``, evidence of every analysed instance, the previous
@@ -31,6 +39,7 @@ version's SR in the Predecessor Documents Sequence, UIDs derived from study/vers
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
@@ -70,8 +79,11 @@ from .content import (
     ImageFinding,
     RegionFinding,
     ReportContent,
+    Source,
     evidence_by_sop_uid,
+    group_identical,
     referenced_frame,
+    result_key,
     validate_content,
 )
 from .header import (
@@ -291,57 +303,82 @@ def image_library(evidence: Sequence[Dataset]) -> ContainerContentItem:
     return library
 
 
-def _inferred_from(item: ContentItem, source: tuple[str, str, int | None] | None,
+def _inferred_from(item: ContentItem, sources: Sequence[Source | None],
                    evidence: dict[str, Dataset] | None) -> None:
-    """An IMAGE child INFERRED FROM the image (and frame) the item was read from."""
-    if source is None or evidence is None or source[1] not in evidence:
+    """An IMAGE child INFERRED FROM each image (and frame) the item was read from, in order, each once."""
+    if evidence is None:
         return
-    sop_class_uid, sop_instance_uid, frame = source
-    image = ImageContentItem(
-        name=coding.SOURCE_OF_MEASUREMENT,
-        referenced_sop_class_uid=sop_class_uid,
-        referenced_sop_instance_uid=sop_instance_uid,
-        referenced_frame_numbers=referenced_frame(evidence[sop_instance_uid], frame),
-        relationship_type=RelationshipTypeValues.INFERRED_FROM,
-    )
+    images = []
+    for source in dict.fromkeys(sources):
+        if source is None or source[1] not in evidence:
+            continue
+        sop_class_uid, sop_instance_uid, frame = source
+        images.append(ImageContentItem(
+            name=coding.SOURCE_OF_MEASUREMENT,
+            referenced_sop_class_uid=sop_class_uid,
+            referenced_sop_instance_uid=sop_instance_uid,
+            referenced_frame_numbers=referenced_frame(evidence[sop_instance_uid], frame),
+            relationship_type=RelationshipTypeValues.INFERRED_FROM,
+        ))
+    if not images:
+        return
     if "ContentSequence" in item:
-        item.ContentSequence.append(image)
+        item.ContentSequence.extend(images)
     else:
-        item.ContentSequence = ContentSequence([image])
+        item.ContentSequence = ContentSequence(images)
+
+
+@dataclass(frozen=True)
+class _Text:
+    """One report text as handed over: the text, the image it was read from, its language, its task."""
+
+    text: str
+    source: Source | None = None
+    language: str | None = None
+    task: str | None = None
+
+
+def _series_of(source: Source | None, evidence: dict[str, Dataset] | None) -> str | None:
+    if source is None or evidence is None or source[1] not in evidence:
+        return None
+    return str(evidence[source[1]].SeriesInstanceUID)
 
 
 def _texts_container(
-    texts: Sequence[str],
-    sources: Sequence[tuple[str, str, int | None] | None] = (),
+    texts: Sequence[_Text],
     evidence: dict[str, Dataset] | None = None,
     *,
-    languages: Sequence[str | None] = (),
     document_language: str = "",
     image_findings: Sequence[ImageFinding] = (),
     notes: Sequence[str] = (),
 ) -> ContainerContentItem:
-    """Qualitative Evaluations: each report text and each coded image finding, INFERRED FROM the
-    image it was read from; a text in another language than the document's says which (TID 1204);
-    then the notes (Comment) about results that are not findings."""
+    """Qualitative Evaluations: each coded image finding and each report text, INFERRED FROM the
+    image(s) it was read from; a text in another language than the document's says which (TID 1204);
+    then the notes (Comment) about results that are not findings, each once.
+
+    Identical results (:func:`sr_writer.content.result_key`) are one item referencing all their images.
+    """
     container = ContainerContentItem(
         name=coding.QUALITATIVE_EVALUATIONS,
         relationship_type=RelationshipTypeValues.CONTAINS,
         is_content_continuous=False,  # one text per paragraph, not one run-on paragraph
     )
     items: list[ContentItem] = []
-    for code in image_findings:
-        coded = CodeContentItem(name=coding.FINDING, value=CodedConcept(*code.code),
+    for same_codes in group_identical(image_findings, lambda f: result_key(
+            code=f.code, task=f.task, language=None, series_instance_uid=_series_of(f.source, evidence))):
+        coded = CodeContentItem(name=coding.FINDING, value=CodedConcept(*same_codes[0].code),
                                 relationship_type=RelationshipTypeValues.CONTAINS)
-        _inferred_from(coded, code.source, evidence)
+        _inferred_from(coded, [f.source for f in same_codes], evidence)
         items.append(coded)
-    for text, source, language in zip(texts, list(sources) or [None] * len(texts),
-                                      list(languages) or [None] * len(texts)):
-        item = TextContentItem(name=coding.FINDING, value=clean_text(text),
+    for same_texts in group_identical(texts, lambda t: result_key(
+            text=t.text, task=t.task, language=t.language, series_instance_uid=_series_of(t.source, evidence))):
+        first = same_texts[0]
+        item = TextContentItem(name=coding.FINDING, value=clean_text(first.text),
                                relationship_type=RelationshipTypeValues.CONTAINS)
-        _mark_language(item, language, document_language)
-        _inferred_from(item, source, evidence)
+        _mark_language(item, first.language, document_language)
+        _inferred_from(item, [t.source for t in same_texts], evidence)
         items.append(item)
-    for note in notes:
+    for note in dict.fromkeys(notes):  # one run per image repeats its note: say it once
         items.append(TextContentItem(name=coding.COMMENT, value=clean_text(note),
                                      relationship_type=RelationshipTypeValues.CONTAINS))
     container.ContentSequence = ContentSequence(items)
@@ -384,18 +421,20 @@ def build_measurement_report(content: ReportContent) -> tuple[MeasurementReport,
             measurements.ContentSequence.extend(group)
             findings.append(finding)
         root.ContentSequence.append(measurements)
-    sources = list(content.report_sources) or [None] * len(content.report_texts)
-    languages = list(content.report_languages) or [None] * len(content.report_texts)
-    kept = [(text, source, language) for text, source, language in zip(content.report_texts, sources, languages)
+    count = len(content.report_texts)
+    sources = list(content.report_sources) or [None] * count
+    languages = list(content.report_languages) or [None] * count
+    tasks = list(content.report_tasks) or [None] * count
+    kept = [_Text(text, source, language, task)
+            for text, source, language, task in zip(content.report_texts, sources, languages, tasks)
             if text and text.strip()]
     if not kept and not content.image_findings and not content.regions:
         # TID 1500 needs Imaging Measurements or Qualitative Evaluations: say "nothing found".
-        kept = [(wording.no_findings_text(content.language), None, None)]
+        kept = [_Text(wording.no_findings_text(content.language))]
     notes = [wording.note_text(content.language, note) for note in content.notes]
     if kept or content.image_findings or notes:
         root.ContentSequence.append(
-            _texts_container([t for t, _, _ in kept], [s for _, s, _ in kept], evidence_by_sop_uid(content),
-                             languages=[lang for _, _, lang in kept], document_language=content.language,
+            _texts_container(kept, evidence_by_sop_uid(content), document_language=content.language,
                              image_findings=content.image_findings, notes=notes)
         )
         findings.extend(CodedConcept(*f.code) for f in content.image_findings)

@@ -24,7 +24,7 @@ from workflow.deliveries import DeliveryAction, transition
 if TYPE_CHECKING:  # sr_writer is imported where documents are written
     from sr_writer.content import ImageFinding, Note, RegionFinding, ReportContent
 
-__all__ = ["LANGUAGES", "build_contents", "write_job_documents", "RESULTS_DIR", "IncompleteFindingError"]
+__all__ = ["LANGUAGES", "build_contents", "task_name", "write_job_documents", "RESULTS_DIR", "IncompleteFindingError"]
 
 LANGUAGES = ("en", "zh")
 RESULTS_DIR = "results"
@@ -83,7 +83,15 @@ def _region_finding(f: Finding, code: tuple[str, str, str] | None, pixel_spacing
     )
 
 
-def _image_finding(f: Finding) -> ImageFinding:
+def task_name(run: ModelRun) -> str:
+    """The task and the training set (or prompt) of a run, as the SR names it: "report (mimiccxr_train_rg)".
+
+    Results of runs of the same task name may be one SR item (``sr_writer.content.result_key``).
+    """
+    return f"{run.task} ({run.training_set or run.prompt_id or run.task})"
+
+
+def _image_finding(f: Finding, task: str) -> ImageFinding:
     """A classification finding's row as the SR writer's :class:`sr_writer.content.ImageFinding`."""
     from sr_writer.content import ImageFinding
 
@@ -92,7 +100,8 @@ def _image_finding(f: Finding) -> ImageFinding:
         raise _incomplete(f, "code")
     if f.referenced_sop_class_uid is None or f.referenced_sop_instance_uid is None:
         raise _incomplete(f, "referenced image")
-    return ImageFinding(code=code, source=(f.referenced_sop_class_uid, f.referenced_sop_instance_uid, f.frame_number))
+    return ImageFinding(code=code, source=(f.referenced_sop_class_uid, f.referenced_sop_instance_uid, f.frame_number),
+                        task=task)
 
 
 def _predecessors(session: Session, job: Job, language: str) -> list[tuple[str, str, str, str]]:
@@ -161,6 +170,8 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
         report_texts: list[str] = []
         report_sources: list[tuple[str, str, int | None] | None] = []
         report_languages: list[str | None] = []
+        report_tasks: list[str | None] = []
+        tasks = {run.id: task_name(run) for run in runs}
         for f in chosen:
             if f.kind == "report" and f.text:
                 report_texts.append(f.text)
@@ -169,13 +180,15 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
                     if f.referenced_sop_class_uid and f.referenced_sop_instance_uid else None
                 )
                 report_languages.append(f.language if f.language != language else None)
-        coded = [_image_finding(f) for f in chosen if f.kind == "classification" and f.language == language]
+                report_tasks.append(tasks[f.model_run_id])
+        coded = [_image_finding(f, tasks[f.model_run_id]) for f in chosen if f.kind == "classification" and f.language == language]
         contents[language] = ReportContent(
             language=language,
             evidence=evidence,
             report_texts=report_texts,
             report_sources=report_sources,
             report_languages=report_languages,
+            report_tasks=report_tasks,
             image_findings=coded,
             notes=_notes(runs, findings_of),
             complete=not job.images_skipped and not any(run.truncated for run in runs),
@@ -195,7 +208,7 @@ def _notes(runs: Sequence[ModelRun], findings_of: dict[int, list[Finding]]) -> l
 
     notes: list[Note] = []
     for run in runs:
-        task = f"{run.task} ({run.training_set or run.prompt_id or run.task})"
+        task = task_name(run)
         if run.truncated:
             notes.append(Note("truncated", task))
         for removed in run.removed_sentences or []:

@@ -173,8 +173,8 @@ def _print_item(item: pydicom.Dataset, out, depth: int) -> None:
     children = item.get("ContentSequence", []) if vt in ("TEXT", "CODE") else []
     language = next((c.ConceptCodeSequence[0].CodeValue for c in children
                      if c.ConceptNameCodeSequence[0].CodeMeaning == "Language of Content Item and Descendants"), None)
-    on = next((c.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for c in children if c.ValueType == "IMAGE"), None)
-    where = (f" [text in {language}]" if language else "") + (f" (read from {on})" if on else "")
+    on = [str(c.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for c in children if c.ValueType == "IMAGE"]
+    where = (f" [text in {language}]" if language else "") + (f" (read from {', '.join(on)})" if on else "")
     if vt == "TEXT":
         print(f"{pad}{name}: {item.TextValue}{where}", file=out)
     elif vt == "CODE":
