@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import Row, exists, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from common.models import (
@@ -31,6 +31,8 @@ from common.models import (
     Study,
     as_utc,
 )
+from sr_writer.content import group_identical, result_key
+from workers.results import task_name
 from workflow.retention import pruned_message
 
 from .pagination import after_cursor, encode_cursor
@@ -39,6 +41,8 @@ from .schemas import (
     DeliveryAttemptOut,
     DeliveryEventOut,
     DeliveryOut,
+    ImageRefOut,
+    ImageResultOut,
     ImageSelectionOut,
     JobOut,
     ModelRunOut,
@@ -58,6 +62,7 @@ __all__ = [
     "list_studies",
     "study_timeline",
     "study_deliveries",
+    "study_image_results",
     "study_detail",
     "delivery_out",
     "StudyActivity",
@@ -300,7 +305,41 @@ def study_detail(session: Session, study: Study, *, show_identifiers: bool) -> S
         image_selection=study_image_selection(session, study),
         model_runs=study_model_runs(session, study),
         jobs=study_jobs(session, study),
+        image_results=study_image_results(session, study),
     )
+
+
+def study_image_results(session: Session, study: Study) -> list[ImageResultOut]:
+    """The report texts and classification codes of ``study``, identical ones (same job, and
+    :func:`sr_writer.content.result_key`) once with every image they were read from, as in the SR."""
+    rows = session.execute(
+        select(Finding, ModelRun, Job.study_version, Series.series_instance_uid)
+        .join(ModelRun, ModelRun.id == Finding.model_run_id)
+        .join(Job, Job.id == Finding.job_id)
+        .outerjoin(Instance, Instance.sop_instance_uid == Finding.referenced_sop_instance_uid)
+        .outerjoin(Series, Series.id == Instance.series_id)
+        .where(Job.study_id == study.id, Finding.kind != "region")
+        .order_by(Job.study_version, Finding.id)
+    ).all()
+
+    def key(row: Row[Finding, ModelRun, int, str]) -> tuple[object, ...]:
+        f, run, _, series_uid = row
+        code = (f.code_value, f.code_scheme, f.code_meaning or "") if f.code_value and f.code_scheme else None
+        return (f.job_id, f.kind, result_key(text=None if code else (f.text or f.label or ""), code=code,
+                                             task=task_name(run), language=f.language,
+                                             series_instance_uid=series_uid))
+
+    out = []
+    for same in group_identical(rows, key):
+        f, run, version, _ = same[0]
+        images = dict.fromkeys((g.referenced_sop_instance_uid, g.frame_number) for g, _, _, _ in same)
+        out.append(ImageResultOut(
+            job_id=f.job_id, study_version=version, kind=f.kind, language=f.language, task=task_name(run),
+            label=f.label, code_value=f.code_value, code_scheme=f.code_scheme, code_meaning=f.code_meaning,
+            text=f.text, images=[ImageRefOut(sop_instance_uid=sop, frame_number=frame) for sop, frame in images],
+            finding_ids=[g.id for g, _, _, _ in same],
+        ))
+    return out
 
 
 def study_image_selection(session: Session, study: Study) -> list[ImageSelectionOut]:

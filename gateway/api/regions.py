@@ -41,7 +41,6 @@ class ImageRegions:
     sop_instance_uid: str
     frame_number: int | None
     regions: list[Region]
-    reports: list[FindingOut]
 
 
 def _iou(a: list[float], b: list[float]) -> float:
@@ -72,10 +71,8 @@ def pair_regions(findings: Iterable[FindingOut]) -> list[ImageRegions]:
     number = 0
     for (sop, frame), items in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         regions: list[Region] = []
-        reports: list[FindingOut] = []
         for f in items:
-            if f.box_px is None:
-                reports.append(f)
+            if f.box_px is None:  # about the whole image: listed once per result (study_image_results)
                 continue
             match = next((r for r in regions if _same(r, f)), None)
             if match is None:
@@ -83,6 +80,5 @@ def pair_regions(findings: Iterable[FindingOut]) -> list[ImageRegions]:
                 match = Region(number=number, box_px=f.box_px)
                 regions.append(match)
             match.by_language[language_group(f.language)] = f
-        out.append(ImageRegions(sop_instance_uid=sop, frame_number=frame, regions=regions,
-                                reports=reports))
+        out.append(ImageRegions(sop_instance_uid=sop, frame_number=frame, regions=regions))
     return out

@@ -266,6 +266,32 @@ class ModelRunOut(BaseModel):
     selection_reason: str | None
 
 
+class ImageRefOut(BaseModel):
+    """An image (and frame) a result was read from."""
+
+    sop_instance_uid: str | None = Field(description="null: the finding names no image")
+    frame_number: int | None
+
+
+class ImageResultOut(BaseModel):
+    """One result about whole images (a report text or a classification code), once however many
+    images of a series it was read from (sr_writer.content.result_key: same text after white space
+    normalisation or same code, same task and language, same series), as the SR writes it."""
+
+    job_id: int
+    study_version: int
+    kind: str = Field(description="report or classification")
+    language: str
+    task: str = Field(description="the task and the training set (or prompt) that answered")
+    label: str | None
+    code_value: str | None
+    code_scheme: str | None
+    code_meaning: str | None
+    text: str | None
+    images: list[ImageRefOut] = Field(description="every image (and frame) it was read from, in order")
+    finding_ids: list[int] = Field(description="the findings (one per image) it stands for")
+
+
 class StudyDetail(BaseModel):
     study: StudyOut
     series: list[SeriesOut]
@@ -277,6 +303,8 @@ class StudyDetail(BaseModel):
     model_runs: list[ModelRunOut] = Field(default_factory=list, description="the prompts each image got")
     jobs: list[JobOut] = Field(default_factory=list,
                                description="every job of the study (one per result version), newest first")
+    image_results: list[ImageResultOut] = Field(
+        default_factory=list, description="the results about whole images, identical ones once with all their images")
 
 
 class AuditEventOut(_Out):

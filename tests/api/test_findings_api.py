@@ -272,6 +272,78 @@ def test_study_detail_and_page_show_image_selection_and_prompts(client: TestClie
     assert "grounded_reports_mimiccxr" in html and "truncated" in html and "prior study left out" in html
 
 
+REPORT_ZH = "影像诊断：所示层面双肺纹理清晰，未见明确实变及结节影。影像结论：胸部CT所示层面未见明显异常。"
+
+
+def _slice_results(env: Env, answers: list[str]) -> tuple[str, list[str]]:
+    """A CT study whose model read ``answers[k]`` (report) and Cardiomegaly (CheXpert) from slice k
+    of one series; returns the study and the slices' SOP Instance UIDs."""
+    from pydicom.uid import generate_uid
+
+    from common.models import Finding, Instance, ModelRun
+
+    with env.session() as s:
+        rows = make_study(s, env.data_dir, modality="CT", regions=[])
+        first = rows.instance
+        slices = [first]
+        for k in range(1, len(answers)):
+            slices.append(Instance(
+                study_id=first.study_id, series_id=first.series_id, sop_instance_uid=generate_uid(),
+                sop_class_uid=first.sop_class_uid, transfer_syntax_uid=first.transfer_syntax_uid,
+                instance_number=k + 1, rows=first.rows, columns=first.columns, number_of_frames=1,
+                path=first.path, size_bytes=first.size_bytes, sha256="0" * 64, received_at=first.received_at))
+            s.add(slices[-1])
+        s.flush()
+        for instance, answer in zip(slices, answers):
+            for task, training_set, finding in (
+                ("report", "ct_report_zh", {"kind": "report", "text": answer}),
+                ("classification", "chexpert_train_cls",
+                 {"kind": "classification", "label": "Cardiomegaly", "code_value": "287272002",
+                  "code_scheme": "SCT", "code_meaning": "心脏增大"}),
+            ):
+                run = ModelRun(job_id=rows.job.id, instance_id=instance.id, language="zh", task=task,
+                               backend="replay", model_name="MedRegA", model_version="1.0", weights_id="sha256:1",
+                               prompt="...", raw_answer=answer, duration_s=1.0, training_set=training_set)
+                s.add(run)
+                s.flush()
+                s.add(Finding(job_id=rows.job.id, model_run_id=run.id, language="zh",
+                              referenced_sop_instance_uid=instance.sop_instance_uid,
+                              referenced_sop_class_uid=instance.sop_class_uid, **finding))
+        s.commit()
+        return rows.study.study_instance_uid, [i.sop_instance_uid for i in slices]
+
+
+@pytest.mark.parametrize("differing", [False, True])
+def test_a_result_read_the_same_from_several_slices_is_listed_once(client: TestClient, env: Env,
+                                                                   differing: bool) -> None:
+    """A report on 3 slices of a CT series, the same each time: one result with the 3 slices, on the
+    API and the study page (as in the SR); a slice that read otherwise is a result of its own."""
+    from gateway.api.ui import COOKIE_NAME
+
+    other = "影像诊断：右肺下叶见一结节影。影像结论：右肺下叶结节。"
+    uid, slices = _slice_results(env, [REPORT_ZH, other if differing else f"{REPORT_ZH}\n", REPORT_ZH])
+    d = client.get(f"/api/v1/studies/{uid}", headers=env.headers()).json()
+    results = [(r["kind"], r["text"] or r["code_meaning"], [i["sop_instance_uid"] for i in r["images"]])
+               for r in d["image_results"]]
+    reports = [(text, images) for kind, text, images in results if kind == "report"]
+    if differing:
+        assert reports == [(REPORT_ZH, [slices[0], slices[2]]), (other, [slices[1]])]
+    else:
+        assert reports == [(REPORT_ZH, slices)]
+    assert [(t, i) for k, t, i in results if k == "classification"] == [("心脏增大", slices)]
+    assert all(r["task"] in ("report (ct_report_zh)", "classification (chexpert_train_cls)")
+               for r in d["image_results"])
+
+    page = TestClient(client.app)
+    page.cookies.set(COOKIE_NAME, env.auditor_token)
+    html = page.get(f"/ui/studies/{uid}").text
+    assert html.count(REPORT_ZH) == 1 and html.count("心脏增大") == 1
+    assert html.count(other) == (1 if differing else 0)
+    table = html[html.index('id="image-results"'):]
+    table = table[: table.index("</table>")]
+    assert all(sop in table for sop in slices)
+
+
 def test_unknown_query_parameters_are_refused(client: TestClient, env: Env) -> None:
     """A misspelt filter is a 422 naming it, never an unfiltered answer."""
     for path in ("/api/v1/findings?langauge=zh", "/api/v1/evaluations?weights_id=x&colour=red",
