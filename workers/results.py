@@ -143,6 +143,7 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
     for f in session.scalars(select(Finding).where(Finding.job_id == job.id).order_by(Finding.id)):
         findings_of[f.model_run_id].append(f)
 
+    tasks = {run.id: task_name(run) for run in runs}
     contents: dict[str, ReportContent] = {}
     for language in LANGUAGES:
         # Each run's findings in this language; a task trained in one language only (every run
@@ -171,7 +172,6 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
         report_sources: list[tuple[str, str, int | None] | None] = []
         report_languages: list[str | None] = []
         report_tasks: list[str | None] = []
-        tasks = {run.id: task_name(run) for run in runs}
         for f in chosen:
             if f.kind == "report" and f.text:
                 report_texts.append(f.text)

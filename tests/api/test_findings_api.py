@@ -17,7 +17,7 @@ from gateway.api.app import create_app
 from common.models import DeliveryState, JobState
 
 from .conftest import Env, make_settings
-from .factories import BASE_TIME, StudyRows, make_study
+from .factories import BASE_TIME, StudyRows, make_study, write_tiny_dicom
 
 
 @pytest.fixture
@@ -275,23 +275,28 @@ def test_study_detail_and_page_show_image_selection_and_prompts(client: TestClie
 REPORT_ZH = "影像诊断：所示层面双肺纹理清晰，未见明确实变及结节影。影像结论：胸部CT所示层面未见明显异常。"
 
 
-def _slice_results(env: Env, answers: list[str]) -> tuple[str, list[str]]:
+def _slice_results(env: Env, answers: list[str]) -> tuple[str, list[str], int]:
     """A CT study whose model read ``answers[k]`` (report) and Cardiomegaly (CheXpert) from slice k
-    of one series; returns the study and the slices' SOP Instance UIDs."""
+    of one series; returns the study, the slices' SOP Instance UIDs and the job."""
     from pydicom.uid import generate_uid
 
-    from common.models import Finding, Instance, ModelRun
+    from common.models import Finding, Instance, ModelRun, Series
 
     with env.session() as s:
         rows = make_study(s, env.data_dir, modality="CT", regions=[])
         first = rows.instance
+        series_uid = s.get_one(Series, first.series_id).series_instance_uid
         slices = [first]
         for k in range(1, len(answers)):
+            sop_uid = generate_uid()
+            path = f"spool/{rows.study.study_instance_uid}/{sop_uid}.dcm"
+            write_tiny_dicom(env.data_dir / path, study_uid=rows.study.study_instance_uid, series_uid=series_uid,
+                             sop_uid=sop_uid, modality="CT")
             slices.append(Instance(
-                study_id=first.study_id, series_id=first.series_id, sop_instance_uid=generate_uid(),
+                study_id=first.study_id, series_id=first.series_id, sop_instance_uid=sop_uid,
                 sop_class_uid=first.sop_class_uid, transfer_syntax_uid=first.transfer_syntax_uid,
                 instance_number=k + 1, rows=first.rows, columns=first.columns, number_of_frames=1,
-                path=first.path, size_bytes=first.size_bytes, sha256="0" * 64, received_at=first.received_at))
+                path=path, size_bytes=first.size_bytes, sha256="0" * 64, received_at=first.received_at))
             s.add(slices[-1])
         s.flush()
         for instance, answer in zip(slices, answers):
@@ -310,7 +315,7 @@ def _slice_results(env: Env, answers: list[str]) -> tuple[str, list[str]]:
                               referenced_sop_instance_uid=instance.sop_instance_uid,
                               referenced_sop_class_uid=instance.sop_class_uid, **finding))
         s.commit()
-        return rows.study.study_instance_uid, [i.sop_instance_uid for i in slices]
+        return rows.study.study_instance_uid, [i.sop_instance_uid for i in slices], rows.job.id
 
 
 @pytest.mark.parametrize("differing", [False, True])
@@ -321,7 +326,7 @@ def test_a_result_read_the_same_from_several_slices_is_listed_once(client: TestC
     from gateway.api.ui import COOKIE_NAME
 
     other = "影像诊断：右肺下叶见一结节影。影像结论：右肺下叶结节。"
-    uid, slices = _slice_results(env, [REPORT_ZH, other if differing else f"{REPORT_ZH}\n", REPORT_ZH])
+    uid, slices, job_id = _slice_results(env, [REPORT_ZH, other if differing else f"{REPORT_ZH}\n", REPORT_ZH])
     d = client.get(f"/api/v1/studies/{uid}", headers=env.headers()).json()
     results = [(r["kind"], r["text"] or r["code_meaning"], [i["sop_instance_uid"] for i in r["images"]])
                for r in d["image_results"]]
@@ -342,6 +347,19 @@ def test_a_result_read_the_same_from_several_slices_is_listed_once(client: TestC
     table = html[html.index('id="image-results"'):]
     table = table[: table.index("</table>")]
     assert all(sop in table for sop in slices)
+
+    # The SR of the job says the same, item by item (the worker's contents, built and read back).
+    from common.models import Job
+    from sr_writer.readback import read_report
+    from sr_writer.report import build_sr
+    from workers.results import build_contents
+
+    with env.session() as s:
+        content = build_contents(s, env.settings, s.get_one(Job, job_id))["zh"]
+    sr = read_report(build_sr(content))
+    in_sr = [(r.text or (r.code or ("", "", ""))[2], [sop for _, sop, _ in r.sources])
+             for r in sr.results if r.name[0] == "121071"]
+    assert sorted(in_sr) == sorted((t, i) for _, t, i in results)
 
 
 def test_unknown_query_parameters_are_refused(client: TestClient, env: Env) -> None:
