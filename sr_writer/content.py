@@ -16,6 +16,7 @@ from typing import TypeVar
 import pydicom
 
 from common.uids import valid_uid
+from model.imaging import CT_PRESETS
 
 from .errors import InvalidContentError
 
@@ -88,6 +89,9 @@ class RegionFinding:
     #: The language of ``description`` when it is not the document's (a task trained in one
     #: language only); the Comment then carries its own TID 1204 Language of Content Item.
     description_language: str | None = None
+    #: The CT window preset (:data:`model.imaging.CT_PRESETS`) the model's input was rendered
+    #: with when the box was found (``ModelRun.window``); ``None``: the header's or default window.
+    window: str | None = None
 
 
 @dataclass(frozen=True)
@@ -303,6 +307,8 @@ def validate_content(content: ReportContent) -> None:
             raise InvalidContentError(f"{where}: empty label")
         if region.code is not None and (len(region.code) != 3 or not all(region.code)):
             raise InvalidContentError(f"{where}: code must be (value, scheme, meaning)")
+        if region.window is not None and region.window not in CT_PRESETS:
+            raise InvalidContentError(f"{where}: unknown CT window {region.window!r}; known: {sorted(CT_PRESETS)}")
         image = evidence.get(region.referenced_sop_instance_uid)
         if image is None:
             raise InvalidContentError(

@@ -1,6 +1,6 @@
 """Presentation states that draw the regions for viewers that ignore SR coordinates.
 
-One presentation state per annotated image (PS3.3 A.33): a Grayscale Softcopy
+One presentation state per annotated image and CT window (PS3.3 A.33): a Grayscale Softcopy
 Presentation State for MONOCHROME1/2 images (A.33.1), a Color Softcopy Presentation State
 for RGB/YBR images (A.33.2). Each box is a closed POLYLINE graphic object and its label a
 text object, in one graphic layer per language (``MEDREGA_EN``, ``MEDREGA_ZH``), so a
@@ -8,9 +8,13 @@ viewer can show English, Chinese or both. Graphic objects carry the SR's Trackin
 (PS3.3 C.10.5), so a viewer can tie a box on screen to its SR finding.
 
 A presentation state replaces the image's own display transforms, so each one carries a Softcopy
-VOI LUT (PS3.3 C.11.8): the image's window or VOI LUT when it has one, otherwise the window the
-model's input was rendered with (:func:`computed_window`): the CT preset of the Body Part
-Examined, or the 0.1-99.9 percentile range of the modality values. Each layer has a Recommended
+VOI LUT (PS3.3 C.11.8): the window the regions were found on. Regions of a CT found on a preset
+window (the model run's window, e.g. lung and mediastinum for one chest slice) get one
+presentation state per window, its VOI LUT the preset's centre and width
+(:data:`model.imaging.CT_PRESETS`) and its graphic annotations the regions of that window only.
+Otherwise the image's window or VOI LUT when it has one, else the window the model's input was
+rendered with (:func:`computed_window`): the CT preset of the Body Part Examined, or the
+0.1-99.9 percentile range of the modality values. Each layer has a Recommended
 Display Grayscale Value as well as its colour (PS3.3 C.10.7), so grayscale displays tell English
 from Chinese.
 
@@ -68,6 +72,8 @@ __all__ = [
     "LAYER_GRAYSCALE",
     "srgb_icc_profile",
     "computed_window",
+    "preset_window",
+    "voi_window",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,6 +129,25 @@ def srgb_icc_profile() -> bytes:
     return bytes(data)
 
 
+def preset_window(preset: str) -> tuple[float, float, str]:
+    """(Window Center, Window Width, explanation) of a CT preset: :data:`model.imaging.CT_PRESETS`,
+    the one definition of those numbers, in Hounsfield units (PS3.3 C.11.2.1.2)."""
+    center, width = CT_PRESETS[preset]
+    return center, width, f"MEDREGA CT {preset.replace('_', ' ').upper()}"
+
+
+def voi_window(image: Dataset, window: str | None) -> tuple[float, float, str] | None:
+    """The Softcopy VOI LUT window of a presentation state for regions found on ``window``.
+
+    A CT whose regions were found on a preset window shows that preset (as
+    :func:`model.imaging.prepare_image` rendered the model's input: it applies presets to CT
+    only); otherwise :func:`computed_window`.
+    """
+    if window is not None and str(image.get("Modality", "")).upper() == "CT":
+        return preset_window(window)
+    return computed_window(image)
+
+
 def computed_window(image: Dataset) -> tuple[float, float, str] | None:
     """(Window Center, Window Width, explanation) for a grayscale image that has no VOI of its own.
 
@@ -135,9 +160,7 @@ def computed_window(image: Dataset) -> tuple[float, float, str] | None:
     if "WindowCenter" in image or image.get("VOILUTSequence"):
         return None
     if str(image.get("Modality", "")).upper() == "CT":
-        preset = ct_preset_for(image.get("BodyPartExamined"))
-        center, width = CT_PRESETS[preset]
-        return center, width, f"MEDREGA CT {preset.replace('_', ' ').upper()}"
+        return preset_window(ct_preset_for(image.get("BodyPartExamined")))
     if "PixelData" not in image:
         return None
     values = apply_modality_lut(image.pixel_array, image).astype(np.float64, copy=False)
@@ -255,15 +278,18 @@ def plan_presentation_states(
         raise InvalidContentError("the contents of one study version come from one installation (uid_root)")
     series_uid = derive_uid(study_uid, version, tag, "ps-series", root=first.uid_root)
 
-    images: dict[str, dict[str, list[RegionFinding]]] = {}
+    # One presentation state per image and CT window: its VOI LUT is the window the regions
+    # were found on, and it draws those regions only.
+    images: dict[tuple[str, str | None], dict[str, list[RegionFinding]]] = {}
     for content in sorted(contents, key=lambda c: languages.index(c.language)):
         for region in content.regions:
-            by_language = images.setdefault(region.referenced_sop_instance_uid, {})
+            by_language = images.setdefault((region.referenced_sop_instance_uid, region.window), {})
             by_language.setdefault(content.language, []).append(region)
 
     datasets: list[Dataset] = []
     skipped: list[SkippedImage] = []
-    for sop_uid, by_language in images.items():
+    skipped_uids: set[str] = set()
+    for (sop_uid, window_name), by_language in images.items():
         image = source_datasets_by_sop_uid.get(sop_uid)
         if image is None:
             raise InvalidContentError(f"source image {sop_uid} was not given; it carries regions")
@@ -278,8 +304,10 @@ def plan_presentation_states(
                 f"Photometric Interpretation {photometric or 'missing'}: no Grayscale or Color "
                 "Softcopy Presentation State applies; the SR carries the regions"
             )
-            logger.warning("no presentation state for %s: %s", sop_uid, reason)
-            skipped.append(SkippedImage(sop_uid, reason))
+            if sop_uid not in skipped_uids:  # once per image, whatever its windows
+                logger.warning("no presentation state for %s: %s", sop_uid, reason)
+                skipped.append(SkippedImage(sop_uid, reason))
+                skipped_uids.add(sop_uid)
             continue
         image = with_type2_defaults(image)
         layers, annotations = _annotations(image, by_language)
@@ -287,7 +315,7 @@ def plan_presentation_states(
         if cls is ColorSoftcopyPresentationState:
             kwargs["icc_profile"] = bytes(image.ICCProfile) if "ICCProfile" in image else srgb_icc_profile()
         else:
-            window = computed_window(image)
+            window = voi_window(image, window_name)
             if window is not None:
                 center, width, explanation = window
                 kwargs["voi_lut_transformations"] = [
@@ -298,7 +326,8 @@ def plan_presentation_states(
             referenced_images=[image],
             series_instance_uid=series_uid,
             series_number=series_number(first.study_version, _PS_SLOT),
-            sop_instance_uid=derive_uid(study_uid, version, tag, "ps", sop_uid, root=first.uid_root),
+            sop_instance_uid=derive_uid(study_uid, version, tag, "ps", sop_uid,
+                                        *([window_name] if window_name else []), root=first.uid_root),
             instance_number=len(datasets) + 1,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=MANUFACTURER,

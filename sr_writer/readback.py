@@ -16,8 +16,11 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage
 
+from model.imaging import CT_PRESETS
+
 from . import coding
 from .errors import NotConvertibleError
+from .report import WINDOW_PARAMETER
 
 __all__ = ["ReadRegion", "ReadResult", "ReadReport", "read_report"]
 
@@ -30,6 +33,7 @@ _READERS: dict[str, type[Comprehensive3DSR] | type[ComprehensiveSR] | type[Enhan
 _LANGUAGE = ("121049", "DCM")
 _ALGORITHM_NAME = ("111001", "DCM")
 _ALGORITHM_VERSION = ("111003", "DCM")
+_ALGORITHM_PARAMETERS = ("111002", "DCM")
 _DEVICE_OBSERVER_UID = ("121012", "DCM")
 
 
@@ -52,6 +56,9 @@ class ReadRegion:
     description: str | None = None
     algorithm_name: str | None = None
     algorithm_version: str | None = None
+    #: The CT window preset the box was found on (TID 4019 Algorithm Parameters "window: ...",
+    #: see :func:`sr_writer.report.window_parameter`); ``None`` when the SR names none.
+    window: str | None = None
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -144,6 +151,17 @@ def _result(item: Dataset) -> ReadResult:
     )
 
 
+def _window(group: Dataset) -> str | None:
+    """The CT window named by the group's Algorithm Parameters (written by sr_writer.report)."""
+    for text in _text_children(group, _ALGORITHM_PARAMETERS):
+        if text.startswith(WINDOW_PARAMETER):
+            name = text[len(WINDOW_PARAMETER):].split(" ", 1)[0]
+            if name not in CT_PRESETS:
+                raise NotConvertibleError(f"the SR names an unknown CT window {name!r}")
+            return name
+    return None
+
+
 def _region(group: Dataset, parsed) -> ReadRegion:
     roi = parsed.roi
     if roi is None:
@@ -170,6 +188,7 @@ def _region(group: Dataset, parsed) -> ReadRegion:
         description=comments[1] if len(comments) > 1 else None,
         algorithm_name=_text_child(group, _ALGORITHM_NAME),
         algorithm_version=_text_child(group, _ALGORITHM_VERSION),
+        window=_window(group),
     )
 
 

@@ -1,7 +1,9 @@
 """A picture of an SR: its boxes and labels drawn over the referenced images (PNG).
 
 For people checking results without a DICOM viewer (``medrega-gateway render SR_FILE
---out PNG``). Each image (and frame) that carries regions becomes one panel; panels are
+--out PNG``). Each image (and frame, and CT window) that carries regions becomes one panel,
+rendered with the window its boxes were found on (named in the SR's TID 4019 Algorithm
+Parameters, see :mod:`sr_writer.report`) and captioned with it; panels are
 stacked vertically under a header naming the document title, so the picture also says
 that the result is AI-generated and unverified. Boxes are drawn in the colour of their
 language's presentation-state layer (English yellow, Chinese cyan); labels use a CJK font
@@ -21,7 +23,7 @@ import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
-from model.imaging import ImagingError, prepare_image
+from model.imaging import CT_PRESETS, ImagingError, prepare_image
 
 from common.settings import CJK_FONT_ENV
 
@@ -36,6 +38,7 @@ __all__ = [
     "render_command",
     "find_dicom_files",
     "source_picture",
+    "window_caption",
 ]
 
 #: Environment variable naming a font file to use instead of the lookup.
@@ -85,15 +88,24 @@ def find_cjk_font(candidates: Sequence[str] = CJK_FONT_CANDIDATES) -> Path:
 class _Panel:
     sop_instance_uid: str
     frame: int | None
+    #: The CT window the panel's boxes were found on (None: the header's or default window).
+    window: str | None
     regions: tuple[ReadRegion, ...]
 
 
-def source_picture(dataset: Dataset, frame: int | None) -> np.ndarray:
+def window_caption(window: str) -> str:
+    """How a panel names its CT window: ``lung window (C -600 / W 1500)``, from CT_PRESETS."""
+    center, width = CT_PRESETS[window]
+    return f"{window.replace('_', ' ')} window (C {center:g} / W {width:g})"
+
+
+def source_picture(dataset: Dataset, frame: int | None, window: str | None = None) -> np.ndarray:
     """The picture of one frame as 8-bit RGB, exactly as the model saw it: the one rendering
     (:func:`model.imaging.prepare_image`: Modality LUT, VOI LUT or window, MONOCHROME1
-    polarity, colour conversion), so the boxes are drawn on the pixels they were found on."""
+    polarity, colour conversion), with the CT ``window`` the boxes were found on, so the boxes
+    are drawn on the pixels they were found on."""
     try:
-        return np.asarray(prepare_image(dataset, frame).rgb)
+        return np.asarray(prepare_image(dataset, frame, window).rgb)
     except ImagingError as exc:  # the message says which image
         raise RenderError(f"cannot render the pixels of {dataset.get('SOPInstanceUID', '?')}: {exc}") from exc
 
@@ -103,11 +115,13 @@ def _label(region: ReadRegion) -> str:
 
 
 def _panels(report: ReadReport) -> list[_Panel]:
-    grouped: dict[tuple[str, int | None], list[ReadRegion]] = {}
+    """One panel per image, frame and CT window: a box is drawn only on the window it was found
+    on (a chest CT slice with lung-window and mediastinal-window boxes gives two panels)."""
+    grouped: dict[tuple[str, int | None, str | None], list[ReadRegion]] = {}
     for region in report.regions:
         frame = region.frame_numbers[0] if region.frame_numbers else None
-        grouped.setdefault((region.referenced_sop_instance_uid, frame), []).append(region)
-    return [_Panel(uid, frame, tuple(regions)) for (uid, frame), regions in grouped.items()]
+        grouped.setdefault((region.referenced_sop_instance_uid, frame, region.window), []).append(region)
+    return [_Panel(uid, frame, window, tuple(regions)) for (uid, frame, window), regions in grouped.items()]
 
 
 def _draw_panel(
@@ -188,9 +202,11 @@ def render_sr(
     images = []
     for panel in panels:
         source = pydicom.dcmread(source_paths_by_sop_uid[panel.sop_instance_uid])
-        canvas = _draw_panel(source_picture(source, panel.frame), panel, language, companions, font)
+        pixels = source_picture(source, panel.frame, panel.window)
+        canvas = _draw_panel(pixels, panel, language, companions, font)
         frame = f" frame {panel.frame}" if panel.frame else ""
-        caption = f"{source.get('Modality', '')}{frame} | image {panel.sop_instance_uid}"
+        window = f" | {window_caption(panel.window)}" if panel.window else ""
+        caption = f"{source.get('Modality', '')}{frame}{window} | image {panel.sop_instance_uid}"
         images.append((caption, canvas))
     width = max([canvas.width for _, canvas in images] + [640])
     blocks = [

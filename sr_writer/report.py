@@ -12,7 +12,9 @@ Document tree (PS3.16 TID 1500), one document per language and study version::
     |  +- CONTAINS CONTAINER Measurement Group (TID 1410), one per box, continuity SEPARATE
     |     +- HAS OBS CONTEXT TEXT Tracking Identifier ("region N"), UIDREF Tracking Unique Identifier
     |     +- CONTAINS CODE Finding (SCT from finding_codes.csv, or 99MEDREGA local code)
-    |     +- HAS CONCEPT MOD TEXT Algorithm Name/Version/Manufacturer/Parameters (TID 4019)
+    |     +- HAS CONCEPT MOD TEXT Algorithm Name/Version/Manufacturer/Parameters (TID 4019);
+    |     |  a parameter "window: lung (center -600 HU, width 1500 HU)" names the CT window
+    |     |  the box was found on (model/imaging.py CT_PRESETS), when the run used one
     |     +- HAS CONCEPT MOD CODE Finding Site (TID 1419; anatomy from finding_codes.csv, if known)
     |     +- CONTAINS SCOORD Image Region: closed POLYLINE, 5 points, pixel coordinates
     |     |  +- SELECTED FROM IMAGE (SOP Class/Instance, frame of multi-frame images)
@@ -73,6 +75,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from common.uids import derive_uid
+from model.imaging import CT_PRESETS
 
 from . import coding, wording
 from .content import (
@@ -104,6 +107,8 @@ __all__ = [
     "box_polyline",
     "box_measurements_mm",
     "algorithm_identification",
+    "WINDOW_PARAMETER",
+    "window_parameter",
 ]
 
 _LANGUAGE_SLOT = {"en": 1, "zh": 2}
@@ -151,14 +156,33 @@ def box_measurements_mm(region: RegionFinding) -> tuple[float, float, float] | N
     return width, height, round(width * height, 3)
 
 
-def algorithm_identification(content: ReportContent) -> AlgorithmIdentification:
-    """TID 4019 Algorithm Identification of the model that produced the findings."""
+#: Prefix of the TID 4019 Algorithm Parameters (DCM 111002) value naming the CT window a region's
+#: input image was rendered with, e.g. "window: lung (center -600 HU, width 1500 HU)".
+WINDOW_PARAMETER = "window: "
+
+
+def window_parameter(window: str) -> str:
+    """The Algorithm Parameters text of a CT window preset (:data:`model.imaging.CT_PRESETS`)."""
+    center, width = CT_PRESETS[window]
+    return f"{WINDOW_PARAMETER}{window} (center {center:g} HU, width {width:g} HU)"
+
+
+def algorithm_identification(content: ReportContent, window: str | None = None) -> AlgorithmIdentification:
+    """TID 4019 Algorithm Identification of the model that produced the findings.
+
+    ``window``: the CT window the region's image was rendered with for the model, recorded as one
+    more Algorithm Parameters (DCM 111002) value of the region's group (TID 1410 includes TID
+    4019), so a reader of the SR alone can show the box on the picture it was found on.
+    """
     algorithm = content.algorithm
+    parameters = [f"backend: {algorithm.backend}", f"weights: {algorithm.weights_id}"]
+    if window is not None:
+        parameters.append(window_parameter(window))
     return AlgorithmIdentification(
         name=algorithm.name,
         version=algorithm.version,
         manufacturer=algorithm.manufacturer,
-        parameters=[f"backend: {algorithm.backend}", f"weights: {algorithm.weights_id}"],
+        parameters=parameters,
     )
 
 
@@ -228,7 +252,7 @@ def _region_group(region: RegionFinding, content: ReportContent, image: Dataset)
         referenced_region=image_region,
         finding_type=finding,
         finding_sites=[FindingSite(site)] if site is not None else None,
-        algorithm_id=algorithm_identification(content),
+        algorithm_id=algorithm_identification(content, region.window),
         measurements=measurements or None,
     )
     container = group[0]

@@ -56,7 +56,7 @@ def _code(f: Finding) -> tuple[str, str, str] | None:
 
 
 def _region_finding(f: Finding, code: tuple[str, str, str] | None, pixel_spacing: tuple[float, float] | None,
-                    description_language: str | None) -> RegionFinding:
+                    description_language: str | None, window: str | None) -> RegionFinding:
     """A region finding's row as the SR writer's :class:`sr_writer.content.RegionFinding`."""
     from sr_writer.content import RegionFinding
 
@@ -80,6 +80,7 @@ def _region_finding(f: Finding, code: tuple[str, str, str] | None, pixel_spacing
         pixels=(f.px_x1, f.px_y1, f.px_x2, f.px_y2),
         pixel_spacing=pixel_spacing,
         description_language=description_language,
+        window=window,
     )
 
 
@@ -140,6 +141,7 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
 
     uid_root = installation_uid_root(session)
     findings_of: dict[int, list[Finding]] = {run.id: [] for run in runs}
+    window_of = {run.id: run.window for run in runs}  # the window each box was found on
     for f in session.scalars(select(Finding).where(Finding.job_id == job.id).order_by(Finding.id)):
         findings_of[f.model_run_id].append(f)
 
@@ -167,6 +169,7 @@ def build_contents(session: Session, settings: Settings, job: Job) -> dict[str, 
             regions.append(_region_finding(
                 f, code, spacing.get(f.referenced_sop_instance_uid),
                 f.language if f.text and f.language != language else None,
+                window_of[f.model_run_id],
             ))
         report_texts: list[str] = []
         report_sources: list[tuple[str, str, int | None] | None] = []

@@ -125,6 +125,7 @@ def finding_rows_statement(filters: FindingFilters, cursor: str | None = None) -
             ModelRun.model_name,
             ModelRun.model_version,
             ModelRun.weights_id,
+            ModelRun.window,
             Instance.sop_instance_uid,
             Series.modality,
             Job.study_version,
@@ -230,6 +231,7 @@ def _to_out(row: Row[Any], status: str, show_identifiers: bool) -> FindingOut:
         model_name=row.model_name,
         model_version=row.model_version,
         weights_id=row.weights_id,
+        window=row.window,
         delivery_status=status,
         patient_id=row.patient_id if show_identifiers else None,
         patient_name=row.patient_name if show_identifiers else None,
@@ -283,7 +285,7 @@ def iter_findings(
 EXPORT_COLUMNS = [
     "id", "created_at", "study_instance_uid", "study_version", "study_date", "calling_ae_title",
     "modality", "sop_instance_uid", "frame_number", "language", "kind", "label", "code_value",
-    "code_scheme", "code_meaning", "text", "box", "box_px", "unparsed", "job_id", "model_name",
+    "code_scheme", "code_meaning", "text", "box", "box_px", "window", "unparsed", "job_id", "model_name",
     "model_version", "weights_id", "delivery_status", "identifiers_hidden", "patient_id",
     "patient_name", "accession_number",
 ]

@@ -1,8 +1,9 @@
 """Pair a study's findings across languages: one region, its English and Chinese names side by side.
 
 The model is asked once per language, so the same region appears as one finding per language.
-Two findings on the same image (and frame) are the same region when they carry the same code, or
-else when their boxes overlap almost entirely (IoU >= 0.8). Whatever does not pair stays alone.
+Two findings on the same image (and frame) found on the same CT window are the same region when
+they carry the same code, or else when their boxes overlap almost entirely (IoU >= 0.8). Whatever
+does not pair stays alone. Each region keeps the window it was found on, so it is drawn on it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def language_group(language: str) -> str:
 class Region:
     number: int
     box_px: list[float] | None
+    #: The CT window preset of the model run that found it (None: the image's own window).
+    window: str | None = None
     by_language: dict[str, FindingOut] = field(default_factory=dict)
 
     def label(self, language: str) -> str:
@@ -52,7 +55,7 @@ def _iou(a: list[float], b: list[float]) -> float:
 
 
 def _same(region: Region, f: FindingOut) -> bool:
-    if language_group(f.language) in region.by_language:
+    if language_group(f.language) in region.by_language or f.window != region.window:
         return False
     other = next(iter(region.by_language.values()))
     if f.code_value and other.code_value:
@@ -77,7 +80,7 @@ def pair_regions(findings: Iterable[FindingOut]) -> list[ImageRegions]:
             match = next((r for r in regions if _same(r, f)), None)
             if match is None:
                 number += 1
-                match = Region(number=number, box_px=f.box_px)
+                match = Region(number=number, box_px=f.box_px, window=f.window)
                 regions.append(match)
             match.by_language[language_group(f.language)] = f
         out.append(ImageRegions(sop_instance_uid=sop, frame_number=frame, regions=regions))

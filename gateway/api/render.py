@@ -3,7 +3,9 @@
 The image is the spool copy of the received instance (``data_dir / Instance.path``), rendered by
 :func:`model.imaging.prepare_image`, the one DICOM-to-display function: the auditor sees the
 pixels the model saw (Modality LUT, VOI LUT or window, MONOCHROME1 polarity, colour conversion,
-PS3.4 N.2). Small images are enlarged so labels stay readable.
+PS3.4 N.2), with the CT window of the model run that found each box (``ModelRun.window``): boxes
+found on different windows are drawn on separate, labelled panels. Small images are enlarged so
+labels stay readable.
 Labels are drawn in both languages with a CJK font (Debian's fonts-wqy-zenhei).
 """
 
@@ -18,9 +20,9 @@ from pathlib import Path
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
 
-from model.imaging import ImagingError, prepare_image
+from model.imaging import ImagingError, PreparedImage, prepare_image
 from sr_writer.errors import FontNotFoundError
-from sr_writer.render import find_cjk_font
+from sr_writer.render import find_cjk_font, window_caption
 
 from .regions import Region
 
@@ -32,6 +34,11 @@ log = logging.getLogger(__name__)
 MIN_LONG_SIDE = 512
 #: And shrunk to at most this many (a browser view, not the original resolution).
 MAX_LONG_SIDE = 1600
+#: Pixels between the panels of an image whose boxes were found on several windows.
+PANEL_GAP = 8
+#: Size of the text naming a panel's window, and the padding of its band (pixels).
+CAPTION_FONT_SIZE = 18
+CAPTION_PADDING = 6
 _COLOURS = ["#ff5252", "#40c4ff", "#69f0ae", "#ffd740", "#e040fb", "#ffab40", "#b2ff59", "#18ffff"]
 
 
@@ -61,27 +68,21 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default(size)
 
 
-def display_picture(ds: pydicom.Dataset, frame_number: int | None) -> Image.Image:
-    """Frame ``frame_number`` (1-based) of ``ds`` as the model saw it (RGB, source size)."""
+def display_picture(ds: pydicom.Dataset, frame_number: int | None, window: str | None = None) -> Image.Image:
+    """Frame ``frame_number`` (1-based) of ``ds`` as the model saw it (RGB, source size), with the
+    CT ``window`` preset the model's input was rendered with (None: the image's own window)."""
+    return _prepared(ds, frame_number, window).rgb
+
+
+def _prepared(ds: pydicom.Dataset, frame_number: int | None, window: str | None) -> PreparedImage:
     try:
-        return prepare_image(ds, frame_number).rgb
+        return prepare_image(ds, frame_number, window)
     except ImagingError as exc:
         raise ImageNotAvailableError(f"the image cannot be shown: {exc}") from None
 
 
-def render_annotated_png(
-    path: Path,
-    regions: Sequence[Region],
-    *,
-    frame_number: int | None = None,
-    languages: Sequence[str] = ("en", "zh"),
-) -> bytes:
-    """The image at ``path`` with each region's box, number and labels drawn on it."""
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:
-        raise ImageNotAvailableError(f"the spool file is not readable DICOM: {exc}") from None
-    image = display_picture(ds, frame_number)
+def _scaled(image: Image.Image) -> tuple[Image.Image, float]:
+    """The picture enlarged or shrunk for reading (MIN_LONG_SIDE..MAX_LONG_SIDE), and the factor."""
     width, height = image.size
     long_side = max(width, height)
     scale = 1.0
@@ -92,6 +93,10 @@ def render_annotated_png(
     if scale != 1.0:
         image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))),
                              Image.Resampling.BILINEAR)
+    return image, scale
+
+
+def _draw_regions(image: Image.Image, scale: float, regions: Sequence[Region], languages: Sequence[str]) -> None:
     draw = ImageDraw.Draw(image)
     font = _font(max(12, image.size[0] // 40))
     line_width = max(2, image.size[0] // 300)
@@ -108,6 +113,62 @@ def render_annotated_png(
         ty = y1 - (bottom - top) - 6 if y1 - (bottom - top) - 6 >= 0 else y2 + 2
         draw.rectangle([tx, ty, tx + (right - left) + 4, ty + (bottom - top) + 6], fill="#000000")
         draw.text((tx + 2, ty + 1 - top), caption, fill=colour, font=font)
+
+
+def _caption(text: str, width: int) -> Image.Image:
+    """A dark band naming a panel's window, as wide as the panel."""
+    font = _font(CAPTION_FONT_SIZE)
+    band = Image.new("RGB", (width, CAPTION_FONT_SIZE + 2 * CAPTION_PADDING), (32, 32, 32))
+    ImageDraw.Draw(band).text((CAPTION_PADDING, CAPTION_PADDING), text, fill="#ffffff", font=font)
+    return band
+
+
+def render_annotated_png(
+    path: Path,
+    regions: Sequence[Region],
+    *,
+    frame_number: int | None = None,
+    languages: Sequence[str] = ("en", "zh"),
+) -> bytes:
+    """The image at ``path`` with each region's box, number and labels drawn on it.
+
+    Each box is drawn on the picture it was found on: the CT window of its model run
+    (``Region.window``). Regions of one window (or of none: the image's own window) give one
+    picture, as before; regions found on several windows (a chest CT slice read on the lung and
+    the mediastinal window) give one panel per window side by side, in the order of the regions,
+    each under a band naming its window with the preset's centre and width, as a radiologist
+    hangs the two windows of one slice next to each other. A picture with a preset window is
+    always captioned, so nobody takes a lung-window picture for the default one.
+    """
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:
+        raise ImageNotAvailableError(f"the spool file is not readable DICOM: {exc}") from None
+    boxed = [r for r in regions if r.box_px]
+    windows = list(dict.fromkeys(r.window for r in boxed)) or [None]
+    captioned = windows != [None]
+    panels: list[Image.Image] = []
+    for window in windows:
+        prepared = _prepared(ds, frame_number, window)
+        image, scale = _scaled(prepared.rgb)
+        _draw_regions(image, scale, [r for r in boxed if r.window == window], languages)
+        if captioned:
+            text = window_caption(window) if window else f"image window: {prepared.voi}"
+            band = _caption(text, image.width)
+            panel = Image.new("RGB", (image.width, band.height + image.height), (0, 0, 0))
+            panel.paste(band, (0, 0))
+            panel.paste(image, (0, band.height))
+            image = panel
+        panels.append(image)
+    if len(panels) == 1:
+        picture = panels[0]
+    else:
+        picture = Image.new("RGB", (sum(p.width for p in panels) + PANEL_GAP * (len(panels) - 1),
+                                    max(p.height for p in panels)), (0, 0, 0))
+        left = 0
+        for panel in panels:
+            picture.paste(panel, (left, 0))
+            left += panel.width + PANEL_GAP
     out = io.BytesIO()
-    image.save(out, format="PNG", optimize=False)
+    picture.save(out, format="PNG", optimize=False)
     return out.getvalue()

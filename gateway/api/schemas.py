@@ -127,6 +127,10 @@ class FindingOut(PatientIdentifiers):
     model_name: str
     model_version: str
     weights_id: str
+    window: str | None = Field(
+        default=None,
+        description="CT window preset the model's input was rendered with when it found this "
+                    "(lung, mediastinum, soft_tissue, brain, bone); null: the image's own or default window")
     delivery_status: DeliveryStatus
 
 

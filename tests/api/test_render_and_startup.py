@@ -17,7 +17,7 @@ from sr_writer.render import find_cjk_font
 from common.db import SchemaNotCurrentError
 
 from .conftest import Env, make_settings
-from .factories import COLUMNS, ROWS, make_study
+from .factories import COLUMNS, REGIONS, ROWS, make_study
 
 
 def test_cjk_font_is_installed() -> None:
@@ -123,3 +123,74 @@ def test_a_study_whose_images_retention_removed_says_so(client: TestClient, env:
     page.cookies.set(COOKIE_NAME, env.auditor_token)
     html = page.get(f"/ui/studies/{uid}").text
     assert "images removed by retention on" in html and f"instances/{sop}.png" not in html
+
+
+def test_each_box_is_drawn_on_the_window_its_model_run_used(client: TestClient, env: Env) -> None:
+    """Issue 12: a chest CT slice with a lung-window box (the lungs) and a mediastinal-window box
+    (the heart), each finding linked to the model run that rendered the slice with its window. The
+    API's annotated image and the study page's give one labelled panel per window, side by side,
+    each box drawn on the pixels prepare_image gives for its window (and only there)."""
+    import numpy as np
+    import pydicom
+    from sqlalchemy import select
+
+    from common.models import ModelRun
+    from gateway.api.render import PANEL_GAP
+    from gateway.api.ui import COOKIE_NAME
+    from model.imaging import prepare_image
+    from tests.sr_writer.samples import WINDOW_BOXES, WINDOWED_CT_SIZE, inside, windowed_chest_ct
+
+    boxes = {"right lung": WINDOW_BOXES["lung"], "heart": WINDOW_BOXES["mediastinum"]}
+    with env.session() as s:
+        rows = make_study(s, env.data_dir, modality="CT", write_image=False,
+                          regions=[r for r in REGIONS if r[0] in boxes])
+        ct = windowed_chest_ct(rows.study.study_instance_uid, rows.instance.series.series_instance_uid,
+                               rows.instance.sop_instance_uid)
+        (env.data_dir / rows.instance.path).parent.mkdir(parents=True, exist_ok=True)
+        ct.save_as(env.data_dir / rows.instance.path, enforce_file_format=True)
+        for run in s.scalars(select(ModelRun).where(ModelRun.job_id == rows.job.id)).all():
+            run.window = "lung"  # the lungs were found on the lung window ...
+            heart_run = ModelRun(**{c.key: getattr(run, c.key) for c in ModelRun.__table__.columns
+                                    if c.key != "id"})
+            heart_run.window = "mediastinum"  # ... the heart on the mediastinal window
+            s.add(heart_run)
+            s.flush()
+            for f in rows.findings:
+                if f.model_run_id == run.id and f.code_meaning == "heart":
+                    f.model_run_id = heart_run.id
+        for f in rows.findings:
+            f.px_x1, f.px_y1, f.px_x2, f.px_y2 = boxes[str(f.code_meaning)]
+        s.commit()
+    uid, sop = rows.study.study_instance_uid, rows.instance.sop_instance_uid
+    spool_ct = pydicom.dcmread(env.data_dir / rows.instance.path)
+    model = {w: np.asarray(prepare_image(spool_ct, None, w).rgb) for w in ("lung", "mediastinum", None)}
+
+    findings = client.get("/api/v1/findings", params={"study_instance_uid": uid}, headers=env.headers()).json()
+    assert {(f["code_meaning"], f["window"]) for f in findings["items"]} == {
+        ("right lung", "lung"), ("heart", "mediastinum")}
+
+    page = TestClient(client.app)
+    page.cookies.set(COOKIE_NAME, env.auditor_token)
+    html = page.get(f"/ui/studies/{uid}").text
+    assert "<td>lung</td>" in html and "<td>mediastinum</td>" in html
+    for response in (client.get(f"/api/v1/studies/{uid}/instances/{sop}/annotated.png", headers=env.headers()),
+                     page.get(f"/ui/studies/{uid}/instances/{sop}.png")):
+        assert response.status_code == 200
+        picture = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+        size = WINDOWED_CT_SIZE  # 512: drawn at its own size, no scaling
+        assert picture.shape[1] == 2 * size + PANEL_GAP  # two panels side by side
+        top = picture.shape[0] - size  # under each panel's caption band
+        panels = {"lung": picture[top:, :size], "mediastinum": picture[top:, size + PANEL_GAP:]}
+        assert picture[:top].std() > 0  # the caption bands carry text
+        for window, panel in panels.items():
+            for box_window, box in WINDOW_BOXES.items():
+                r, c = inside(box)
+                x1, y1, x2, y2 = (int(v) for v in box)
+                edge = panel[y1 + 5:y2 - 5, x2 - 1:x2 + 1]
+                if box_window == window:
+                    # the box is drawn (a colour) around the pixels the model saw
+                    assert np.array_equal(panel[r, c], model[window][r, c]), window
+                    assert not np.array_equal(panel[r, c], model[None][r, c])
+                    assert (edge[..., 0] != edge[..., 1]).all()
+                else:  # the other window's box is not drawn on this panel: the edge is the image
+                    assert np.array_equal(edge, model[window][y1 + 5:y2 - 5, x2 - 1:x2 + 1]), window

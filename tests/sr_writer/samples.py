@@ -16,7 +16,9 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     ComputedRadiographyImageStorage,
+    CTImageStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
 )
@@ -256,3 +258,83 @@ def one_language_content(sample: Sample, language: str) -> ReportContent:
         content_datetime=WHEN,
         institution_name="Test Hospital 测试医院",
     )
+
+
+#: Issue 12: boxes of one chest CT slice found on two CT windows, in pixels (x1, y1, x2, y2) of
+#: :func:`windowed_chest_ct`: a lung-window box where the HU are lung-like (about -750 to -280)
+#: and a mediastinal-window box where they are soft tissue (about -110 to 190).
+WINDOW_BOXES: dict[str, tuple[float, float, float, float]] = {
+    "lung": (60.0, 150.0, 160.0, 350.0),
+    "mediastinum": (200.0, 160.0, 260.0, 340.0),
+}
+WINDOWED_CT_SIZE = 512
+
+
+def windowed_chest_ct(study_uid: str, series_uid: str, sop_uid: str) -> Dataset:
+    """A 512 x 512 chest CT slice whose lung, mediastinal and header windows all look different.
+
+    HU rise from -1024 on the left to about +1380 on the right (plus a small ripple down the
+    rows, so no box is one flat grey); the header window is soft tissue (40/400), so a picture
+    drawn on the header window differs from both presets inside both boxes.
+    """
+    size = WINDOWED_CT_SIZE
+    yy, xx = np.mgrid[0:size, 0:size]
+    stored = (np.rint(xx * 4.7) + (yy % 16)).astype(np.int16)  # HU = stored - 1024
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.Modality = "CT"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Doe^Jane", "P-CTW", "19700101", "F"
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20250301", "101010", "ACCCTW", "1"
+    ds.ReferringPhysicianName = ""
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.Manufacturer = "Sample CT Co"
+    ds.BodyPartExamined = "CHEST"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.FrameOfReferenceUID = derive_uid("sample", "ct-windows", "frame-of-reference")
+    ds.PositionReferenceIndicator = ""
+    ds.ImagePositionPatient = [-250.0, -250.0, 0.0]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.SliceThickness = 1.0
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.KVP = 120
+    ds.AcquisitionNumber = 1
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    ds.PixelData = stored.tobytes()
+    return ds
+
+
+def windowed_regions(ds: Dataset, language: str) -> list[RegionFinding]:
+    """One region per :data:`WINDOW_BOXES` window on ``ds``, as the worker hands them to the SR."""
+    names = {"lung": ("right lung", "右肺"), "mediastinum": ("heart", "心脏")}
+    return [
+        RegionFinding(
+            tracking_uid=derive_uid("tracking", "ct-windows", window),
+            tracking_identifier=f"{names[window][0]} ({window} window)",
+            label=names[window][0] if language == "en" else names[window][1],
+            description=None,
+            code=None,
+            referenced_sop_class_uid=str(ds.SOPClassUID),
+            referenced_sop_instance_uid=str(ds.SOPInstanceUID),
+            frame_number=None,
+            pixels=box,
+            pixel_spacing=(0.7, 0.7),
+            window=window,
+        )
+        for window, box in WINDOW_BOXES.items()
+    ]
+
+
+def inside(box: tuple[float, float, float, float], margin: int = 8) -> tuple[slice, slice]:
+    """(rows, columns) slices of a box's inside, ``margin`` pixels clear of its outline."""
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    return slice(y1 + margin, y2 - margin), slice(x1 + margin, x2 - margin)

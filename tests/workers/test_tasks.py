@@ -368,3 +368,27 @@ def test_a_failing_job_is_retried_with_backoff_then_dead(gateway, monkeypatch) -
     with session_scope(settings.database_url) as s:
         job = s.get(Job, job_id)
         assert job is not None and job.state == JobState.DEAD and "hiccuped" in (job.error or "")
+
+
+def test_each_sr_region_names_the_window_its_model_run_used(tmp_path: Path, sqlite_url: str, monkeypatch) -> None:
+    """Issue 12: the chest CT plan finds the lungs on the lung window and the heart on the
+    mediastinal window; each SR region carries its run's window (TID 4019 Algorithm Parameters),
+    so ``render`` and the presentation states can show it on the picture it was found on."""
+    import workers.tasks as tasks
+    from sr_writer.readback import read_report
+
+    lines = [{"training_set": "text2region", "prompt_contains": "<ref>right lung</ref>",
+              "answer": "<ref>right lung</ref><box>[[100, 200, 450, 800]]</box>"},
+             *REPLAY_LINES]
+    settings, job_id = received_job(tmp_path, sqlite_url, replay_lines=lines)
+    monkeypatch.setattr(tasks, "publish_delivery", lambda _: None)
+    assert tasks.run_job(job_id) == "done"
+    with session_scope(settings.database_url) as s:
+        window_of = {f.tracking_uid: s.get_one(ModelRun, f.model_run_id).window
+                     for f in s.scalars(select(Finding).where(Finding.kind == "region", Finding.job_id == job_id))}
+        docs = s.scalars(select(Document).where(Document.job_id == job_id)).all()
+        paths = [settings.data_dir / d.path for d in docs]
+    assert set(window_of.values()) >= {"lung", "mediastinum"}  # both windows found something
+    for path in paths:
+        regions = read_report(pydicom.dcmread(path)).regions
+        assert {r.tracking_uid: r.window for r in regions} == window_of
