@@ -37,6 +37,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 from common.holds import FAIL_AT_ENV, HOLD_AT_ENV, HOLD_DIR_ENV
 
 __all__ = [
+    "AE_TITLE_LENGTH",
     "ConfigError",
     "Settings",
     "NodeSettings",
@@ -88,7 +89,9 @@ class ConfigError(Exception):
     """A configuration value is missing or invalid; the message names the key."""
 
 
-_AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+#: Longest Application Entity title (PS3.5 6.2, VR AE: 16 characters).
+AE_TITLE_LENGTH = 16
+_AE_TITLE_RE = re.compile(rf"^[\x20-\x5b\x5d-\x7e]{{1,{AE_TITLE_LENGTH}}}$")
 
 
 def validate_ae_title(value: str) -> str:

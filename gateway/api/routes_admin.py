@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from .. import admin
 from common.models import DeliveryState, JobState
+from common.settings import AE_TITLE_LENGTH
 from .auditing import audit_request, query_text
 from .auth import Principal, get_session, require_admin
 from .hooks import enqueue_delivery
@@ -30,6 +31,8 @@ from .operations import (
 )
 from .query_deliveries import DeliveryFilters, list_deliveries, list_jobs
 from .schemas import (
+    NAME_LENGTH,
+    NAME_PATTERN,
     RowId,
     AUTH_RESPONSES,
     ActionResult,
@@ -53,7 +56,8 @@ __all__ = ["router", "admin_error_status"]
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"], responses=AUTH_RESPONSES,
                    dependencies=[Depends(reject_unknown_query_parameters)])
 
-Name = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+Name = Annotated[str, Path(min_length=1, max_length=NAME_LENGTH, pattern=NAME_PATTERN)]
+CallerTitle = Annotated[str, Path(min_length=1, max_length=AE_TITLE_LENGTH)]
 #: FastAPI's ``responses=`` type: status code -> OpenAPI response fields
 _ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
 
@@ -107,7 +111,7 @@ def add_calling_ae(body: CallingAEIn, request: Request,
 
 
 @router.patch("/calling-aes/{ae_title}", response_model=CallingAEOut, responses=_ERRORS)
-def change_calling_ae(ae_title: Annotated[str, Path(min_length=1, max_length=16)],
+def change_calling_ae(ae_title: CallerTitle,
                       body: CallingAEPatch, request: Request,
                       principal: Principal = Depends(require_admin),
                       session: Session = Depends(get_session)) -> CallingAEOut:
@@ -131,7 +135,7 @@ def change_calling_ae(ae_title: Annotated[str, Path(min_length=1, max_length=16)
 
 
 @router.delete("/calling-aes/{ae_title}", response_model=ActionResult, responses=_ERRORS)
-def remove_calling_ae(ae_title: Annotated[str, Path(min_length=1, max_length=16)],
+def remove_calling_ae(ae_title: CallerTitle,
                       request: Request, principal: Principal = Depends(require_admin),
                       session: Session = Depends(get_session)) -> ActionResult:
     try:

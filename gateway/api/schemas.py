@@ -9,9 +9,20 @@ from fastapi import Path
 
 import re
 
+from common.settings import AE_TITLE_LENGTH
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints
 
 __all__ = [
+    "AETitle",
+    "HOST_LENGTH",
+    "HostName",
+    "KeyName",
+    "LongFilter",
+    "NAME_LENGTH",
+    "NAME_PATTERN",
+    "Port",
+    "RouteOrder",
+    "ShortFilter",
     "IsoDateTime",
     "SafeText",
     "DeliveryStatus",
@@ -330,7 +341,28 @@ class AuditEventPage(BaseModel):
 
 #: PS3.5 VR AE: 1-16 printable ASCII characters without backslash, not only spaces.
 AETitle = Annotated[str, StringConstraints(
-    min_length=1, max_length=16, pattern=r"^ *[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]*$")]
+    min_length=1, max_length=AE_TITLE_LENGTH,
+    pattern=r"^ *[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]*$")]
+#: Longest name of a destination or route, their key (``common.models``: String(64)).
+NAME_LENGTH = 64
+#: What a name may not hold: control characters, nor ``/`` (it stands in paths).
+NAME_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
+#: Longest host name or address of a destination or caller (``common.models``: String(255)).
+HOST_LENGTH = 255
+#: A destination's or route's name.
+KeyName = Annotated[str, StringConstraints(min_length=1, max_length=NAME_LENGTH,
+                                           pattern=NAME_PATTERN)]
+#: A destination's host name or address.
+HostName = Annotated[str, StringConstraints(min_length=1, max_length=HOST_LENGTH,
+                                            pattern=r"^[^\x00-\x1f\x7f]+$")]
+#: A TCP port of a peer.
+Port = Annotated[int, Field(ge=1, le=65535)]
+#: A route's place: routes are tried by increasing order.
+RouteOrder = Annotated[int, Field(ge=-1_000_000, le=1_000_000)]
+#: A route's filter on a calling AE title or a Modality (0008,0060), VR CS: 16 characters at most.
+ShortFilter = Annotated[str, StringConstraints(max_length=16)]
+#: A route's filter on a SOP Class UID, Body Part Examined or Series Description (64 characters).
+LongFilter = Annotated[str, StringConstraints(max_length=64)]
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -344,8 +376,6 @@ def _json_integer(value: object) -> object:
         return int(value)
     return value
 
-
-JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class CallingAEIn(BaseModel):
@@ -380,10 +410,11 @@ class CallingAEOut(_Out):
 class DestinationIn(BaseModel):
     model_config = _STRICT
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+    name: KeyName
     ae_title: AETitle
-    host: Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
-    port: JsonInt = Field(ge=1, le=65535)
+    host: HostName
+    # The range before the validator, so that the schema says minimum/maximum (JSON Schema).
+    port: Annotated[Port, BeforeValidator(_json_integer)]
     send: Literal["sr", "sr+gsps"] = "sr"
     tls: StrictBool = False
 
@@ -394,9 +425,8 @@ class DestinationPatch(BaseModel):
     model_config = _STRICT
 
     ae_title: AETitle | None = None
-    host: Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")] | None = None
-    # The range before the validator, so that the schema says minimum/maximum (JSON Schema).
-    port: Annotated[int, Field(ge=1, le=65535), BeforeValidator(_json_integer)] | None = None
+    host: HostName | None = None
+    port: Annotated[Port, BeforeValidator(_json_integer)] | None = None
     send: Literal["sr", "sr+gsps"] | None = None
     tls: StrictBool | None = None
     enabled: StrictBool | None = None
@@ -416,13 +446,13 @@ class DestinationOut(_Out):
 class RouteIn(BaseModel):
     model_config = _STRICT
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f/]+$")]
-    order: JsonInt = Field(100, ge=-1_000_000, le=1_000_000)
-    calling_ae_title: Annotated[str, StringConstraints(max_length=16)] = ""
-    modality: Annotated[str, StringConstraints(max_length=16)] = ""
-    sop_class_uid: Annotated[str, StringConstraints(max_length=64)] = ""
-    body_part_examined: Annotated[str, StringConstraints(max_length=64)] = ""
-    series_description: Annotated[str, StringConstraints(max_length=64)] = ""
+    name: KeyName
+    order: Annotated[RouteOrder, BeforeValidator(_json_integer)] = 100
+    calling_ae_title: ShortFilter = ""
+    modality: ShortFilter = ""
+    sop_class_uid: LongFilter = ""
+    body_part_examined: LongFilter = ""
+    series_description: LongFilter = ""
     action: Literal["process", "store", "ignore"] = "process"
     urgent: StrictBool = False
     destinations: list[SafeText] = []
@@ -433,12 +463,12 @@ class RoutePatch(BaseModel):
 
     model_config = _STRICT
 
-    order: Annotated[int, Field(ge=-1_000_000, le=1_000_000), BeforeValidator(_json_integer)] | None = None
-    calling_ae_title: Annotated[str, StringConstraints(max_length=16)] | None = None
-    modality: Annotated[str, StringConstraints(max_length=16)] | None = None
-    sop_class_uid: Annotated[str, StringConstraints(max_length=64)] | None = None
-    body_part_examined: Annotated[str, StringConstraints(max_length=64)] | None = None
-    series_description: Annotated[str, StringConstraints(max_length=64)] | None = None
+    order: Annotated[RouteOrder, BeforeValidator(_json_integer)] | None = None
+    calling_ae_title: ShortFilter | None = None
+    modality: ShortFilter | None = None
+    sop_class_uid: LongFilter | None = None
+    body_part_examined: LongFilter | None = None
+    series_description: LongFilter | None = None
     action: Literal["process", "store", "ignore"] | None = None
     urgent: StrictBool | None = None
     destinations: list[SafeText] | None = None

@@ -10,16 +10,18 @@ refusal is recorded (``auth.forbidden``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .. import admin
 from common.models import CallingAE, Delivery, DeliveryState, JobState, Route
+from common.settings import AE_TITLE_LENGTH
 from .auditing import audit_request, query_text
 from .auth import Principal, get_session, get_settings
 from .hooks import enqueue_delivery
@@ -34,7 +36,15 @@ from .operations import (
     retry_job,
 )
 from .query_deliveries import DeliveryFilters, list_deliveries, list_jobs
-from .schemas import DeliveryOut
+from .schemas import (
+    HOST_LENGTH,
+    NAME_LENGTH,
+    DeliveryOut,
+    LongFilter,
+    Port,
+    RouteOrder,
+    ShortFilter,
+)
 from .ui import check_csrf, error_page, page, page_params, ui_admin
 
 __all__ = ["router"]
@@ -77,6 +87,91 @@ def _act(session: Session, principal: Principal, request: Request, action: str,
 
 def _list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+# -- the forms: each field and its limits once, shared by the add and the edit form -------------
+# The limits are the API's (.schemas); the pages check no more than their length, and leave the
+# rest to gateway.admin, whose refusal is shown on the page.
+
+_Name = Annotated[str, StringConstraints(max_length=NAME_LENGTH)]
+_AETitle = Annotated[str, StringConstraints(max_length=AE_TITLE_LENGTH)]
+_Host = Annotated[str, StringConstraints(max_length=HOST_LENGTH)]
+#: A caller's description (``common.models``: String(255)).
+_Description = Annotated[str, StringConstraints(max_length=255)]
+#: Destination names, comma separated.
+_Names = Annotated[str, StringConstraints(max_length=1024)]
+
+
+class _Form(BaseModel):
+    """A page's form: every one carries the CSRF value (``check_csrf``)."""
+
+    csrf: str = ""
+
+
+class _NamedForm(_Form):
+    """The key of a new destination or route. A ``New...Form`` names it after the edit form's
+    class, so that its field comes first (pydantic orders fields base first), as on the page."""
+
+    name: _Name
+
+
+class _TitledForm(_Form):
+    ae_title: _AETitle
+
+
+class DestinationForm(_Form):
+    """What the edit form of a destination changes (its name is its key and stays)."""
+
+    ae_title: _AETitle
+    host: _Host
+    port: Port
+    send: str = "sr"
+    tls: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        """The destination's fields as :func:`gateway.admin.update_destination` takes them."""
+        return self.model_dump(include={"ae_title", "host", "port", "send", "tls"})
+
+
+class NewDestinationForm(DestinationForm, _NamedForm):
+    pass
+
+
+class CallerForm(_Form):
+    """What the edit form of a calling AE title changes (the AE title is its key and stays)."""
+
+    host: _Host = ""
+    description: _Description = ""
+    destinations: _Names = ""
+
+
+class NewCallerForm(CallerForm, _TitledForm):
+    pass
+
+
+class RouteForm(_Form):
+    """What the edit form of a route changes (its name is its key and stays)."""
+
+    order: RouteOrder = 100
+    calling_ae_title: ShortFilter = ""
+    modality: ShortFilter = ""
+    body_part_examined: LongFilter = ""
+    series_description: LongFilter = ""
+    action: str = "process"
+    urgent: bool = False
+    destinations: _Names = ""
+
+    def fields(self) -> dict[str, Any]:
+        """The route's fields as :func:`gateway.admin.add_route` takes them."""
+        return {"order": self.order, "calling_ae_title": self.calling_ae_title.strip(),
+                "modality": self.modality.strip().upper(),
+                "body_part_examined": self.body_part_examined.strip(),
+                "series_description": self.series_description.strip(), "action": self.action,
+                "urgent": self.urgent, "destinations": _list(self.destinations)}
+
+
+class NewRouteForm(RouteForm, _NamedForm):
+    pass
 
 
 def _troubled_deliveries(session: Session, destination: str | None = None) -> list[DeliveryOut]:
@@ -180,19 +275,16 @@ def destinations_page(request: Request, principal: Principal = Depends(ui_admin)
 
 
 @router.post("/destinations")
-def ui_add_destination(request: Request, name: str = Form(max_length=64),
-                       ae_title: str = Form(max_length=16), host: str = Form(max_length=255),
-                       port: int = Form(ge=1, le=65535), send: str = Form("sr"),
-                       tls: bool = Form(False), csrf: str = Form(""),
+def ui_add_destination(request: Request, form: Annotated[NewDestinationForm, Form()],
                        principal: Principal = Depends(ui_admin),
                        session: Session = Depends(get_session)) -> Response:
-    check_csrf(request, csrf)
-    refused = _act(
-        session, principal, request, "admin.destination.add",
-        {"name": name, "ae_title": ae_title, "host": host, "port": port, "send": send, "tls": tls},
-        lambda: admin.add_destination(session, name, ae_title, host, port, send=send, tls=tls))
+    check_csrf(request, form.csrf)
+    fields = form.fields()
+    refused = _act(session, principal, request, "admin.destination.add",
+                   {"name": form.name, **fields},
+                   lambda: admin.add_destination(session, form.name, **fields))
     return _redirect(_DESTINATIONS, refused, error=True) if refused else _redirect(
-        _DESTINATIONS, f"destination {name} added")
+        _DESTINATIONS, f"destination {form.name} added")
 
 
 @router.get("/destinations/{name}/edit", response_class=HTMLResponse)
@@ -207,16 +299,14 @@ def edit_destination_form(request: Request, name: str, principal: Principal = De
 
 
 @router.post("/destinations/{name}/edit")
-def ui_edit_destination(request: Request, name: str, ae_title: str = Form(max_length=16),
-                        host: str = Form(max_length=255), port: int = Form(ge=1, le=65535),
-                        send: str = Form("sr"), tls: bool = Form(False), csrf: str = Form(""),
+def ui_edit_destination(request: Request, name: str, form: Annotated[DestinationForm, Form()],
                         principal: Principal = Depends(ui_admin),
                         session: Session = Depends(get_session)) -> Response:
-    check_csrf(request, csrf)
-    refused = _act(
-        session, principal, request, "admin.destination.update",
-        {"name": name, "ae_title": ae_title, "host": host, "port": port, "send": send, "tls": tls},
-        lambda: admin.update_destination(session, name, ae_title, host, port, send=send, tls=tls))
+    check_csrf(request, form.csrf)
+    fields = form.fields()
+    refused = _act(session, principal, request, "admin.destination.update",
+                   {"name": name, **fields},
+                   lambda: admin.update_destination(session, name, **fields))
     return _redirect(_DESTINATIONS, refused, error=True) if refused else _redirect(
         _DESTINATIONS, f"destination {name} changed")
 
@@ -266,20 +356,18 @@ def callers_page(request: Request, principal: Principal = Depends(ui_admin),
 
 
 @router.post("/calling-aes")
-def ui_add_calling_ae(request: Request, ae_title: str = Form(max_length=16),
-                      host: str = Form("", max_length=255),
-                      description: str = Form("", max_length=255),
-                      destinations: str = Form("", max_length=1024), csrf: str = Form(""),
+def ui_add_calling_ae(request: Request, form: Annotated[NewCallerForm, Form()],
                       principal: Principal = Depends(ui_admin),
                       session: Session = Depends(get_session)) -> Response:
-    check_csrf(request, csrf)
+    check_csrf(request, form.csrf)
+    destinations = _list(form.destinations)
     refused = _act(
         session, principal, request, "admin.calling_ae.add",
-        {"ae_title": ae_title, "host": host, "destinations": _list(destinations)},
-        lambda: admin.add_calling_ae(session, ae_title, host or None, description or None,
-                                     _list(destinations)))
+        {"ae_title": form.ae_title, "host": form.host, "destinations": destinations},
+        lambda: admin.add_calling_ae(session, form.ae_title, form.host or None,
+                                     form.description or None, destinations))
     return _redirect(_CALLERS, refused, error=True) if refused else _redirect(
-        _CALLERS, f"calling AE title {ae_title} added")
+        _CALLERS, f"calling AE title {form.ae_title} added")
 
 
 def _caller(session: Session, ae_title: str) -> CallingAE:
@@ -302,18 +390,17 @@ def edit_caller_form(request: Request, ae_title: str, principal: Principal = Dep
 
 
 @router.post("/calling-aes/{ae_title}/edit")
-def ui_edit_calling_ae(request: Request, ae_title: str, host: str = Form("", max_length=255),
-                       description: str = Form("", max_length=255),
-                       destinations: str = Form("", max_length=1024), csrf: str = Form(""),
+def ui_edit_calling_ae(request: Request, ae_title: str, form: Annotated[CallerForm, Form()],
                        principal: Principal = Depends(ui_admin),
                        session: Session = Depends(get_session)) -> Response:
-    check_csrf(request, csrf)
+    check_csrf(request, form.csrf)
+    destinations = _list(form.destinations)
     refused = _act(
         session, principal, request, "admin.calling_ae.update",
-        {"ae_title": ae_title, "host": host, "description": description,
-         "destinations": _list(destinations)},
-        lambda: admin.update_calling_ae(session, ae_title, host or None, description or None,
-                                        _list(destinations)))
+        {"ae_title": ae_title, "host": form.host, "description": form.description,
+         "destinations": destinations},
+        lambda: admin.update_calling_ae(session, ae_title, form.host or None,
+                                        form.description or None, destinations))
     return _redirect(_CALLERS, refused, error=True) if refused else _redirect(
         _CALLERS, f"calling AE title {ae_title} changed")
 
@@ -332,33 +419,16 @@ def routes_page(request: Request, principal: Principal = Depends(ui_admin),
                 actions=admin.ROUTE_ACTIONS)
 
 
-def _route_fields(order: int, calling_ae_title: str, modality: str, body_part_examined: str,
-                  series_description: str, action: str, urgent: bool,
-                  destinations: str) -> dict[str, Any]:
-    return {"order": order, "calling_ae_title": calling_ae_title.strip(),
-            "modality": modality.strip().upper(), "body_part_examined": body_part_examined.strip(),
-            "series_description": series_description.strip(), "action": action,
-            "urgent": urgent, "destinations": _list(destinations)}
-
-
 @router.post("/routes")
-def ui_add_route(request: Request, name: str = Form(max_length=64),
-                 order: int = Form(100, ge=-1_000_000, le=1_000_000),
-                 calling_ae_title: str = Form("", max_length=16),
-                 modality: str = Form("", max_length=16),
-                 body_part_examined: str = Form("", max_length=64),
-                 series_description: str = Form("", max_length=64),
-                 action: str = Form("process"), urgent: bool = Form(False),
-                 destinations: str = Form("", max_length=1024), csrf: str = Form(""),
+def ui_add_route(request: Request, form: Annotated[NewRouteForm, Form()],
                  principal: Principal = Depends(ui_admin),
                  session: Session = Depends(get_session)) -> Response:
-    check_csrf(request, csrf)
-    fields = _route_fields(order, calling_ae_title, modality, body_part_examined,
-                           series_description, action, urgent, destinations)
-    refused = _act(session, principal, request, "admin.route.add", {"name": name, **fields},
-                   lambda: admin.add_route(session, name, **fields))
+    check_csrf(request, form.csrf)
+    fields = form.fields()
+    refused = _act(session, principal, request, "admin.route.add", {"name": form.name, **fields},
+                   lambda: admin.add_route(session, form.name, **fields))
     return _redirect(_ROUTES, refused, error=True) if refused else _redirect(
-        _ROUTES, f"route {name} added")
+        _ROUTES, f"route {form.name} added")
 
 
 @router.get("/routes/{name}/edit", response_class=HTMLResponse)
@@ -373,19 +443,11 @@ def edit_route_form(request: Request, name: str, principal: Principal = Depends(
 
 
 @router.post("/routes/{name}/edit")
-def ui_edit_route(request: Request, name: str,
-                  order: int = Form(100, ge=-1_000_000, le=1_000_000),
-                  calling_ae_title: str = Form("", max_length=16),
-                  modality: str = Form("", max_length=16),
-                  body_part_examined: str = Form("", max_length=64),
-                  series_description: str = Form("", max_length=64),
-                  action: str = Form("process"), urgent: bool = Form(False),
-                  destinations: str = Form("", max_length=1024), csrf: str = Form(""),
+def ui_edit_route(request: Request, name: str, form: Annotated[RouteForm, Form()],
                   principal: Principal = Depends(ui_admin),
                   session: Session = Depends(get_session)) -> Response:
-    check_csrf(request, csrf)
-    fields = _route_fields(order, calling_ae_title, modality, body_part_examined,
-                           series_description, action, urgent, destinations)
+    check_csrf(request, form.csrf)
+    fields = form.fields()
     refused = _act(session, principal, request, "admin.route.update", {"name": name, **fields},
                    lambda: admin.update_route(session, name, **fields))
     return _redirect(_ROUTES, refused, error=True) if refused else _redirect(
