@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -60,6 +60,35 @@ class AlreadyExistsError(AdminError):
     pass
 
 
+_Row = TypeVar("_Row", CallingAE, Destination, Route)
+
+
+def _set_enabled(session: Session, row: _Row, enabled: bool) -> _Row:
+    row.enabled = enabled
+    session.flush()
+    return row
+
+
+def _ae_title(value: str) -> str:
+    """``value`` checked as an AE title (PS3.5 6.2, VR AE), without its padding spaces."""
+    try:
+        return validate_ae_title(value)
+    except ValueError as exc:
+        raise AdminError(str(exc)) from None
+
+
+def _check_port_and_send(port: int, send: str) -> None:
+    if not 1 <= int(port) <= 65535:
+        raise AdminError(f"port {port} is out of range 1-65535")
+    if send not in SEND_MODES:
+        raise AdminError(f"send must be one of {', '.join(SEND_MODES)}")
+
+
+def _check_action(action: str) -> None:
+    if action not in ROUTE_ACTIONS:
+        raise AdminError(f"action must be one of {', '.join(ROUTE_ACTIONS)}")
+
+
 def list_calling_aes(session: Session) -> Sequence[CallingAE]:
     return session.scalars(select(CallingAE).order_by(CallingAE.ae_title)).all()
 
@@ -72,10 +101,7 @@ def add_calling_ae(
     destinations: Sequence[str] = (),
 ) -> CallingAE:
     """Allow ``ae_title`` to associate (optionally only from ``host``)."""
-    try:
-        ae_title = validate_ae_title(ae_title)
-    except ValueError as exc:
-        raise AdminError(str(exc)) from None
+    ae_title = _ae_title(ae_title)
     if session.scalar(select(CallingAE).where(CallingAE.ae_title == ae_title)):
         raise AlreadyExistsError(f"calling AE title {ae_title!r} already exists")
     _check_destinations(session, destinations)
@@ -112,17 +138,11 @@ def update_calling_ae(
 
 def set_calling_ae_enabled(session: Session, ae_title: str, enabled: bool) -> CallingAE:
     """A disabled caller is refused like an unknown one, and the allow-list stays enforced."""
-    row = get_calling_ae(session, ae_title)
-    row.enabled = enabled
-    session.flush()
-    return row
+    return _set_enabled(session, get_calling_ae(session, ae_title), enabled)
 
 
 def remove_calling_ae(session: Session, ae_title: str) -> None:
-    row = session.scalar(select(CallingAE).where(CallingAE.ae_title == ae_title.strip()))
-    if row is None:
-        raise NotFoundError(f"no calling AE title {ae_title!r}")
-    session.delete(row)
+    session.delete(get_calling_ae(session, ae_title))
     session.flush()
 
 
@@ -148,14 +168,8 @@ def add_destination(
 ) -> Destination:
     if not name or len(name) > 64:
         raise AdminError("destination name must be 1-64 characters")
-    try:
-        ae_title = validate_ae_title(ae_title)
-    except ValueError as exc:
-        raise AdminError(str(exc)) from None
-    if not 1 <= int(port) <= 65535:
-        raise AdminError(f"port {port} is out of range 1-65535")
-    if send not in SEND_MODES:
-        raise AdminError(f"send must be one of {', '.join(SEND_MODES)}")
+    ae_title = _ae_title(ae_title)
+    _check_port_and_send(port, send)
     if session.scalar(select(Destination).where(Destination.name == name)):
         raise AlreadyExistsError(f"destination {name!r} already exists")
     row = Destination(name=name, ae_title=ae_title, host=host, port=int(port), send=send, tls=tls)
@@ -176,16 +190,10 @@ def update_destination(
     """Change a destination's address or what it is sent (the name is its key and stays: its
     deliveries name it)."""
     row = get_destination(session, name)
-    try:
-        ae_title = validate_ae_title(ae_title)
-    except ValueError as exc:
-        raise AdminError(str(exc)) from None
+    ae_title = _ae_title(ae_title)
     if not host or len(host) > 255:
         raise AdminError("host must be 1-255 characters")
-    if not 1 <= int(port) <= 65535:
-        raise AdminError(f"port {port} is out of range 1-65535")
-    if send not in SEND_MODES:
-        raise AdminError(f"send must be one of {', '.join(SEND_MODES)}")
+    _check_port_and_send(port, send)
     row.ae_title, row.host, row.port, row.send, row.tls = ae_title, host, int(port), send, tls
     session.flush()
     return row
@@ -194,10 +202,7 @@ def update_destination(
 def set_destination_enabled(session: Session, name: str, enabled: bool) -> Destination:
     """Enable or disable a destination: routing leaves a disabled one out of new studies and the
     sender does not send to it (its pending deliveries fail with that reason)."""
-    row = get_destination(session, name)
-    row.enabled = enabled
-    session.flush()
-    return row
+    return _set_enabled(session, get_destination(session, name), enabled)
 
 
 def remove_destination(session: Session, name: str) -> Sequence[int]:
@@ -221,9 +226,7 @@ def add_route(session: Session, name: str, **fields: Any) -> Route:
     body_part_examined, series_description, action, urgent, destinations."""
     if session.scalar(select(Route).where(Route.name == name)):
         raise AlreadyExistsError(f"route {name!r} already exists")
-    action = fields.get("action", "process")
-    if action not in ROUTE_ACTIONS:
-        raise AdminError(f"action must be one of {', '.join(ROUTE_ACTIONS)}")
+    _check_action(fields.get("action", "process"))
     _check_destinations(session, fields.get("destinations") or ())
     clean = {k: (v if v != "" else None) for k, v in fields.items()}
     clean["destinations"] = list(fields.get("destinations") or ())
@@ -243,9 +246,7 @@ def get_route(session: Session, name: str) -> Route:
 def update_route(session: Session, name: str, **fields: Any) -> Route:
     """Change a routing rule (the name is its key and stays); ``fields`` as :func:`add_route`."""
     row = get_route(session, name)
-    action = fields.get("action", row.action)
-    if action not in ROUTE_ACTIONS:
-        raise AdminError(f"action must be one of {', '.join(ROUTE_ACTIONS)}")
+    _check_action(fields.get("action", row.action))
     _check_destinations(session, fields.get("destinations") or ())
     for key, value in fields.items():
         if key == "destinations":
@@ -260,17 +261,11 @@ def update_route(session: Session, name: str, **fields: Any) -> Route:
 
 def set_route_enabled(session: Session, name: str, enabled: bool) -> Route:
     """A disabled route matches no study; routing goes on to the next route."""
-    row = get_route(session, name)
-    row.enabled = enabled
-    session.flush()
-    return row
+    return _set_enabled(session, get_route(session, name), enabled)
 
 
 def remove_route(session: Session, name: str) -> None:
-    row = session.scalar(select(Route).where(Route.name == name))
-    if row is None:
-        raise NotFoundError(f"no route named {name!r}")
-    session.delete(row)
+    session.delete(get_route(session, name))
     session.flush()
 
 

@@ -7,14 +7,15 @@ recorded in the audit log in the same transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from functools import partial
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from sqlalchemy.orm import Session
 
 from .. import admin
-from common.models import DeliveryState, JobState
+from common.models import CallingAE, DeliveryState, Destination, JobState
 from common.settings import AE_TITLE_LENGTH
 from .auditing import audit_request, query_text
 from .auth import Principal, get_session, require_admin
@@ -88,6 +89,39 @@ def _refused(session: Session, principal: Principal, request: Request, action: s
     return HTTPException(admin_error_status(exc), str(exc))
 
 
+_T = TypeVar("_T")
+_Refusals = tuple[type[Exception], ...]
+
+
+def _recorded(session: Session, principal: Principal, request: Request, action: str,
+              subject: dict[str, object] | Callable[[_T], dict[str, object]],
+              fn: Callable[[], _T], refusals: _Refusals = (admin.AdminError,)) -> _T:
+    """Run the change ``fn()`` and record it (``subject``, or ``subject(result)``) in the same
+    transaction; a refusal is rolled back, recorded and raised as the HTTP error."""
+    try:
+        result = fn()
+    except refusals as exc:
+        raise _refused(session, principal, request, action, exc) from None
+    _change(session, principal, request, action,
+            subject(result) if callable(subject) else subject)
+    session.commit()
+    return result
+
+
+_Row = TypeVar("_Row")
+
+
+def _patch(change: Mapping[str, Any], row: _Row, update: Callable[[_Row], _Row],
+           set_enabled: Callable[[bool], _Row]) -> _Row:
+    """A PATCH: ``update`` the row when a field other than ``enabled`` is given, then enable or
+    disable it when ``enabled`` is."""
+    if change.keys() - {"enabled"}:
+        row = update(row)
+    if change.get("enabled") is not None:
+        row = set_enabled(change["enabled"])
+    return row
+
+
 # -- calling AE titles --------------------------------------------------------------------------
 
 @router.get("/calling-aes", response_model=list[CallingAEOut])
@@ -100,13 +134,9 @@ def calling_aes(principal: Principal = Depends(require_admin),
 def add_calling_ae(body: CallingAEIn, request: Request,
                    principal: Principal = Depends(require_admin),
                    session: Session = Depends(get_session)) -> CallingAEOut:
-    try:
-        row = admin.add_calling_ae(session, body.ae_title, body.host, body.description,
-                                   body.destinations)
-    except admin.AdminError as exc:
-        raise _refused(session, principal, request, "admin.calling_ae.add", exc) from None
-    _change(session, principal, request, "admin.calling_ae.add", body.model_dump())
-    session.commit()
+    row = _recorded(session, principal, request, "admin.calling_ae.add", body.model_dump(),
+                    lambda: admin.add_calling_ae(session, body.ae_title, body.host,
+                                                 body.description, body.destinations))
     return CallingAEOut.model_validate(row)
 
 
@@ -118,19 +148,17 @@ def change_calling_ae(ae_title: CallerTitle,
     """Change a caller's host, description or destinations, or disable it (refused like an
     unknown caller; the allow-list stays enforced)."""
     change = body.model_dump(exclude_unset=True)
-    try:
-        row = admin.get_calling_ae(session, ae_title)
-        if change.keys() - {"enabled"}:
-            row = admin.update_calling_ae(
-                session, ae_title, change.get("host", row.host),
-                change.get("description", row.description),
-                change["destinations"] if change.get("destinations") is not None else row.destinations)
-        if change.get("enabled") is not None:
-            row = admin.set_calling_ae_enabled(session, ae_title, change["enabled"])
-    except admin.AdminError as exc:
-        raise _refused(session, principal, request, "admin.calling_ae.update", exc) from None
-    _change(session, principal, request, "admin.calling_ae.update", {"ae_title": ae_title, **change})
-    session.commit()
+
+    def update(row: CallingAE) -> CallingAE:
+        return admin.update_calling_ae(
+            session, ae_title, change.get("host", row.host),
+            change.get("description", row.description),
+            change["destinations"] if change.get("destinations") is not None else row.destinations)
+
+    row = _recorded(session, principal, request, "admin.calling_ae.update",
+                    {"ae_title": ae_title, **change},
+                    lambda: _patch(change, admin.get_calling_ae(session, ae_title), update,
+                                   partial(admin.set_calling_ae_enabled, session, ae_title)))
     return CallingAEOut.model_validate(row)
 
 
@@ -138,12 +166,8 @@ def change_calling_ae(ae_title: CallerTitle,
 def remove_calling_ae(ae_title: CallerTitle,
                       request: Request, principal: Principal = Depends(require_admin),
                       session: Session = Depends(get_session)) -> ActionResult:
-    try:
-        admin.remove_calling_ae(session, ae_title)
-    except admin.AdminError as exc:
-        raise _refused(session, principal, request, "admin.calling_ae.remove", exc) from None
-    _change(session, principal, request, "admin.calling_ae.remove", {"ae_title": ae_title})
-    session.commit()
+    _recorded(session, principal, request, "admin.calling_ae.remove", {"ae_title": ae_title},
+              lambda: admin.remove_calling_ae(session, ae_title))
     return ActionResult(detail=f"calling AE title {ae_title.strip()} removed")
 
 
@@ -159,13 +183,9 @@ def destinations(principal: Principal = Depends(require_admin),
 def add_destination(body: DestinationIn, request: Request,
                     principal: Principal = Depends(require_admin),
                     session: Session = Depends(get_session)) -> DestinationOut:
-    try:
-        row = admin.add_destination(session, body.name, body.ae_title, body.host, body.port,
-                                    send=body.send, tls=body.tls)
-    except admin.AdminError as exc:
-        raise _refused(session, principal, request, "admin.destination.add", exc) from None
-    _change(session, principal, request, "admin.destination.add", body.model_dump())
-    session.commit()
+    row = _recorded(session, principal, request, "admin.destination.add", body.model_dump(),
+                    lambda: admin.add_destination(session, body.name, body.ae_title, body.host,
+                                                  body.port, send=body.send, tls=body.tls))
     return DestinationOut.model_validate(row)
 
 
@@ -176,19 +196,17 @@ def change_destination(name: Name, body: DestinationPatch, request: Request,
     """Change a destination's address or what it is sent, or disable it (left out of routing,
     nothing sent to it)."""
     change = body.model_dump(exclude_unset=True)
-    try:
-        row = admin.get_destination(session, name)
-        if change.keys() - {"enabled"}:
-            row = admin.update_destination(
-                session, name, change.get("ae_title") or row.ae_title, change.get("host") or row.host,
-                change.get("port") or row.port, send=change.get("send") or row.send,
-                tls=row.tls if change.get("tls") is None else change["tls"])
-        if change.get("enabled") is not None:
-            row = admin.set_destination_enabled(session, name, change["enabled"])
-    except admin.AdminError as exc:
-        raise _refused(session, principal, request, "admin.destination.update", exc) from None
-    _change(session, principal, request, "admin.destination.update", {"name": name, **change})
-    session.commit()
+
+    def update(row: Destination) -> Destination:
+        return admin.update_destination(
+            session, name, change.get("ae_title") or row.ae_title, change.get("host") or row.host,
+            change.get("port") or row.port, send=change.get("send") or row.send,
+            tls=row.tls if change.get("tls") is None else change["tls"])
+
+    row = _recorded(session, principal, request, "admin.destination.update",
+                    {"name": name, **change},
+                    lambda: _patch(change, admin.get_destination(session, name), update,
+                                   partial(admin.set_destination_enabled, session, name)))
     return DestinationOut.model_validate(row)
 
 
@@ -196,13 +214,9 @@ def change_destination(name: Name, body: DestinationPatch, request: Request,
 def remove_destination(name: Name, request: Request,
                        principal: Principal = Depends(require_admin),
                        session: Session = Depends(get_session)) -> ActionResult:
-    try:
-        cancelled = admin.remove_destination(session, name)
-    except admin.AdminError as exc:
-        raise _refused(session, principal, request, "admin.destination.remove", exc) from None
-    _change(session, principal, request, "admin.destination.remove",
-            {"name": name, "cancelled_deliveries": list(cancelled)})
-    session.commit()
+    cancelled = _recorded(session, principal, request, "admin.destination.remove",
+                          lambda ids: {"name": name, "cancelled_deliveries": list(ids)},
+                          lambda: admin.remove_destination(session, name))
     return ActionResult(detail=f"destination {name} removed" + _cancelled(cancelled))
 
 
@@ -221,12 +235,9 @@ def routes(principal: Principal = Depends(require_admin),
 @router.post("/routes", response_model=RouteOut, status_code=201, responses=_ERRORS)
 def add_route(body: RouteIn, request: Request, principal: Principal = Depends(require_admin),
               session: Session = Depends(get_session)) -> RouteOut:
-    try:
-        row = admin.add_route(session, body.name, **body.model_dump(exclude={"name"}))
-    except admin.AdminError as exc:
-        raise _refused(session, principal, request, "admin.route.add", exc) from None
-    _change(session, principal, request, "admin.route.add", body.model_dump())
-    session.commit()
+    row = _recorded(session, principal, request, "admin.route.add", body.model_dump(),
+                    lambda: admin.add_route(session, body.name,
+                                            **body.model_dump(exclude={"name"})))
     return RouteOut.model_validate(row)
 
 
@@ -237,28 +248,19 @@ def change_route(name: Name, body: RoutePatch, request: Request,
     """Change a routing rule, or disable it (it matches no study)."""
     change = body.model_dump(exclude_unset=True)
     fields = {k: v for k, v in change.items() if k != "enabled" and v is not None}
-    try:
-        row = admin.get_route(session, name)
-        if fields:
-            row = admin.update_route(session, name, **fields)
-        if change.get("enabled") is not None:
-            row = admin.set_route_enabled(session, name, change["enabled"])
-    except admin.AdminError as exc:
-        raise _refused(session, principal, request, "admin.route.update", exc) from None
-    _change(session, principal, request, "admin.route.update", {"name": name, **change})
-    session.commit()
+    row = _recorded(session, principal, request, "admin.route.update", {"name": name, **change},
+                    lambda: _patch(change, admin.get_route(session, name),
+                                   lambda row: admin.update_route(session, name, **fields)
+                                   if fields else row,
+                                   partial(admin.set_route_enabled, session, name)))
     return RouteOut.model_validate(row)
 
 
 @router.delete("/routes/{name}", response_model=ActionResult, responses=_ERRORS)
 def remove_route(name: Name, request: Request, principal: Principal = Depends(require_admin),
                  session: Session = Depends(get_session)) -> ActionResult:
-    try:
-        admin.remove_route(session, name)
-    except admin.AdminError as exc:
-        raise _refused(session, principal, request, "admin.route.remove", exc) from None
-    _change(session, principal, request, "admin.route.remove", {"name": name})
-    session.commit()
+    _recorded(session, principal, request, "admin.route.remove", {"name": name},
+              lambda: admin.remove_route(session, name))
     return ActionResult(detail=f"route {name} removed")
 
 
@@ -289,24 +291,18 @@ def jobs(
 def retry(job_id: RowId, request: Request, principal: Principal = Depends(require_admin),
           session: Session = Depends(get_session)) -> ActionResult:
     """A failed or dead job becomes pending again; the outbox publishes it."""
-    try:
-        job = retry_job(session, job_id, principal.name)
-    except (JobNotFoundError, ActionNotAllowedError) as exc:
-        raise _refused(session, principal, request, "admin.job.retry", exc) from None
-    _change(session, principal, request, "admin.job.retry", {"job_id": job_id})
-    session.commit()
+    job = _recorded(session, principal, request, "admin.job.retry", {"job_id": job_id},
+                    lambda: retry_job(session, job_id, principal.name),
+                    (JobNotFoundError, ActionNotAllowedError))
     return ActionResult(detail=f"job {job.id} is pending again")
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=ActionResult, responses=_ERRORS)
 def cancel(job_id: RowId, request: Request, principal: Principal = Depends(require_admin),
            session: Session = Depends(get_session)) -> ActionResult:
-    try:
-        job = cancel_job(session, job_id, principal.name)
-    except (JobNotFoundError, ActionNotAllowedError) as exc:
-        raise _refused(session, principal, request, "admin.job.cancel", exc) from None
-    _change(session, principal, request, "admin.job.cancel", {"job_id": job_id})
-    session.commit()
+    job = _recorded(session, principal, request, "admin.job.cancel", {"job_id": job_id},
+                    lambda: cancel_job(session, job_id, principal.name),
+                    (JobNotFoundError, ActionNotAllowedError))
     return ActionResult(detail=f"job {job.id} cancelled")
 
 
@@ -360,12 +356,9 @@ def retry_failed_delivery(delivery_id: RowId, request: Request,
                           session: Session = Depends(get_session)) -> ActionResult:
     """A failed or cancelled delivery becomes pending (attempts 0, due now) and is handed to the
     sender; refused (409) when its destination was removed."""
-    try:
-        retry_delivery(session, delivery_id, principal.name)
-    except (DeliveryNotFoundError, ActionNotAllowedError, DestinationMissingError) as exc:
-        raise _refused(session, principal, request, "admin.delivery.retry", exc) from None
-    _change(session, principal, request, "admin.delivery.retry", {"delivery_id": delivery_id})
-    session.commit()
+    _recorded(session, principal, request, "admin.delivery.retry", {"delivery_id": delivery_id},
+              lambda: retry_delivery(session, delivery_id, principal.name),
+              (DeliveryNotFoundError, ActionNotAllowedError, DestinationMissingError))
     enqueue_delivery(delivery_id)
     return ActionResult(detail=f"delivery {delivery_id} is pending again")
 
@@ -375,10 +368,7 @@ def cancel_pending_delivery(delivery_id: RowId, request: Request,
                             principal: Principal = Depends(require_admin),
                             session: Session = Depends(get_session)) -> ActionResult:
     """A pending or failed delivery is cancelled: it is not attempted again."""
-    try:
-        cancel_delivery(session, delivery_id, principal.name)
-    except (DeliveryNotFoundError, ActionNotAllowedError) as exc:
-        raise _refused(session, principal, request, "admin.delivery.cancel", exc) from None
-    _change(session, principal, request, "admin.delivery.cancel", {"delivery_id": delivery_id})
-    session.commit()
+    _recorded(session, principal, request, "admin.delivery.cancel", {"delivery_id": delivery_id},
+              lambda: cancel_delivery(session, delivery_id, principal.name),
+              (DeliveryNotFoundError, ActionNotAllowedError))
     return ActionResult(detail=f"delivery {delivery_id} cancelled")

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .. import admin
-from common.models import CallingAE, Delivery, DeliveryState, JobState, Route
+from common.models import Delivery, DeliveryState, JobState
 from common.settings import AE_TITLE_LENGTH
 from .auditing import audit_request, query_text
 from .auth import Principal, get_session, get_settings
@@ -370,19 +370,12 @@ def ui_add_calling_ae(request: Request, form: Annotated[NewCallerForm, Form()],
         _CALLERS, f"calling AE title {form.ae_title} added")
 
 
-def _caller(session: Session, ae_title: str) -> CallingAE:
-    row = session.scalar(select(CallingAE).where(CallingAE.ae_title == ae_title.strip()))
-    if row is None:
-        raise admin.NotFoundError(f"no calling AE title {ae_title!r}")
-    return row
-
-
 @router.get("/calling-aes/{ae_title}/edit", response_class=HTMLResponse)
 def edit_caller_form(request: Request, ae_title: str, principal: Principal = Depends(ui_admin),
                      session: Session = Depends(get_session)) -> HTMLResponse:
     page_params(request, ())
     try:
-        row = _caller(session, ae_title)
+        row = admin.get_calling_ae(session, ae_title)
     except admin.NotFoundError as exc:
         return error_page(request, status.HTTP_404_NOT_FOUND, str(exc))
     return page(request, "caller_edit.html", principal, c=row,
@@ -435,9 +428,10 @@ def ui_add_route(request: Request, form: Annotated[NewRouteForm, Form()],
 def edit_route_form(request: Request, name: str, principal: Principal = Depends(ui_admin),
                     session: Session = Depends(get_session)) -> HTMLResponse:
     page_params(request, ())
-    row = session.scalar(select(Route).where(Route.name == name))
-    if row is None:
-        return error_page(request, status.HTTP_404_NOT_FOUND, f"no route named {name!r}")
+    try:
+        row = admin.get_route(session, name)
+    except admin.NotFoundError as exc:
+        return error_page(request, status.HTTP_404_NOT_FOUND, str(exc))
     return page(request, "route_edit.html", principal, r=row, actions=admin.ROUTE_ACTIONS,
                 destination_names=[d.name for d in admin.list_destinations(session)])
 
