@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from .. import admin
 from common.models import CallingAE, DeliveryState, Destination, JobState
 from common.settings import AE_TITLE_LENGTH
-from .auditing import audit_request, query_text
+from .auditing import audit_request, audit_search, query_text
 from .auth import Principal, get_session, require_admin
 from .hooks import enqueue_delivery
 from .operations import (
@@ -280,10 +280,8 @@ def jobs(
     """Jobs by state, most recently changed first (default: the failed and dead ones)."""
     states = [JobState(s) for s in (state or ["failed", "dead"])]
     items, next_cursor = list_jobs(session, states, limit=limit, cursor=cursor)
-    audit_request(session, principal, "jobs.search",
-                  query_text(request.url.path, {"state": [s.value for s in states]},
-                             limit=limit, cursor=bool(cursor)), rows=len(items))
-    session.commit()
+    audit_search(session, principal, request.url.path, "jobs.search",
+                 {"state": [s.value for s in states]}, limit=limit, cursor=cursor, rows=len(items))
     return JobPage(items=items, next_cursor=next_cursor)
 
 
@@ -318,10 +316,8 @@ def failed_deliveries(
 ) -> DeliveryPage:
     filters = DeliveryFilters(state=DeliveryState.FAILED.value)
     items, next_cursor = list_deliveries(session, filters, limit=limit, cursor=cursor)
-    audit_request(session, principal, "deliveries.search",
-                  query_text(request.url.path, filters.as_query(), limit=limit,
-                             cursor=bool(cursor)), rows=len(items))
-    session.commit()
+    audit_search(session, principal, request.url.path, "deliveries.search", filters.as_query(),
+                 limit=limit, cursor=cursor, rows=len(items))
     return DeliveryPage(items=items, next_cursor=next_cursor)
 
 
@@ -343,10 +339,8 @@ def deliveries(
     filters = DeliveryFilters(state=",".join(state) if state else None, destination_name=destination,
                               study_instance_uid=study_instance_uid)
     items, next_cursor = list_deliveries(session, filters, limit=limit, cursor=cursor)
-    audit_request(session, principal, "deliveries.search",
-                  query_text(request.url.path, filters.as_query(), limit=limit,
-                             cursor=bool(cursor)), rows=len(items))
-    session.commit()
+    audit_search(session, principal, request.url.path, "deliveries.search", filters.as_query(),
+                 limit=limit, cursor=cursor, rows=len(items))
     return DeliveryPage(items=items, next_cursor=next_cursor)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from common.models import Instance
 from workflow.retention import pruned_message
 from common.uids import UID_MAXIMUM_LENGTH, UID_PATTERN
-from .auditing import audit_request, query_text
+from .auditing import audit_request, audit_search, query_text
 from .auth import Principal, get_session, get_settings, require_reader
 from .export import stream_export
 from .query_audit import AUDIT_EXPORT_COLUMNS, AuditFilters, iter_audit_events, list_audit_events
@@ -104,11 +104,9 @@ def search(
     """Search findings, newest first, one page at a time (keyset cursor)."""
     items, next_cursor = search_findings(session, filters, limit=limit, cursor=cursor,
                                          show_identifiers=principal.sees_patient_identifiers)
-    audit_request(session, principal, "findings.search",
-                  query_text(request.url.path, filters.as_query(), limit=limit,
-                             cursor=bool(cursor)),
-                  rows=len(items), study_instance_uid=filters.study_instance_uid)
-    session.commit()
+    audit_search(session, principal, request.url.path, "findings.search", filters.as_query(),
+                 limit=limit, cursor=cursor, rows=len(items),
+                 study_instance_uid=filters.study_instance_uid)
     return FindingPage(items=items, next_cursor=next_cursor)
 
 
@@ -156,10 +154,8 @@ def studies(
                            modality=modality, calling_ae_title=calling_ae_title, state=state)
     items, next_cursor = list_studies(session, filters, limit=limit, cursor=cursor,
                                       show_identifiers=principal.sees_patient_identifiers)
-    audit_request(session, principal, "studies.search",
-                  query_text(request.url.path, filters.as_query(), limit=limit,
-                             cursor=bool(cursor)), rows=len(items))
-    session.commit()
+    audit_search(session, principal, request.url.path, "studies.search", filters.as_query(),
+                 limit=limit, cursor=cursor, rows=len(items))
     return StudyPage(items=items, next_cursor=next_cursor)
 
 
@@ -277,11 +273,9 @@ def deliveries(
                               study_instance_uid=study_instance_uid, created_from=created_from,
                               created_to=created_to)
     items, next_cursor = list_deliveries(session, filters, limit=limit, cursor=cursor)
-    audit_request(session, principal, "deliveries.search",
-                  query_text(request.url.path, filters.as_query(), limit=limit,
-                             cursor=bool(cursor)),
-                  rows=len(items), study_instance_uid=study_instance_uid)
-    session.commit()
+    audit_search(session, principal, request.url.path, "deliveries.search", filters.as_query(),
+                 limit=limit, cursor=cursor, rows=len(items),
+                 study_instance_uid=study_instance_uid)
     return DeliveryPage(items=items, next_cursor=next_cursor)
 
 
@@ -307,10 +301,8 @@ def audit_events(
 ) -> AuditEventPage:
     """The audit log, newest first (reading it is recorded too)."""
     items, next_cursor = list_audit_events(session, filters, limit=limit, cursor=cursor)
-    audit_request(session, principal, "audit.search",
-                  query_text(request.url.path, filters.as_query(), limit=limit,
-                             cursor=bool(cursor)), rows=len(items))
-    session.commit()
+    audit_search(session, principal, request.url.path, "audit.search", filters.as_query(),
+                 limit=limit, cursor=cursor, rows=len(items))
     return AuditEventPage(items=items, next_cursor=next_cursor)
 
 

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from common.models import as_utc
 from common.uids import valid_uid
 from model.prompts import LANGUAGES
-from .auditing import audit_request, query_text
+from .auditing import audit_request, audit_search, query_text
 from .auth import (
     Principal,
     get_session,
@@ -48,7 +48,7 @@ from .routes_findings import annotated_image
 
 __all__ = ["router", "templates", "install_handlers", "COOKIE_NAME", "csrf_value", "ui_principal",
            "ui_admin", "check_csrf", "page", "error_page", "page_params", "FilterError",
-           "text_filter", "when_filter", "next_page_url", "PAGE_SIZE"]
+           "text_filter", "when_filter", "next_page_url", "filter_params", "PAGE_SIZE"]
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
@@ -233,9 +233,14 @@ def cursor_param(params: dict[str, str]) -> str | None:
     return cursor or None
 
 
+def filter_params(params: dict[str, str]) -> dict[str, str]:
+    """A page's filters that are set, without its cursor: the first page of the same search."""
+    return {k: v for k, v in params.items() if v and k != "cursor"}
+
+
 def next_page_url(path: str, params: dict[str, str], next_cursor: str | None) -> str | None:
-    clean = {k: v for k, v in params.items() if v and k != "cursor"}
-    return f"{path}?{urlencode({**clean, 'cursor': next_cursor})}" if next_cursor else None
+    return (f"{path}?{urlencode({**filter_params(params), 'cursor': next_cursor})}"
+            if next_cursor else None)
 
 
 # -- login --------------------------------------------------------------------------------------
@@ -318,15 +323,12 @@ def findings_page(request: Request, principal: Principal = Depends(ui_principal)
     except (FilterError, InvalidCursorError) as exc:
         return page(request, "findings.html", principal, code=422, params=params, items=[],
                     error=str(exc), next_url=None, export_query="", languages=LANGUAGES)
-    audit_request(session, principal, "findings.search",
-                  query_text(request.url.path, filters.as_query(), limit=PAGE_SIZE,
-                             cursor=bool(cursor)), rows=len(items),
-                  study_instance_uid=filters.study_instance_uid)
-    session.commit()
-    clean = {k: v for k, v in params.items() if v and k != "cursor"}
+    audit_search(session, principal, request.url.path, "findings.search", filters.as_query(),
+                 limit=PAGE_SIZE, cursor=cursor, rows=len(items),
+                 study_instance_uid=filters.study_instance_uid)
     return page(request, "findings.html", principal, params=params, items=items, error=None,
                 next_url=next_page_url("/ui/findings", params, next_cursor),
-                export_query=urlencode(clean), languages=LANGUAGES)
+                export_query=urlencode(filter_params(params)), languages=LANGUAGES)
 
 
 def bom_param(params: dict[str, str]) -> bool:

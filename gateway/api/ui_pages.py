@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
-from .auditing import audit_request, query_text
+from .auditing import audit_request, audit_search, query_text
 from .auth import Principal, get_session, get_settings
 from .export import EXPORT_FORMATS, stream_export
 from .pagination import InvalidCursorError
@@ -25,6 +25,7 @@ from .ui import (
     bom_param,
     choice_filter,
     cursor_param,
+    filter_params,
     next_page_url,
     page,
     page_params,
@@ -72,15 +73,12 @@ def studies_page(request: Request, principal: Principal = Depends(ui_principal),
                     params=params, items=[], activity={}, error=str(exc), next_url=None,
                     states=STUDY_STATES)
     activity = study_activity(session, [s.study_instance_uid for s in items])
-    audit_request(session, principal, "studies.search",
-                  query_text(request.url.path, filters.as_query(), limit=PAGE_SIZE,
-                             cursor=bool(cursor)), rows=len(items))
-    session.commit()
+    audit_search(session, principal, request.url.path, "studies.search", filters.as_query(),
+                 limit=PAGE_SIZE, cursor=cursor, rows=len(items))
     return page(request, "studies.html", principal, params=params, items=items,
                 activity=activity, error=None, states=STUDY_STATES,
                 next_url=next_page_url("/ui/studies", params, next_cursor),
-                first_url="/ui/studies?" + urlencode(
-                    {k: v for k, v in params.items() if v and k != "cursor"}) if cursor else None)
+                first_url="/ui/studies?" + urlencode(filter_params(params)) if cursor else None)
 
 
 # -- audit log ----------------------------------------------------------------------------------
@@ -105,14 +103,11 @@ def audit_page(request: Request, principal: Principal = Depends(ui_principal),
     except (FilterError, InvalidCursorError) as exc:
         return page(request, "audit.html", principal, code=422,
                     params=params, items=[], error=str(exc), next_url=None, export_query="")
-    audit_request(session, principal, "audit.search",
-                  query_text(request.url.path, filters.as_query(), limit=PAGE_SIZE,
-                             cursor=bool(cursor)), rows=len(items))
-    session.commit()
-    clean = {k: v for k, v in params.items() if v and k != "cursor"}
+    audit_search(session, principal, request.url.path, "audit.search", filters.as_query(),
+                 limit=PAGE_SIZE, cursor=cursor, rows=len(items))
     return page(request, "audit.html", principal, params=params, items=items, error=None,
                 next_url=next_page_url("/ui/audit", params, next_cursor),
-                export_query=urlencode(clean))
+                export_query=urlencode(filter_params(params)))
 
 
 @router.get("/audit/export")
