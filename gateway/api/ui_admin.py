@@ -85,6 +85,31 @@ def _act(session: Session, principal: Principal, request: Request, action: str,
     return None
 
 
+def _submit(session: Session, principal: Principal, request: Request, action: str,
+            subject: dict[str, Any], fn: Callable[[], object], back: str, done: str) -> Response:
+    """Run the change (:func:`_act`) and go back to the page ``back``, saying ``done`` or why
+    it was refused."""
+    refused = _act(session, principal, request, action, subject, fn)
+    return _redirect(back, refused, error=True) if refused else _redirect(back, done)
+
+
+def _edit_page(request: Request, principal: Principal, template: str, key: str,
+               get: Callable[[], object], **context: Any) -> HTMLResponse:
+    """The edit form of the row ``get()`` finds (passed to the template as ``key``), or the 404
+    page."""
+    page_params(request, ())
+    try:
+        row = get()
+    except admin.NotFoundError as exc:
+        return error_page(request, status.HTTP_404_NOT_FOUND, str(exc))
+    context[key] = row
+    return page(request, template, principal, **context)
+
+
+def _destination_names(session: Session) -> list[str]:
+    return [d.name for d in admin.list_destinations(session)]
+
+
 def _list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -227,11 +252,10 @@ def ui_cancel_delivery(request: Request, delivery_id: int, csrf: str = Form(""),
     """A pending or failed delivery is cancelled (it can be retried later)."""
     check_csrf(request, csrf)
     target = back if back.startswith("/ui/") else "/ui/admin"
-    refused = _act(session, principal, request, "admin.delivery.cancel",
+    return _submit(session, principal, request, "admin.delivery.cancel",
                    {"delivery_id": delivery_id},
-                   lambda: cancel_delivery(session, delivery_id, principal.name))
-    return _redirect(target, refused, error=True) if refused else _redirect(
-        target, f"delivery {delivery_id} cancelled")
+                   lambda: cancel_delivery(session, delivery_id, principal.name),
+                   target, f"delivery {delivery_id} cancelled")
 
 
 @router.post("/jobs/{job_id}/{verb}")
@@ -280,22 +304,17 @@ def ui_add_destination(request: Request, form: Annotated[NewDestinationForm, For
                        session: Session = Depends(get_session)) -> Response:
     check_csrf(request, form.csrf)
     fields = form.fields()
-    refused = _act(session, principal, request, "admin.destination.add",
+    return _submit(session, principal, request, "admin.destination.add",
                    {"name": form.name, **fields},
-                   lambda: admin.add_destination(session, form.name, **fields))
-    return _redirect(_DESTINATIONS, refused, error=True) if refused else _redirect(
-        _DESTINATIONS, f"destination {form.name} added")
+                   lambda: admin.add_destination(session, form.name, **fields),
+                   _DESTINATIONS, f"destination {form.name} added")
 
 
 @router.get("/destinations/{name}/edit", response_class=HTMLResponse)
 def edit_destination_form(request: Request, name: str, principal: Principal = Depends(ui_admin),
                           session: Session = Depends(get_session)) -> HTMLResponse:
-    page_params(request, ())
-    try:
-        row = admin.get_destination(session, name)
-    except admin.NotFoundError as exc:
-        return error_page(request, status.HTTP_404_NOT_FOUND, str(exc))
-    return page(request, "destination_edit.html", principal, d=row)
+    return _edit_page(request, principal, "destination_edit.html", "d",
+                      lambda: admin.get_destination(session, name))
 
 
 @router.post("/destinations/{name}/edit")
@@ -304,11 +323,10 @@ def ui_edit_destination(request: Request, name: str, form: Annotated[Destination
                         session: Session = Depends(get_session)) -> Response:
     check_csrf(request, form.csrf)
     fields = form.fields()
-    refused = _act(session, principal, request, "admin.destination.update",
+    return _submit(session, principal, request, "admin.destination.update",
                    {"name": name, **fields},
-                   lambda: admin.update_destination(session, name, **fields))
-    return _redirect(_DESTINATIONS, refused, error=True) if refused else _redirect(
-        _DESTINATIONS, f"destination {name} changed")
+                   lambda: admin.update_destination(session, name, **fields),
+                   _DESTINATIONS, f"destination {name} changed")
 
 
 @router.post("/destinations/{name}/echo")
@@ -352,7 +370,7 @@ def callers_page(request: Request, principal: Principal = Depends(ui_admin),
     notice = _notice(request)
     return page(request, "callers.html", principal, **notice,
                 calling_aes=admin.list_calling_aes(session),
-                destination_names=[d.name for d in admin.list_destinations(session)])
+                destination_names=_destination_names(session))
 
 
 @router.post("/calling-aes")
@@ -361,25 +379,20 @@ def ui_add_calling_ae(request: Request, form: Annotated[NewCallerForm, Form()],
                       session: Session = Depends(get_session)) -> Response:
     check_csrf(request, form.csrf)
     destinations = _list(form.destinations)
-    refused = _act(
+    return _submit(
         session, principal, request, "admin.calling_ae.add",
         {"ae_title": form.ae_title, "host": form.host, "destinations": destinations},
         lambda: admin.add_calling_ae(session, form.ae_title, form.host or None,
-                                     form.description or None, destinations))
-    return _redirect(_CALLERS, refused, error=True) if refused else _redirect(
+                                     form.description or None, destinations),
         _CALLERS, f"calling AE title {form.ae_title} added")
 
 
 @router.get("/calling-aes/{ae_title}/edit", response_class=HTMLResponse)
 def edit_caller_form(request: Request, ae_title: str, principal: Principal = Depends(ui_admin),
                      session: Session = Depends(get_session)) -> HTMLResponse:
-    page_params(request, ())
-    try:
-        row = admin.get_calling_ae(session, ae_title)
-    except admin.NotFoundError as exc:
-        return error_page(request, status.HTTP_404_NOT_FOUND, str(exc))
-    return page(request, "caller_edit.html", principal, c=row,
-                destination_names=[d.name for d in admin.list_destinations(session)])
+    return _edit_page(request, principal, "caller_edit.html", "c",
+                      lambda: admin.get_calling_ae(session, ae_title),
+                      destination_names=_destination_names(session))
 
 
 @router.post("/calling-aes/{ae_title}/edit")
@@ -388,13 +401,12 @@ def ui_edit_calling_ae(request: Request, ae_title: str, form: Annotated[CallerFo
                        session: Session = Depends(get_session)) -> Response:
     check_csrf(request, form.csrf)
     destinations = _list(form.destinations)
-    refused = _act(
+    return _submit(
         session, principal, request, "admin.calling_ae.update",
         {"ae_title": ae_title, "host": form.host, "description": form.description,
          "destinations": destinations},
         lambda: admin.update_calling_ae(session, ae_title, form.host or None,
-                                        form.description or None, destinations))
-    return _redirect(_CALLERS, refused, error=True) if refused else _redirect(
+                                        form.description or None, destinations),
         _CALLERS, f"calling AE title {ae_title} changed")
 
 
@@ -408,7 +420,7 @@ def routes_page(request: Request, principal: Principal = Depends(ui_admin),
                 session: Session = Depends(get_session)) -> HTMLResponse:
     notice = _notice(request)
     return page(request, "routes.html", principal, **notice, routes=admin.list_routes(session),
-                destination_names=[d.name for d in admin.list_destinations(session)],
+                destination_names=_destination_names(session),
                 actions=admin.ROUTE_ACTIONS)
 
 
@@ -418,22 +430,17 @@ def ui_add_route(request: Request, form: Annotated[NewRouteForm, Form()],
                  session: Session = Depends(get_session)) -> Response:
     check_csrf(request, form.csrf)
     fields = form.fields()
-    refused = _act(session, principal, request, "admin.route.add", {"name": form.name, **fields},
-                   lambda: admin.add_route(session, form.name, **fields))
-    return _redirect(_ROUTES, refused, error=True) if refused else _redirect(
-        _ROUTES, f"route {form.name} added")
+    return _submit(session, principal, request, "admin.route.add", {"name": form.name, **fields},
+                   lambda: admin.add_route(session, form.name, **fields),
+                   _ROUTES, f"route {form.name} added")
 
 
 @router.get("/routes/{name}/edit", response_class=HTMLResponse)
 def edit_route_form(request: Request, name: str, principal: Principal = Depends(ui_admin),
                     session: Session = Depends(get_session)) -> HTMLResponse:
-    page_params(request, ())
-    try:
-        row = admin.get_route(session, name)
-    except admin.NotFoundError as exc:
-        return error_page(request, status.HTTP_404_NOT_FOUND, str(exc))
-    return page(request, "route_edit.html", principal, r=row, actions=admin.ROUTE_ACTIONS,
-                destination_names=[d.name for d in admin.list_destinations(session)])
+    return _edit_page(request, principal, "route_edit.html", "r",
+                      lambda: admin.get_route(session, name), actions=admin.ROUTE_ACTIONS,
+                      destination_names=_destination_names(session))
 
 
 @router.post("/routes/{name}/edit")
@@ -442,10 +449,9 @@ def ui_edit_route(request: Request, name: str, form: Annotated[RouteForm, Form()
                   session: Session = Depends(get_session)) -> Response:
     check_csrf(request, form.csrf)
     fields = form.fields()
-    refused = _act(session, principal, request, "admin.route.update", {"name": name, **fields},
-                   lambda: admin.update_route(session, name, **fields))
-    return _redirect(_ROUTES, refused, error=True) if refused else _redirect(
-        _ROUTES, f"route {name} changed")
+    return _submit(session, principal, request, "admin.route.update", {"name": name, **fields},
+                   lambda: admin.update_route(session, name, **fields),
+                   _ROUTES, f"route {name} changed")
 
 
 # -- enable / disable ---------------------------------------------------------------------------
@@ -466,10 +472,9 @@ def _switch(request: Request, kind: str, name: str, csrf: str, principal: Princi
         raise HTTPException(status.HTTP_404_NOT_FOUND, "nothing to enable or disable there")
     prefix, setter, what, back = _SWITCHES[kind]
     verb = "enable" if enabled else "disable"
-    refused = _act(session, principal, request, f"{prefix}.{verb}", {"name": name},
-                   lambda: setter(session, name, enabled))
-    return _redirect(back, refused, error=True) if refused else _redirect(
-        back, f"{what} {name} {verb}d")
+    return _submit(session, principal, request, f"{prefix}.{verb}", {"name": name},
+                   lambda: setter(session, name, enabled),
+                   back, f"{what} {name} {verb}d")
 
 
 @router.post("/{kind}/{name}/enable")
@@ -536,7 +541,6 @@ def ui_remove(request: Request, kind: str, name: str, csrf: str = Form(""),
     if kind not in _REMOVERS:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "nothing to remove there")
     action, remove, what, back = _REMOVERS[kind]
-    refused = _act(session, principal, request, action, {"name": name},
-                   lambda: remove(session, name))
-    return _redirect(back, refused, error=True) if refused else _redirect(
-        back, f"{what} {name} removed")
+    return _submit(session, principal, request, action, {"name": name},
+                   lambda: remove(session, name),
+                   back, f"{what} {name} removed")

@@ -372,7 +372,13 @@ def test_every_refusal_of_a_page_is_the_styled_error_page(app: FastAPI, env: Env
         text = styled(c.post("/ui/login", data={"token": "mrg_wrong"}), 401)
         assert "not valid" in text
     with _browser(app, env.admin_token) as c:
-        styled(c.post("/ui/admin/destinations", data={"name": "x", "csrf": csrf_value(env.admin_token)}), 422)
+        text = styled(c.post("/ui/admin/destinations",
+                             data={"name": "x", "csrf": csrf_value(env.admin_token)}), 422)
+        # every field the form lacks is named, in the form's order
+        assert "ae_title: Field required; host: Field required; port: Field required" in text
+        for path in ("/ui/admin/destinations/nowhere/edit", "/ui/admin/calling-aes/NOWHERE/edit",
+                     "/ui/admin/routes/nowhere/edit"):
+            assert "nowhere" in styled(c.get(path), 404).lower()
         styled(c.post("/ui/admin/destinations/x/echo", data={"csrf": "forged"}), 403)
 
     def broken(*_a: object, **_k: object) -> None:
