@@ -14,7 +14,7 @@ so Chinese renders intact. Labels of the same boxes from SRs in other languages
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,13 +114,15 @@ def _label(region: ReadRegion) -> str:
     return region.finding[2]
 
 
-def _panels(report: ReadReport) -> list[_Panel]:
+def _panels(report: ReadReport, windows: Mapping[str, str]) -> list[_Panel]:
     """One panel per image, frame and CT window: a box is drawn only on the window it was found
-    on (a chest CT slice with lung-window and mediastinal-window boxes gives two panels)."""
+    on (a chest CT slice with lung-window and mediastinal-window boxes gives two panels).
+    ``windows`` (Tracking UID -> window) names the window of regions the SR names none for."""
     grouped: dict[tuple[str, int | None, str | None], list[ReadRegion]] = {}
     for region in report.regions:
         frame = region.frame_numbers[0] if region.frame_numbers else None
-        grouped.setdefault((region.referenced_sop_instance_uid, frame, region.window), []).append(region)
+        window = region.window or windows.get(region.tracking_uid)
+        grouped.setdefault((region.referenced_sop_instance_uid, frame, window), []).append(region)
     return [_Panel(uid, frame, window, tuple(regions)) for (uid, frame, window), regions in grouped.items()]
 
 
@@ -171,12 +173,15 @@ def render_sr(
     out_png: str | os.PathLike[str],
     *,
     companion_sr_paths: Sequence[str | os.PathLike[str]] = (),
+    windows: Mapping[str, str] | None = None,
 ) -> Path:
     """Draw the SR's boxes and labels over its referenced images; write a PNG.
 
     ``source_paths_by_sop_uid``: image files by SOP Instance UID (those the regions use).
     ``companion_sr_paths``: SRs of the same results in other languages; their labels are
     added to the boxes with the same Tracking UID.
+    ``windows``: CT window by Tracking UID, for regions whose SR names none (SRs written before
+    the window was recorded; the CLI looks them up in the findings database).
     Raises :class:`SourceImageNotFoundError`, :class:`FontNotFoundError`,
     :class:`RenderError` (no coordinates: e.g. a Basic Text SR, or undecodable pixels).
     """
@@ -194,7 +199,10 @@ def render_sr(
         for region in other.regions:
             companions.setdefault(region.tracking_uid, []).append((other_language, _label(region)))
 
-    panels = _panels(report)
+    panels = _panels(report, windows or {})
+    unknown = sorted({p.window for p in panels if p.window is not None} - set(CT_PRESETS))
+    if unknown:
+        raise RenderError(f"unknown CT window {unknown[0]!r}; known: {sorted(CT_PRESETS)}")
     missing = sorted({p.sop_instance_uid for p in panels} - set(source_paths_by_sop_uid))
     if missing:
         raise SourceImageNotFoundError(f"source images not found for SOP Instance UIDs: {', '.join(missing)}")
@@ -253,12 +261,15 @@ def find_dicom_files(folders: Iterable[Path], *, recursive: Iterable[bool]) -> d
     return found
 
 
-def render_command(sr_file: Path, out: Path, spool_dir: Path | None = None) -> Path:
+def render_command(sr_file: Path, out: Path, spool_dir: Path | None = None,
+                   window_lookup: Callable[[Sequence[str]], Mapping[str, str]] | None = None) -> Path:
     """``medrega-gateway render SR_FILE --out PNG``: find the images and draw the SR.
 
     Source images are looked up by SOP Instance UID among the files next to ``sr_file``
     and, if given, anywhere under ``spool_dir``. SRs found there for the same study whose
     regions share Tracking UIDs with ``sr_file`` (the other language) add their labels.
+    ``window_lookup`` is asked for the CT window of the regions (by Tracking UID) whose SR
+    names none: the window of the model run that found them, from the findings database.
     """
     sr_file = Path(sr_file)
     if not sr_file.is_file():
@@ -271,6 +282,8 @@ def render_command(sr_file: Path, out: Path, spool_dir: Path | None = None) -> P
         own = read_report(dataset)
     except NotConvertibleError:
         return render_sr(sr_file, sources, out, companion_sr_paths=[])  # no regions: no companion
+    unnamed = [r.tracking_uid for r in own.regions if r.window is None]
+    windows = dict(window_lookup(unnamed)) if window_lookup is not None and unnamed else {}
     tracking = {r.tracking_uid for r in own.regions}
     companions: list[Path] = []
     for uid, (path, header) in found.items():
@@ -284,4 +297,4 @@ def render_command(sr_file: Path, out: Path, spool_dir: Path | None = None) -> P
             continue
         if other.language != own.language and tracking & {r.tracking_uid for r in other.regions}:
             companions.append(path)
-    return render_sr(sr_file, sources, out, companion_sr_paths=companions)
+    return render_sr(sr_file, sources, out, companion_sr_paths=companions, windows=windows)

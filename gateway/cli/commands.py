@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -371,6 +373,37 @@ def model_convert(
         fail(f"model convert: {exc}", code=2)
 
 
+def _windows_of_findings(database_url: str, tracking_uids: Sequence[str]) -> dict[str, str]:
+    """CT window of the model run that found each region (by Tracking UID), where it used one.
+
+    An unreadable database is a warning, not a failure: the boxes are then drawn on the image's
+    own window, as the SR alone says."""
+    from sqlalchemy import make_url, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from common.models import Finding, ModelRun
+
+    def unreadable(why: str) -> dict[str, str]:
+        typer.echo(f"warning: findings database not readable ({why}): boxes the SR names no window "
+                   "for are drawn on the image's own window", err=True)
+        return {}
+
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not Path(str(url.database)).is_file():
+        return unreadable(f"{url.database} does not exist")  # a look-up never creates a database
+    try:
+        with db.session_scope(database_url) as session:
+            rows = session.execute(
+                select(Finding.tracking_uid, ModelRun.window)
+                .join(ModelRun, ModelRun.id == Finding.model_run_id)
+                .where(Finding.tracking_uid.in_(list(tracking_uids)), ModelRun.window.is_not(None))
+            ).all()
+    except SQLAlchemyError as exc:
+        return unreadable(type(exc).__name__)
+    return {str(uid): str(window) for uid, window in rows}
+
+
 @app.command("render")
 def render(
     ctx: typer.Context,
@@ -378,16 +411,22 @@ def render(
     out: Annotated[Path, typer.Option("--out", help="PNG to write")],
     spool: Annotated[bool, typer.Option(help="also look for the images in the configured spool")] = True,
 ) -> None:
-    """Draw the images an SR references with its boxes and labels (English and Chinese)."""
+    """Draw the images an SR references with its boxes and labels (English and Chinese).
+
+    Each box is drawn on the CT window it was found on: the SR names it; for SRs written before
+    it did, the window of the model run that found the box, from the findings database."""
     from sr_writer.errors import RenderError
     from sr_writer.render import render_command
 
     spool_dir = None
+    window_lookup = None
     if spool:
-        candidate = get_settings(ctx).data_dir / "spool"
+        settings = get_settings(ctx)
+        candidate = settings.data_dir / "spool"
         spool_dir = candidate if candidate.is_dir() else None
+        window_lookup = functools.partial(_windows_of_findings, settings.database_url)
     try:
-        written = render_command(sr_file, out, spool_dir=spool_dir)
+        written = render_command(sr_file, out, spool_dir=spool_dir, window_lookup=window_lookup)
     except RenderError as exc:
         fail(str(exc))
     typer.echo(f"wrote {written}")

@@ -220,3 +220,40 @@ def make_study(
     session.flush()
     return StudyRows(study=study, instance=instance, job=job, findings=findings,
                      documents=documents, deliveries=deliveries)
+
+
+#: The finding of each window of :func:`make_windowed_ct_study`: (English label, window).
+WINDOWED_FINDINGS = {"right lung": "lung", "heart": "mediastinum"}
+
+
+def make_windowed_ct_study(session: Session, data_dir: Path) -> StudyRows:
+    """Issue 12: a chest CT slice (tests.sr_writer.samples.windowed_chest_ct, in the spool) whose
+    right lung was found on the lung window and heart on the mediastinal window, each finding
+    linked to a model run of its window (per language), with the Tracking UIDs of
+    ``windowed_regions``; ``flush``ed, not committed."""
+    from sqlalchemy import select
+
+    from tests.sr_writer.samples import WINDOW_BOXES, windowed_chest_ct, windowed_regions
+
+    rows = make_study(session, data_dir, modality="CT", write_image=False,
+                      regions=[r for r in REGIONS if r[0] in WINDOWED_FINDINGS])
+    ct = windowed_chest_ct(rows.study.study_instance_uid, rows.instance.series.series_instance_uid,
+                           rows.instance.sop_instance_uid)
+    (data_dir / rows.instance.path).parent.mkdir(parents=True, exist_ok=True)
+    ct.save_as(data_dir / rows.instance.path, enforce_file_format=True)
+    tracking = {r.window: r.tracking_uid for r in windowed_regions(ct, "en")}
+    for run in session.scalars(select(ModelRun).where(ModelRun.job_id == rows.job.id)).all():
+        run.window = "lung"
+        heart_run = ModelRun(**{c.key: getattr(run, c.key) for c in ModelRun.__table__.columns if c.key != "id"})
+        heart_run.window = "mediastinum"
+        session.add(heart_run)
+        session.flush()
+        for f in rows.findings:
+            if f.model_run_id == run.id and WINDOWED_FINDINGS[str(f.code_meaning)] == "mediastinum":
+                f.model_run_id = heart_run.id
+    for f in rows.findings:
+        window = WINDOWED_FINDINGS[str(f.code_meaning)]
+        f.px_x1, f.px_y1, f.px_x2, f.px_y2 = WINDOW_BOXES[window]
+        f.tracking_uid = tracking[window]
+    session.flush()
+    return rows

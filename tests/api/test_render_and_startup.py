@@ -17,7 +17,7 @@ from sr_writer.render import find_cjk_font
 from common.db import SchemaNotCurrentError
 
 from .conftest import Env, make_settings
-from .factories import COLUMNS, REGIONS, ROWS, make_study
+from .factories import COLUMNS, ROWS, make_study, make_windowed_ct_study
 
 
 def test_cjk_font_is_installed() -> None:
@@ -132,34 +132,13 @@ def test_each_box_is_drawn_on_the_window_its_model_run_used(client: TestClient, 
     each box drawn on the pixels prepare_image gives for its window (and only there)."""
     import numpy as np
     import pydicom
-    from sqlalchemy import select
-
-    from common.models import ModelRun
     from gateway.api.render import PANEL_GAP
     from gateway.api.ui import COOKIE_NAME
     from model.imaging import prepare_image
-    from tests.sr_writer.samples import WINDOW_BOXES, WINDOWED_CT_SIZE, inside, windowed_chest_ct
+    from tests.sr_writer.samples import WINDOW_BOXES, WINDOWED_CT_SIZE, inside
 
-    boxes = {"right lung": WINDOW_BOXES["lung"], "heart": WINDOW_BOXES["mediastinum"]}
     with env.session() as s:
-        rows = make_study(s, env.data_dir, modality="CT", write_image=False,
-                          regions=[r for r in REGIONS if r[0] in boxes])
-        ct = windowed_chest_ct(rows.study.study_instance_uid, rows.instance.series.series_instance_uid,
-                               rows.instance.sop_instance_uid)
-        (env.data_dir / rows.instance.path).parent.mkdir(parents=True, exist_ok=True)
-        ct.save_as(env.data_dir / rows.instance.path, enforce_file_format=True)
-        for run in s.scalars(select(ModelRun).where(ModelRun.job_id == rows.job.id)).all():
-            run.window = "lung"  # the lungs were found on the lung window ...
-            heart_run = ModelRun(**{c.key: getattr(run, c.key) for c in ModelRun.__table__.columns
-                                    if c.key != "id"})
-            heart_run.window = "mediastinum"  # ... the heart on the mediastinal window
-            s.add(heart_run)
-            s.flush()
-            for f in rows.findings:
-                if f.model_run_id == run.id and f.code_meaning == "heart":
-                    f.model_run_id = heart_run.id
-        for f in rows.findings:
-            f.px_x1, f.px_y1, f.px_x2, f.px_y2 = boxes[str(f.code_meaning)]
+        rows = make_windowed_ct_study(s, env.data_dir)
         s.commit()
     uid, sop = rows.study.study_instance_uid, rows.instance.sop_instance_uid
     spool_ct = pydicom.dcmread(env.data_dir / rows.instance.path)

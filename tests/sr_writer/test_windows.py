@@ -123,7 +123,32 @@ def _panel_tops(pixels: np.ndarray, expected: np.ndarray, box: tuple[float, floa
 
 def test_render_draws_each_box_on_its_window(study, tmp_path) -> None:
     folder, ct = study
-    out = render_command(folder / "sr_en.dcm", tmp_path / "ct.png", None)
+    assert_each_box_on_its_window(render_command(folder / "sr_en.dcm", tmp_path / "ct.png", None), ct)
+
+
+def test_render_asks_for_the_windows_an_older_sr_does_not_name(study, tmp_path) -> None:
+    """An SR written before windows were recorded: ``render`` asks the lookup (the CLI's findings
+    database) for the window of each region by Tracking UID."""
+    folder, ct = study
+    content = _content(ct, "en")
+    plain = dataclasses.replace(content, regions=[dataclasses.replace(r, window=None) for r in content.regions])
+    write_dataset(build_sr(plain), folder / "sr_en.dcm")
+    assert {r.window for r in read_report(pydicom.dcmread(folder / "sr_en.dcm")).regions} == {None}
+    window_of = {r.tracking_uid: str(r.window) for r in content.regions}
+    asked: list[list[str]] = []
+
+    def lookup(tracking_uids):
+        asked.append(sorted(tracking_uids))
+        return {uid: window_of[uid] for uid in tracking_uids}
+
+    out = render_command(folder / "sr_en.dcm", tmp_path / "ct.png", None, window_lookup=lookup)
+    assert asked == [sorted(window_of)]
+    assert_each_box_on_its_window(out, ct)
+
+
+def assert_each_box_on_its_window(out: Path, ct: Dataset) -> None:
+    """The English SR's picture: each box's inside is prepare_image's picture for its window, on a
+    panel of its own, and its outline is on that panel only."""
     pixels = np.asarray(Image.open(out).convert("RGB"))
     yellow = np.all(pixels == np.array(COLOURS["en"], dtype=np.uint8), axis=-1)
     tops = {}
