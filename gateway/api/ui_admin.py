@@ -45,7 +45,7 @@ from .schemas import (
     RouteOrder,
     ShortFilter,
 )
-from .ui import check_csrf, error_page, page, page_params, ui_admin
+from .ui import check_csrf, error_page, page, page_params, templates, ui_admin
 
 __all__ = ["router"]
 
@@ -197,6 +197,19 @@ class RouteForm(_Form):
 
 class NewRouteForm(RouteForm, _NamedForm):
     pass
+
+
+def _html_limits(form: type[BaseModel]) -> dict[str, dict[str, int]]:
+    """Each field's limits as HTML attributes (``maxlength``, ``min``, ``max``; the templates
+    write them with ``xmlattr``): a page's input asks what its form model checks."""
+    return {name: {attr: prop[key] for key, attr in (("minimum", "min"), ("maximum", "max"),
+                                                     ("maxLength", "maxlength")) if key in prop}
+            for name, prop in form.model_json_schema()["properties"].items()}
+
+
+templates.env.globals["limits"] = {"destination": _html_limits(NewDestinationForm),
+                                   "caller": _html_limits(NewCallerForm),
+                                   "route": _html_limits(NewRouteForm)}
 
 
 def _troubled_deliveries(session: Session, destination: str | None = None) -> list[DeliveryOut]:
