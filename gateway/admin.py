@@ -7,6 +7,7 @@ leaves committing to the caller, so the CLI and the API decide the transaction.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -69,6 +70,35 @@ def _set_enabled(session: Session, row: _Row, enabled: bool) -> _Row:
     return row
 
 
+#: Longest name of a destination or route, their key (``common.models``: String(64)).
+NAME_LENGTH = 64
+#: What a name may not hold: control characters, nor ``/`` (it stands in the paths of the API and
+#: the pages, which name a row by it).
+NAME_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
+#: Longest host name or address, and longest description (``common.models``: String(255)).
+HOST_LENGTH = 255
+#: What a host name or a description may not hold: control characters.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+
+def _name(what: str, value: str) -> str:
+    """A destination's or route's name: 1-64 characters, no control character, no ``/``."""
+    if not 1 <= len(value) <= NAME_LENGTH or not re.fullmatch(NAME_PATTERN, value):
+        raise AdminError(f"{what} name must be 1-{NAME_LENGTH} characters without '/' or control characters")
+    return value
+
+
+def _text(what: str, value: str | None, *, required: bool = False) -> str | None:
+    """A host or a description: at most 255 characters, no control character; empty is none."""
+    if not value:
+        if required:
+            raise AdminError(f"{what} must be 1-{HOST_LENGTH} characters")
+        return None
+    if len(value) > HOST_LENGTH or not re.fullmatch(TEXT_PATTERN, value):
+        raise AdminError(f"{what} must be 1-{HOST_LENGTH} characters without control characters")
+    return value
+
+
 def _ae_title(value: str) -> str:
     """``value`` checked as an AE title (PS3.5 6.2, VR AE), without its padding spaces."""
     try:
@@ -105,7 +135,7 @@ def add_calling_ae(
     if session.scalar(select(CallingAE).where(CallingAE.ae_title == ae_title)):
         raise AlreadyExistsError(f"calling AE title {ae_title!r} already exists")
     _check_destinations(session, destinations)
-    row = CallingAE(ae_title=ae_title, host=host or None, description=description,
+    row = CallingAE(ae_title=ae_title, host=_text("host", host), description=_text("description", description),
                     destinations=list(destinations))
     session.add(row)
     session.flush()
@@ -129,8 +159,8 @@ def update_calling_ae(
     """Change what is known of an allowed caller (the AE title is its key and stays)."""
     row = get_calling_ae(session, ae_title)
     _check_destinations(session, destinations)
-    row.host = host or None
-    row.description = description or None
+    row.host = _text("host", host)
+    row.description = _text("description", description)
     row.destinations = list(destinations)
     session.flush()
     return row
@@ -166,9 +196,9 @@ def add_destination(
     send: str = "sr",
     tls: bool = False,
 ) -> Destination:
-    if not name or len(name) > 64:
-        raise AdminError("destination name must be 1-64 characters")
+    name = _name("destination", name)
     ae_title = _ae_title(ae_title)
+    host = _text("host", host, required=True) or ""
     _check_port_and_send(port, send)
     if session.scalar(select(Destination).where(Destination.name == name)):
         raise AlreadyExistsError(f"destination {name!r} already exists")
@@ -191,8 +221,7 @@ def update_destination(
     deliveries name it)."""
     row = get_destination(session, name)
     ae_title = _ae_title(ae_title)
-    if not host or len(host) > 255:
-        raise AdminError("host must be 1-255 characters")
+    host = _text("host", host, required=True) or ""
     _check_port_and_send(port, send)
     row.ae_title, row.host, row.port, row.send, row.tls = ae_title, host, int(port), send, tls
     session.flush()
@@ -224,6 +253,7 @@ def list_routes(session: Session) -> Sequence[Route]:
 def add_route(session: Session, name: str, **fields: Any) -> Route:
     """Add a routing rule. ``fields``: order, calling_ae_title, modality, sop_class_uid,
     body_part_examined, series_description, action, urgent, destinations."""
+    name = _name("route", name)
     if session.scalar(select(Route).where(Route.name == name)):
         raise AlreadyExistsError(f"route {name!r} already exists")
     _check_action(fields.get("action", "process"))

@@ -10,6 +10,7 @@ from fastapi import Path
 import re
 
 from common.settings import AE_TITLE_LENGTH
+from gateway.admin import HOST_LENGTH, NAME_LENGTH, NAME_PATTERN, TEXT_PATTERN
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints
 
 __all__ = [
@@ -343,18 +344,13 @@ class AuditEventPage(BaseModel):
 AETitle = Annotated[str, StringConstraints(
     min_length=1, max_length=AE_TITLE_LENGTH,
     pattern=r"^ *[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]*$")]
-#: Longest name of a destination or route, their key (``common.models``: String(64)).
-NAME_LENGTH = 64
-#: What a name may not hold: control characters, nor ``/`` (it stands in paths).
-NAME_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
-#: Longest host name or address of a destination or caller (``common.models``: String(255)).
-HOST_LENGTH = 255
 #: A destination's or route's name.
 KeyName = Annotated[str, StringConstraints(min_length=1, max_length=NAME_LENGTH,
                                            pattern=NAME_PATTERN)]
 #: A destination's host name or address.
-HostName = Annotated[str, StringConstraints(min_length=1, max_length=HOST_LENGTH,
-                                            pattern=r"^[^\x00-\x1f\x7f]+$")]
+HostName = Annotated[str, StringConstraints(min_length=1, max_length=HOST_LENGTH, pattern=TEXT_PATTERN)]
+#: A caller's description.
+Description = Annotated[str, StringConstraints(max_length=HOST_LENGTH, pattern=r"^[^\x00-\x1f\x7f]*$")]
 #: A TCP port of a peer.
 Port = Annotated[int, Field(ge=1, le=65535)]
 #: A route's place: routes are tried by increasing order.
@@ -382,8 +378,8 @@ class CallingAEIn(BaseModel):
     model_config = _STRICT
 
     ae_title: AETitle
-    host: SafeText | None = None
-    description: SafeText | None = None
+    host: HostName | None = None
+    description: Description | None = None
     destinations: list[SafeText] = []
 
 
@@ -392,8 +388,8 @@ class CallingAEPatch(BaseModel):
 
     model_config = _STRICT
 
-    host: SafeText | None = None
-    description: SafeText | None = None
+    host: HostName | None = None
+    description: Description | None = None
     destinations: list[SafeText] | None = None
     enabled: StrictBool | None = None
 

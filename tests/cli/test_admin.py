@@ -102,3 +102,15 @@ def test_enable_and_disable_each_kind_with_audit(run, sqlite_url):
         ("admin.destination.enable", "success"), ("admin.route.enable", "success"),
         ("admin.route.disable", "failure"),
     ], actions
+
+
+def test_names_and_hosts_are_checked_by_every_surface(run):
+    """gateway.admin checks names and hosts itself (the pages and the command line took a '/' in a
+    name, which then broke the row's links; a host with a newline; 256 characters where 255 fit)."""
+    assert "without '/'" in run("dest", "add", "a/b", "PACS", "127.0.0.1", "104", code=1)
+    assert "without '/'" in run("route", "add", "ct\x01", code=1)
+    assert "host must be" in run("dest", "add", "pacs", "PACS", "bad\nhost", "104", code=1)
+    assert "host must be" in run("ae", "add", "CT1", "--host", "h" * 256, code=1)
+    assert "description must be" in run("ae", "add", "CT1", "--description", "line\nbreak", code=1)
+    assert "no destinations" in run("dest", "list")
+    assert "any calling AE title may send" in run("ae", "list")
