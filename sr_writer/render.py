@@ -22,6 +22,7 @@ import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from model.imaging import CT_PRESETS, ImagingError, prepare_image
 
@@ -253,7 +254,7 @@ def find_dicom_files(folders: Iterable[Path], *, recursive: Iterable[bool]) -> d
                 continue
             try:
                 header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
-            except Exception:  # not DICOM (or unreadable): not a candidate
+            except (InvalidDicomError, OSError, EOFError):  # not DICOM, unreadable or cut short: not a candidate
                 continue
             uid = header.get("SOPInstanceUID")
             if uid and str(uid) not in found:
