@@ -46,10 +46,6 @@ from typing import Any, cast
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import (
-    BasicTextSRStorage,
-    Comprehensive3DSRStorage,
-    ComprehensiveSRStorage,
-    EnhancedSRStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
@@ -70,15 +66,13 @@ from common.settings import Settings
 from common.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 from dicom_node.tls import client_context
-from workflow.deliveries import DeliveryAction, lock_job_of, transition
+from workflow.deliveries import DeliveryAction, DeliveryNotFoundError, lock_job_of, transition
 
 __all__ = [
     "SenderError",
-    "DeliveryNotFoundError",
     "DestinationNotFoundError",
     "AssociationFailedError",
     "DeliveryResult",
-    "SR_FALLBACK_ORDER",
     "backoff_s",
     "deliver",
     "echo",
@@ -86,17 +80,8 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-#: Richest first; a document may be sent as any class after its own in this list.
-SR_FALLBACK_ORDER: tuple[str, ...] = (Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage,
-                                       BasicTextSRStorage)
-
-
 class SenderError(RuntimeError):
     """Sending could not be attempted or did not succeed."""
-
-
-class DeliveryNotFoundError(SenderError, LookupError):
-    pass
 
 
 class DestinationNotFoundError(SenderError, LookupError):
@@ -310,8 +295,11 @@ def _target(session: Session, name: str) -> _Target | None:
 
 
 def _proposed_classes(sop_class_uid: str) -> list[str]:
-    if sop_class_uid in SR_FALLBACK_ORDER:
-        return list(SR_FALLBACK_ORDER[SR_FALLBACK_ORDER.index(sop_class_uid):])
+    """The document's own class, then (an SR) each poorer SR class it can be rewritten as."""
+    from sr_writer.fallback import SR_CLASSES_BY_PREFERENCE  # highdicom: imported when sending
+
+    if sop_class_uid in SR_CLASSES_BY_PREFERENCE:
+        return list(SR_CLASSES_BY_PREFERENCE[SR_CLASSES_BY_PREFERENCE.index(sop_class_uid):])
     return [sop_class_uid]
 
 
@@ -323,17 +311,13 @@ def _choose_dataset(ds: Dataset, accepted: Sequence[str]) -> tuple[Dataset | Non
     candidates = [uid for uid in _proposed_classes(own)[1:] if uid in accepted]
     if not candidates:
         return None, f"destination accepts none of the SOP classes proposed for {own}"
+    from sr_writer.errors import SRWriterError
+    from sr_writer.fallback import fallback_document
+
     try:
-        from sr_writer.fallback import fallback_document
-    except ImportError:
-        return None, "destination refused the document's SOP class and sr_writer.fallback is unavailable"
-    try:
-        rewritten = fallback_document(ds, list(candidates))
-    except Exception as exc:  # the writer's own validation errors: report, do not crash the worker
+        return fallback_document(ds, candidates), None
+    except SRWriterError as exc:  # the writer cannot: the attempt fails with why (a bug still raises)
         return None, f"fallback to {candidates[0]} failed: {type(exc).__name__}: {exc}"
-    if rewritten is None:
-        return None, f"document cannot be rewritten as any of {', '.join(candidates)}"
-    return rewritten, None
 
 
 def _send(settings: Settings, target: _Target, path: Path) -> _Outcome:
